@@ -1,0 +1,184 @@
+"""The ``%lora`` subcommand router: verb → (parser, handler).
+
+Each verb is a small function ``handler(ctx, args)`` registered with :func:`verb`;
+its options are declared next to it. Handlers parse nothing themselves, hold no
+math and train nothing: they look up variables, call ``lora_nb.core`` and return
+what the notebook should show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LoraNBError, NotAModelError, OptionError, did_you_mean
+
+
+class UnknownVariableError(LoraNBError):
+    """A name that is not in the notebook namespace."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes as one-line ``OptionError``s instead of exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise OptionError(f"{self.prog}: {message}")
+
+
+def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One option of a verb, as for ``ArgumentParser.add_argument``."""
+    return flags, kwargs
+
+
+@dataclass
+class Verb:
+    name: str
+    summary: str
+    handler: Callable[["Context", argparse.Namespace], Any]
+    parser: _Parser
+    examples: Sequence[str] = field(default_factory=tuple)
+
+
+VERBS: dict[str, Verb] = {}
+
+
+def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model: bool = True):
+    """Register ``handler`` as ``%lora NAME``; ``options`` are :func:`arg` tuples."""
+
+    def register(handler):
+        parser = _Parser(prog=f"%lora {name}", add_help=False, description=summary, allow_abbrev=False)
+        if model:
+            parser.add_argument("model", help="notebook variable holding the model (dotted paths work)")
+        for flags, kwargs in options:
+            parser.add_argument(*flags, **kwargs)
+        VERBS[name] = Verb(name, summary, handler, parser, tuple(examples))
+        return handler
+
+    return register
+
+
+class Context:
+    """What a handler may ask of the notebook: variables, and whether widgets can render."""
+
+    def __init__(self, shell) -> None:
+        self.shell = shell
+
+    @property
+    def namespace(self) -> dict[str, Any]:
+        return self.shell.user_ns
+
+    @property
+    def widgets(self) -> bool:
+        """True inside a Jupyter kernel (a widget frontend may exist); False in terminal IPython."""
+        return getattr(self.shell, "kernel", None) is not None
+
+    def lookup(self, path: str) -> Any:
+        """The object at ``path`` (``model`` or ``pipe.model``) in the notebook namespace."""
+        head, *rest = path.split(".")
+        ns = self.namespace
+        if head not in ns:
+            visible = [k for k in ns if not k.startswith("_")]
+            raise UnknownVariableError(f"no variable `{head}`{did_you_mean(head, visible)}")
+        obj = ns[head]
+        for i, part in enumerate(rest):
+            if not hasattr(obj, part):
+                where = ".".join([head, *rest[:i]])
+                attrs = [a for a in dir(obj) if not a.startswith("_")]
+                raise UnknownVariableError(f"`{where}` has no attribute `{part}`{did_you_mean(part, attrs)}")
+            obj = getattr(obj, part)
+        return obj
+
+    def model(self, path: str):
+        """The ``nn.Module`` at ``path``, with an error naming what was found instead."""
+        from torch import nn
+
+        obj = self.lookup(path)
+        from peft import PeftModel
+
+        if not isinstance(obj, (nn.Module, PeftModel)):
+            raise NotAModelError(f"`{path}` is a {type(obj).__name__}, not a torch.nn.Module")
+        return obj
+
+    def display(self, obj: Any) -> None:
+        from IPython.display import display
+
+        display(obj)
+
+
+def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
+    """``key: value`` lines of a ``%%lora`` cell as command-line options."""
+    flags = {a.dest: a for a in parser._actions if a.option_strings}
+    argv: list[str] = []
+    for lineno, raw in enumerate(cell.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise OptionError(f"line {lineno} of the cell: expected `key: value`, got `{raw.strip()}`")
+        dest = key.strip().replace("-", "_")
+        action = flags.get(dest)
+        if action is None:
+            known = [d.replace("_", "-") for d in flags]
+            raise OptionError(f"{parser.prog}: unknown option `{key.strip()}`{did_you_mean(key.strip(), known)}")
+        value = value.strip()
+        if isinstance(action, argparse._StoreTrueAction):
+            if value.lower() in ("true", "yes", "1", "on", ""):
+                argv.append(action.option_strings[0])
+            elif value.lower() not in ("false", "no", "0", "off"):
+                raise OptionError(f"{parser.prog}: `{key.strip()}` takes true or false, got `{value}`")
+        else:
+            argv += [action.option_strings[0], value]
+    return argv
+
+
+def dispatch(shell, line: str, cell: str | None = None) -> Any:
+    """Run ``%lora LINE`` (or ``%%lora LINE`` with a cell body)."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise OptionError(f"%lora: cannot parse the line ({exc})") from None
+    if not words or words[0] in ("help", "-h", "--help"):
+        return HelpText(help_text())
+    name, argv = words[0], words[1:]
+    spec = VERBS.get(name)
+    if spec is None:
+        raise OptionError(f"unknown verb `{name}`{did_you_mean(name, VERBS)}; verbs: {', '.join(VERBS)}")
+    if "-h" in argv or "--help" in argv:
+        return HelpText(verb_help(spec))
+    if cell is not None:
+        argv += body_to_argv(cell, spec.parser)
+    args = spec.parser.parse_args(argv)
+    return spec.handler(Context(shell), args)
+
+
+class HelpText(str):
+    """Help shown as plain text in any frontend."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def verb_help(spec: Verb) -> str:
+    usage = spec.parser.format_help().strip()
+    examples = "\n".join(f"  {e}" for e in spec.examples)
+    return usage + (f"\n\nexamples:\n{examples}" if examples else "")
+
+
+def help_text() -> str:
+    lines = ["%lora VERB MODEL [options]   (%lora VERB -h for a verb's options)", "", "verbs:"]
+    width = max(map(len, VERBS), default=0)
+    lines += [f"  {v.name.ljust(width)}  {v.summary}" for v in VERBS.values()]
+    examples = [e for v in VERBS.values() for e in v.examples[:1]]
+    lines += ["", "examples:", *(f"  {e}" for e in examples)]
+    lines += [
+        "",
+        "%%lora VERB MODEL takes more options from the cell, one `key: value` per line:",
+        "  %%lora attach model",
+        "  r: 16",
+        "  targets: q_proj, v_proj",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""Verbs that attach, remove, inspect and switch adapters."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING
+
+from .. import core
+from ..core.options import option_fields
+from ._router import arg, verb
+
+
+def _attach_options():
+    for f in option_fields():
+        default = f.default if f.default is not MISSING else None
+        if isinstance(default, bool) and f.name != "init":
+            yield arg(f"--{f.name}", action="store_true", help=f.metadata["help"])
+        else:
+            yield arg(f"--{f.name}", default=default, help=f"{f.metadata['help']} (default: {default})")
+
+
+@verb(
+    "attach", "inject a LoRA adapter in place; the model now runs with it", *_attach_options(),
+    examples=["%lora attach model --r 8 --alpha 16 --targets q_proj,v_proj",
+              "%lora attach model --name second --r 4 --targets 'layers\\.[0-3]\\..*proj'"],
+)
+def _attach(ctx, args):
+    options = {k: v for k, v in vars(args).items() if k != "model"}
+    core.attach(ctx.model(args.model), **options)
+    return core.status(ctx.model(args.model))
+
+
+@verb("detach", "remove every adapter; base parameters are exactly as before attach",
+      examples=["%lora detach model"])
+def _detach(ctx, args):
+    core.detach(ctx.model(args.model))
+    print(f"LoRA removed from `{args.model}`; its base weights are unchanged")
+
+
+@verb("status", "table of adapters: active, enabled, merged, layers, parameters",
+      examples=["%lora status model"])
+def _status(ctx, args):
+    return core.status(ctx.model(args.model))
+
+
+@verb("on", "enable adapters (with --adapter: make NAME the active one)",
+      arg("--adapter", help="adapter to make active"),
+      examples=["%lora on model", "%lora on model --adapter second"])
+def _on(ctx, args):
+    model = ctx.model(args.model)
+    core.enable(model, args.adapter)
+    active = core.find(model).active
+    print(f"adapter `{active}` on")
+
+
+@verb("off", "disable all adapters: outputs are exactly the base model's", examples=["%lora off model"])
+def _off(ctx, args):
+    core.disable(ctx.model(args.model))
+    print("adapters off: outputs are the base model's")
+
+
+@verb("delete", "remove one adapter", arg("--adapter", required=True, help="adapter to remove"),
+      examples=["%lora delete model --adapter second"])
+def _delete(ctx, args):
+    core.delete_adapter(ctx.model(args.model), args.adapter)
+    print(f"adapter `{args.adapter}` deleted")

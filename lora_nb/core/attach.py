@@ -1,0 +1,154 @@
+"""Attach LoRA adapters to a model in place, and take them off again."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from torch import nn
+
+from ..errors import AdapterError
+from . import registry
+from .options import AttachOptions
+from .targets import named_modules, resolve_targets, target_regex
+
+
+def _min_dim(module: nn.Module) -> int | None:
+    weight = getattr(module, "weight", None)
+    if weight is None or weight.dim() < 2:
+        return None
+    if isinstance(module, nn.Embedding):
+        return min(module.num_embeddings, module.embedding_dim)
+    return min(weight.shape[0], weight[0].numel())
+
+
+def _warn_rank(model: nn.Module, names: list[str], r: int) -> None:
+    modules = dict(named_modules(model))
+    small = [n for n in names if (d := _min_dim(modules[n])) is not None and r > d]
+    if small:
+        warnings.warn(
+            f"r={r} exceeds min(in, out) of {len(small)} layer(s) (e.g. {small[0]}): their update has rank "
+            "at most min(in, out), so part of the adapter is redundant",
+            stacklevel=3,
+        )
+
+
+def _stores_transposed(model: nn.Module, names: list[str]) -> bool:
+    """True when the targets are transformers ``Conv1D`` layers (weights stored in × out)."""
+    from .targets import _conv1d_type
+
+    modules = dict(named_modules(model))
+    return bool(_conv1d_type()) and any(isinstance(modules[n], _conv1d_type()) for n in names)
+
+
+def _strip_lora(model: nn.Module) -> None:
+    """Put back the base layer of any LoRA wrapper left in ``model`` (rollback of a failed inject)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer) and name:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+
+
+def attach(model: Any, **options: Any) -> "registry.Session":
+    """Inject a LoRA adapter into ``model`` in place; the model now runs with it.
+
+    Options are those of :class:`AttachOptions` (r, alpha, dropout, targets, name,
+    dora, rslora, init, replace). The new adapter becomes the active one.
+    """
+    opts = AttachOptions(**options)
+    model = registry.as_module(model)
+    session = registry.find(model)
+    if session is not None:
+        session.ensure_idle("attach an adapter")
+        if opts.name in session.adapters:
+            if not opts.replace:
+                raise AdapterError(
+                    f"adapter `{opts.name}` already exists; pass --replace to replace it or --name for another"
+                )
+    names = resolve_targets(model, opts.targets)
+    _warn_rank(model, names, opts.r)
+    config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
+    if session is not None and opts.name in session.adapters:
+        if session.adapters == [opts.name]:
+            detach(model)
+            session = None
+        else:
+            delete_adapter(model, opts.name)
+    if session is None:
+        session = _new_session(model, config, opts.name)
+    else:
+        session.peft.add_adapter(opts.name, config)
+        session.peft.set_adapter(opts.name)
+    session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
+    return session
+
+
+def _new_session(model: nn.Module, config, name: str) -> "registry.Session":
+    from peft import get_peft_model
+
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*already.*modified.*")
+            wrapper = get_peft_model(model, config, adapter_name=name)
+    except BaseException:
+        _strip_lora(model)
+        _restore_flags(model, flags)
+        raise
+    session = registry.Session(model, wrapper, flags)
+    registry.register(session)
+    return session
+
+
+def _restore_flags(model: nn.Module, flags: dict[str, bool]) -> None:
+    for n, p in model.named_parameters():
+        if n in flags:
+            p.requires_grad_(flags[n])
+
+
+def detach(model: Any) -> nn.Module:
+    """Remove every adapter; the base parameters are exactly those from before attach."""
+    session = registry.require(model)
+    session.ensure_idle("detach")
+    restore = session.extras.get("restore_base")  # set by merge: exact copies of merged weights
+    if restore is not None:
+        restore()
+    session.lora.unload()
+    _strip_lora(session.model)
+    _restore_flags(session.model, session.requires_grad)
+    registry.forget(session.model)
+    return session.model
+
+
+def delete_adapter(model: Any, adapter: str) -> None:
+    """Remove one adapter; removing the last one detaches LoRA entirely."""
+    session = registry.require(model)
+    session.ensure_idle("delete an adapter")
+    session.check_adapter(adapter)
+    if session.adapters == [adapter]:
+        detach(model)
+        return
+    session.peft.delete_adapter(adapter)
+    session.records.pop(adapter, None)
+
+
+def enable(model: Any, adapter: str | None = None) -> None:
+    """Turn adapters on; with ``adapter``, make it the active one."""
+    session = registry.require(model)
+    session.ensure_idle("switch adapters")
+    if adapter is not None:
+        session.check_adapter(adapter)
+        session.peft.set_adapter(adapter)
+    session.lora.enable_adapter_layers()
+
+
+def disable(model: Any) -> None:
+    """Turn every adapter off: outputs are then exactly the base model's."""
+    session = registry.require(model)
+    session.ensure_idle("switch adapters off")
+    session.lora.disable_adapter_layers()

@@ -1,0 +1,97 @@
+"""``AttachOptions``: the settings of one adapter, validated once for API and magics alike.
+
+The magic ``%lora attach`` builds its parser from these fields (their ``help`` is the
+option's help), so a default or a rule lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..errors import OptionError
+
+INIT_CHOICES = ("true", "false", "gaussian", "pissa", "olora", "eva", "corda", "loftq", "orthogonal")
+
+
+def _parse_init(value: Any) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    if text in INIT_CHOICES or text.startswith("pissa_niter_"):
+        return text
+    raise OptionError(f"init must be one of {', '.join(INIT_CHOICES)}; got `{value}`")
+
+
+@dataclass
+class AttachOptions:
+    """How to build one LoRA adapter (mirrors peft's ``LoraConfig`` with friendlier names)."""
+
+    r: int = field(default=8, metadata={"help": "rank of the update ΔW = B·A"})
+    alpha: float = field(default=16, metadata={"help": "scaling numerator: ΔW is scaled by alpha/r"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input, in [0, 1)"})
+    targets: Any = field(
+        default="auto",
+        metadata={"help": "auto | comma-separated module names (q_proj,v_proj) | regex searched in names"},
+    )
+    name: str = field(default="default", metadata={"help": "adapter name"})
+    dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA)"})
+    rslora: bool = field(default=False, metadata={"help": "rank-stabilized scaling alpha/sqrt(r)"})
+    init: Any = field(
+        default=True, metadata={"help": "peft init_lora_weights: true|false|gaussian|pissa|olora|…"}
+    )
+    replace: bool = field(default=False, metadata={"help": "replace an adapter of the same name"})
+
+    def __post_init__(self) -> None:
+        self.r = _as_number("r", self.r, int)
+        if self.r < 1:
+            raise OptionError(f"r must be a positive integer; got {self.r}")
+        self.alpha = _as_number("alpha", self.alpha, float)
+        if self.alpha <= 0:
+            raise OptionError(f"alpha must be positive; got {self.alpha:g}")
+        self.dropout = _as_number("dropout", self.dropout, float)
+        if not 0.0 <= self.dropout < 1.0:
+            raise OptionError(f"dropout must be in [0, 1); got {self.dropout:g}")
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise OptionError(f"adapter name must be an identifier (letters, digits, _); got `{self.name}`")
+        if self.name in "lora_":  # peft matches adapter names inside parameter names such as `lora_A`
+            raise OptionError(f"adapter name `{self.name}` is part of `lora_`, which peft cannot tell apart; "
+                              "choose a longer name")
+        self.init = _parse_init(self.init)
+
+    def lora_config(self, target_modules: str, fan_in_fan_out: bool = False):
+        """peft's ``LoraConfig`` for these options and an exact target regex."""
+        from peft import LoraConfig
+
+        alpha = int(self.alpha) if float(self.alpha).is_integer() else self.alpha
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=alpha,
+            lora_dropout=self.dropout,
+            target_modules=target_modules,
+            use_dora=self.dora,
+            use_rslora=self.rslora,
+            init_lora_weights=self.init,
+            fan_in_fan_out=fan_in_fan_out,
+        )
+
+
+def _as_number(name: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise OptionError(f"{name} must be a number; got {value}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name} must be {'an integer' if kind is int else 'a number'}; got `{value}`") from None
+    if kind is int and float(value) != number:
+        raise OptionError(f"{name} must be an integer; got `{value}`")
+    return number
+
+
+def option_fields():
+    """The fields of ``AttachOptions`` (for building parsers)."""
+    return fields(AttachOptions)

@@ -1,0 +1,114 @@
+"""Where lora_nb keeps its state: one ``Session`` per adapted model object.
+
+The session holds peft's wrapper (peft owns every per-layer fact: weights,
+scaling, active/enabled/merged), the base parameters' original ``requires_grad``
+flags (restored on detach), the training run in progress and the history of
+finished runs. Nothing here copies peft's per-layer state.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..errors import AdapterError, NotAModelError, TrainingActiveError, did_you_mean
+
+if TYPE_CHECKING:  # pragma: no cover
+    from peft import PeftModel
+
+
+@dataclass(eq=False)
+class Session:
+    """lora_nb's handle on one model that has LoRA adapters."""
+
+    model: nn.Module
+    peft: "PeftModel"
+    requires_grad: dict[str, bool]
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    run: Any = None  # the TrainRun in progress (or the last one), see core.train
+    records: dict[str, dict] = field(default_factory=dict)  # per adapter: how it was made
+    extras: dict[str, Any] = field(default_factory=dict)  # per-feature state (merge backups, caches)
+
+    @property
+    def lora(self):
+        """peft's ``LoraModel`` (the tuner that owns the layers)."""
+        return self.peft.base_model
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.peft.peft_config)
+
+    @property
+    def active(self) -> str:
+        return self.peft.active_adapter
+
+    @property
+    def training(self) -> bool:
+        return self.run is not None and self.run.state in ("running", "paused")
+
+    def check_adapter(self, name: str) -> str:
+        """Return ``name`` if the model has that adapter, else a one-line error."""
+        if name not in self.peft.peft_config:
+            raise AdapterError(
+                f"no adapter `{name}` on this model{did_you_mean(name, self.adapters)} "
+                f"(adapters: {', '.join(self.adapters)})"
+            )
+        return name
+
+    def ensure_idle(self, action: str) -> None:
+        """Refuse a mutating ``action`` while a training run changes the model."""
+        if self.training:
+            raise TrainingActiveError(
+                f"training is running; stop it first (`%lora stop`, or run.stop()) before you {action}"
+            )
+
+
+_sessions: "weakref.WeakKeyDictionary[nn.Module, Session]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def as_module(obj: Any, what: str = "model") -> nn.Module:
+    """The user's own module for ``obj`` (a peft wrapper resolves to the model it wraps)."""
+    from peft import PeftModel  # peft imports are slow; keep `import lora_nb` light
+
+    if isinstance(obj, PeftModel):
+        obj = obj.base_model.model
+    if not isinstance(obj, nn.Module):
+        raise NotAModelError(f"{what} must be a torch.nn.Module, got {type(obj).__name__}")
+    return obj
+
+
+def find(model: Any) -> Session | None:
+    """The session of ``model``, adopting a ``PeftModel`` the user built with peft directly."""
+    from peft import PeftModel
+
+    wrapper = model if isinstance(model, PeftModel) else None
+    model = as_module(model)
+    with _lock:
+        session = _sessions.get(model)
+        if session is None and wrapper is not None:
+            session = Session(model, wrapper, {n: p.requires_grad for n, p in model.named_parameters()})
+            _sessions[model] = session
+    return session
+
+
+def require(model: Any) -> Session:
+    """The session of ``model``, or a one-line error saying how to get one."""
+    session = find(model)
+    if session is None:
+        raise AdapterError("this model has no LoRA adapter; attach one first (`%lora attach MODEL`)")
+    return session
+
+
+def register(session: Session) -> None:
+    with _lock:
+        _sessions[session.model] = session
+
+
+def forget(model: nn.Module) -> None:
+    with _lock:
+        _sessions.pop(model, None)

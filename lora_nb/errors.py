@@ -1,0 +1,56 @@
+"""The one error channel: every mistake a user can make is a ``LoraNBError``.
+
+The magic layer turns these into one-line IPython ``UsageError``s; anything else
+that escapes is a bug in lora_nb and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LoraNBError(Exception):
+    """A mistake the user can fix; shown as one line, and nothing was changed."""
+
+
+class NotAModelError(LoraNBError):
+    """The object given is not a ``torch.nn.Module``."""
+
+
+class OptionError(LoraNBError, ValueError):
+    """An option has a value lora_nb cannot use."""
+
+
+class TargetError(LoraNBError):
+    """Target modules match nothing, or match modules LoRA cannot adapt."""
+
+
+class AdapterError(LoraNBError):
+    """An adapter name is unknown or already taken, or the model has no adapter."""
+
+
+class TrainingActiveError(LoraNBError):
+    """A command would change a model that is training right now."""
+
+
+class DataError(LoraNBError):
+    """Training or evaluation data lora_nb cannot use."""
+
+
+class AdapterFileError(LoraNBError):
+    """An adapter on disk is missing, corrupt, unsafe or does not fit the model."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean `x`?"`` for the closest candidate, or ``""``."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def preview(names: Iterable[str], limit: int = 8) -> str:
+    """A short comma-separated preview of names, with a count of the rest."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    more = len(names) - limit
+    return f"{shown}, … ({more} more)" if more > 0 else shown
