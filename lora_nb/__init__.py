@@ -5,23 +5,58 @@ In a notebook: ``%load_ext lora_nb`` then ``%lora?``. From Python, the same feat
     import lora_nb
     lora_nb.attach(model, r=8, targets="auto")
     run = lora_nb.train(model, data, steps=100)
+
+Public names are imported lazily, so ``import lora_nb`` stays light.
 """
 
 from __future__ import annotations
 
-from .core import (
-    AttachOptions, ModelStatus, attach, delete_adapter, detach, disable, enable, status,
-)
+import importlib
+from typing import Any
+
 from .errors import LoraNBError
 
 __version__ = "0.1.0"
 
-delete = delete_adapter
+# public name -> "module:attribute"; one table, read by __getattr__ and __dir__
+_EXPORTS = {
+    "attach": "lora_nb.core.attach:attach",
+    "detach": "lora_nb.core.attach:detach",
+    "enable": "lora_nb.core.attach:enable",
+    "disable": "lora_nb.core.attach:disable",
+    "delete": "lora_nb.core.attach:delete_adapter",
+    "status": "lora_nb.core.status:status",
+    "AttachOptions": "lora_nb.core.options:AttachOptions",
+    "ModelStatus": "lora_nb.core.status:ModelStatus",
+    "Callback": "lora_nb.core.callbacks:Callback",
+    "train": "lora_nb.core.train:train",
+    "TrainRun": "lora_nb.core.train:TrainRun",
+    "spectra": "lora_nb.core.spectra:spectra",
+    "similarity": "lora_nb.core.spectra:similarity",
+    "merge": "lora_nb.core.merge:merge",
+    "unmerge": "lora_nb.core.merge:unmerge",
+    "save": "lora_nb.core.io:save",
+    "load": "lora_nb.core.io:load",
+    "combine": "lora_nb.core.combine:combine",
+    "compare": "lora_nb.core.compare:compare",
+    "vs_full": "lora_nb.core.vs_full:vs_full",
+}
 
-__all__ = [
-    "AttachOptions", "LoraNBError", "ModelStatus", "attach", "delete", "detach", "disable", "enable",
-    "load_ipython_extension", "status", "unload_ipython_extension",
-]
+__all__ = ["LoraNBError", "load_ipython_extension", "unload_ipython_extension", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'lora_nb' has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 def load_ipython_extension(ipython) -> None:

@@ -1,0 +1,1 @@
+"""ipywidgets + plotly FigureWidget views. A live view is a training callback."""
