@@ -85,6 +85,7 @@ def attach(model: Any, **options: Any) -> "registry.Session":
         session.peft.add_adapter(opts.name, config)
         session.peft.set_adapter(opts.name)
     session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
+    session.notify("attach")
     return session
 
 
@@ -122,6 +123,7 @@ def detach(model: Any) -> nn.Module:
     _strip_lora(session.model)
     _restore_flags(session.model, session.requires_grad)
     registry.forget(session.model)
+    session.notify("detach")
     return session.model
 
 
@@ -135,6 +137,7 @@ def delete_adapter(model: Any, adapter: str) -> None:
         return
     session.peft.delete_adapter(adapter)
     session.records.pop(adapter, None)
+    session.notify("delete")
 
 
 def enable(model: Any, adapter: str | None = None) -> None:
@@ -145,6 +148,7 @@ def enable(model: Any, adapter: str | None = None) -> None:
         session.check_adapter(adapter)
         session.peft.set_adapter(adapter)
     session.lora.enable_adapter_layers()
+    session.notify("enable")
 
 
 def disable(model: Any) -> None:
@@ -152,3 +156,4 @@ def disable(model: Any) -> None:
     session = registry.require(model)
     session.ensure_idle("switch adapters off")
     session.lora.disable_adapter_layers()
+    session.notify("disable")

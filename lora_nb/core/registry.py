@@ -32,6 +32,7 @@ class Session:
     run: Any = None  # the TrainRun in progress (or the last one), see core.train
     records: dict[str, dict] = field(default_factory=dict)  # per adapter: how it was made
     extras: dict[str, Any] = field(default_factory=dict)  # per-feature state (merge backups, caches)
+    listeners: "weakref.WeakSet[Any]" = field(default_factory=weakref.WeakSet)  # views to tell of changes
 
     @property
     def lora(self):
@@ -58,6 +59,11 @@ class Session:
                 f"(adapters: {', '.join(self.adapters)})"
             )
         return name
+
+    def notify(self, what: str) -> None:
+        """Tell every listening view (``listener.on_model_change(session, what)``) that peft's state changed."""
+        for listener in list(self.listeners):
+            listener.on_model_change(self, what)
 
     def ensure_idle(self, action: str) -> None:
         """Refuse a mutating ``action`` while a training run changes the model."""
