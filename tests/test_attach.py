@@ -239,3 +239,26 @@ def test_no_warnings_on_plain_attach():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lora_nb.attach(model, r=2)
+
+
+def test_modules_to_save_trains_a_new_head_and_detaches_cleanly():
+    model = tiny_bert()
+    x = sample_inputs(model)
+    base = run(model, x)
+    before = state(model)
+    lora_nb.attach(model, r=2, targets="query,value", modules_to_save="classifier")
+    st = lora_nb.status(model)
+    head = sum(p.numel() for p in model.classifier.parameters()) // 2  # wrapper holds original + trainable copy
+    assert st.adapters[0].params == st.trainable_params == 2 * 2 * (2 * 32 * 2) + head
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "modules_to_save" in n:
+                p.add_(1.0)
+    assert not torch.allclose(run(model, x), base)
+    lora_nb.disable(model)
+    assert torch.equal(run(model, x), base)
+    lora_nb.detach(model)
+    assert_same_state(model, before)
+    with pytest.raises(TargetError, match="did you mean `classifier`"):
+        lora_nb.attach(model, modules_to_save="clasifier")
+    assert lora_layers(model) == []

@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import AdapterError
 from . import registry
 from .options import AttachOptions
-from .targets import named_modules, resolve_targets, target_regex
+from .targets import _match_names, named_modules, resolve_targets, target_regex
 
 
 def _min_dim(module: nn.Module) -> int | None:
@@ -42,14 +42,17 @@ def _stores_transposed(model: nn.Module, names: list[str]) -> bool:
 
 
 def _strip_lora(model: nn.Module) -> None:
-    """Put back the base layer of any LoRA wrapper left in ``model`` (rollback of a failed inject)."""
+    """Put back the original module of every peft wrapper in ``model`` (LoRA layers, modules_to_save)."""
     from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
 
     for name, module in list(model.named_modules()):
-        if isinstance(module, LoraLayer) and name:
+        if isinstance(module, (LoraLayer, ModulesToSaveWrapper)) and name:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.get_base_layer())
+            if isinstance(getattr(parent, child, None), (LoraLayer, ModulesToSaveWrapper)):
+                original = module.original_module if isinstance(module, ModulesToSaveWrapper) else module
+                setattr(parent, child, original.get_base_layer() if isinstance(original, LoraLayer) else original)
     if hasattr(model, "peft_config"):
         del model.peft_config
 
@@ -71,6 +74,8 @@ def attach(model: Any, **options: Any) -> "registry.Session":
                     f"adapter `{opts.name}` already exists; pass --replace to replace it or --name for another"
                 )
     names = resolve_targets(model, opts.targets)
+    if opts.modules_to_save:
+        _match_names(model, opts.modules_to_save)  # one-line error (with candidates) if one matches nothing
     _warn_rank(model, names, opts.r)
     config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
     if session is not None and opts.name in session.adapters:
@@ -119,8 +124,7 @@ def detach(model: Any) -> nn.Module:
     restore = session.extras.get("restore_base")  # set by merge: exact copies of merged weights
     if restore is not None:
         restore()
-    session.lora.unload()
-    _strip_lora(session.model)
+    _strip_lora(session.model)  # peft's unload would keep the *trained* copy of modules_to_save
     _restore_flags(session.model, session.requires_grad)
     registry.forget(session.model)
     session.notify("detach")

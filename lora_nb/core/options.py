@@ -45,6 +45,10 @@ class AttachOptions:
         default=True, metadata={"help": "peft init_lora_weights: true|false|gaussian|pissa|olora|…"}
     )
     replace: bool = field(default=False, metadata={"help": "replace an adapter of the same name"})
+    modules_to_save: Any = field(
+        default=None,
+        metadata={"help": "modules trained in full beside LoRA, e.g. a new task head: classifier,score"},
+    )
 
     def __post_init__(self) -> None:
         self.r = _as_number("r", self.r, int)
@@ -62,6 +66,8 @@ class AttachOptions:
             raise OptionError(f"adapter name `{self.name}` is part of `lora_`, which peft cannot tell apart; "
                               "choose a longer name")
         self.init = _parse_init(self.init)
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [m.strip() for m in self.modules_to_save.split(",") if m.strip()] or None
 
     def lora_config(self, target_modules: str, fan_in_fan_out: bool = False):
         """peft's ``LoraConfig`` for these options and an exact target regex."""
@@ -77,6 +83,7 @@ class AttachOptions:
             use_rslora=self.rslora,
             init_lora_weights=self.init,
             fan_in_fan_out=fan_in_fan_out,
+            modules_to_save=self.modules_to_save,
         )
 
 

@@ -93,7 +93,7 @@ def _state(values: list[bool]) -> bool | str:
 
 def adapter_params(model, adapter: str) -> int:
     """Number of parameters that belong to ``adapter``."""
-    rx = re.compile(rf"\.lora_\w+\.{re.escape(adapter)}(\.|$)")
+    rx = re.compile(rf"\.(lora_\w+|modules_to_save)\.{re.escape(adapter)}(\.|$)")
     return sum(p.numel() for n, p in model.named_parameters() if rx.search(n))
 
 
