@@ -38,6 +38,10 @@ class DataError(LoraNBError):
     """Training or evaluation data lora_nb cannot use."""
 
 
+class TrainingError(LoraNBError):
+    """The model cannot be trained as it is (weights on the meta device, adapter off or merged, no run)."""
+
+
 class AdapterFileError(LoraNBError):
     """An adapter on disk is missing, corrupt, unsafe or does not fit the model."""
 

@@ -91,10 +91,15 @@ def _state(values: list[bool]) -> bool | str:
     return "irregular" if any(values) else False
 
 
+def adapter_named_parameters(model, adapter: str) -> list[tuple[str, Any]]:
+    """``(name, parameter)`` of every parameter that belongs to ``adapter`` (LoRA factors, saved modules)."""
+    rx = re.compile(rf"\.(lora_\w+|modules_to_save)\.{re.escape(adapter)}(\.|$)")
+    return [(n, p) for n, p in model.named_parameters() if rx.search(n)]
+
+
 def adapter_params(model, adapter: str) -> int:
     """Number of parameters that belong to ``adapter``."""
-    rx = re.compile(rf"\.(lora_\w+|modules_to_save)\.{re.escape(adapter)}(\.|$)")
-    return sum(p.numel() for n, p in model.named_parameters() if rx.search(n))
+    return sum(p.numel() for _, p in adapter_named_parameters(model, adapter))
 
 
 def status(model: Any) -> ModelStatus:
