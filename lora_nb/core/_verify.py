@@ -1,0 +1,63 @@
+"""What an adapter file must contain for a model: keys and shapes computed by peft itself.
+
+peft injects the adapter's config into a *meta-device skeleton* of the model (a deep copy whose
+parameters and buffers are meta tensors: no memory, no change to the user's model), and
+``get_peft_model_state_dict`` names the keys and shapes peft would save — and therefore needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import AdapterFileError, preview
+
+_PROBE = "lora_nb_probe"
+
+
+def _meta_skeleton(model: nn.Module) -> nn.Module:
+    memo: dict[int, torch.Tensor] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def expected_shapes(model: nn.Module, config) -> dict[str, tuple[int, ...]] | None:
+    """Adapter keys (without peft's ``base_model.model.`` prefix) and shapes; ``None`` if no skeleton."""
+    from peft import get_peft_model_state_dict, inject_adapter_in_model
+
+    probe = copy.deepcopy(config)
+    probe.init_lora_weights, probe.inference_mode = False, True
+    try:
+        skeleton = _meta_skeleton(model)
+    except Exception:  # noqa: BLE001 - a model that cannot be deep-copied: checked after injection instead
+        return None
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            inject_adapter_in_model(probe, skeleton, adapter_name=_PROBE)
+    except ValueError as exc:
+        raise AdapterFileError(f"the adapter's targets do not fit this model: {str(exc).splitlines()[0]}") from None
+    state = get_peft_model_state_dict(skeleton, adapter_name=_PROBE, save_embedding_layers=False)
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def mismatch(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> str:
+    """A one-line description of missing, unexpected and wrongly shaped keys, or ``""``."""
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [f"{k} {tuple(tensors[k].shape)} != {expected[k]}" for k in expected
+             if k in tensors and tuple(tensors[k].shape) != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {preview(missing, 2)}")
+    if wrong:
+        parts.append(f"{len(wrong)} wrong shape(s): {preview(wrong, 2)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {preview(unexpected, 2)}")
+    return "; ".join(parts)

@@ -1,0 +1,265 @@
+"""Save and load adapters in peft's format: atomic saves, loads verified before the model is touched.
+
+A saved adapter is a folder ``adapter_config.json`` + ``adapter_model.safetensors`` (what
+``peft.PeftModel.from_pretrained`` reads) + ``lora_nb_record.json`` (how the adapter was made: its
+options and a summary of its training runs). ``load`` reads and checks everything first — config,
+tensors (readable, finite), every key and shape the model needs, computed by peft itself on a
+meta-device skeleton of the model — and only then adds the adapter. Pickle weights
+(``adapter_model.bin``) are refused unless ``allow_pickle=True``, and are then read with
+``torch.load(weights_only=True)``, which runs no code. A loaded adapter is trainable (peft's default
+is frozen; in a notebook, loading to continue training is the common case): pass ``trainable=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AdapterError, AdapterFileError
+from . import registry, switch
+from ._verify import expected_shapes, mismatch
+from .options import AttachOptions
+
+CONFIG, WEIGHTS, PICKLE, RECORD = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
+                                   "lora_nb_record.json")
+PREFIX = "base_model.model."
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- save
+
+
+def _check_target(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise AdapterFileError(f"{target} is a file; save needs a folder path")
+    if target.is_dir() and any(target.iterdir()) and not (target / CONFIG).exists():
+        raise AdapterFileError(f"{target} exists and is not an adapter folder; choose a new or empty path")
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """A JSON-friendly summary: scalars kept, long lists shortened to length, first and last."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict) and depth < 4:
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and depth < 4:
+        if len(value) > 20:
+            return {"length": len(value), "first": _jsonable(value[0], depth + 1),
+                    "last": _jsonable(value[-1], depth + 1)}
+        return [_jsonable(v, depth + 1) for v in value]
+    return str(value)
+
+
+def run_record(session, adapter: str) -> dict:
+    """What ``lora_nb_record.json`` holds for ``adapter``."""
+    from .. import __version__
+    from .strength import strength
+
+    record = session.records.get(adapter, {})
+    return {
+        "lora_nb_version": __version__,
+        "adapter": adapter,
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_type": type(session.model).__name__,
+        "options": _jsonable(record.get("options", {})),
+        "runs": _jsonable(list(record.get("runs", []))),
+        "strength_when_saved": strength(session.model, adapter),  # the files hold the update at strength 1
+    }
+
+
+def _write(session, adapter: str, staging: Path) -> None:
+    """peft's files (moved up from the sub-folder peft uses for non-default names) and the run record."""
+    out = staging / ".peft"
+    session.peft.save_pretrained(str(out), selected_adapters=[adapter], save_embedding_layers=False)
+    src = out if adapter == "default" else out / adapter
+    for name in (CONFIG, WEIGHTS):
+        os.replace(src / name, staging / name)
+    shutil.rmtree(out)
+    (staging / RECORD).write_text(json.dumps(run_record(session, adapter), indent=2))
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an old save is renamed aside first and removed after."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save(model: Any, path: str | os.PathLike, adapter: str | None = None) -> Path:
+    """Save ``adapter`` (default: active) to folder ``path`` in PEFT format, atomically; returns the path."""
+    session = registry.require(model)
+    adapter = session.check_adapter(adapter) if adapter is not None else session.active
+    target = Path(path).expanduser().absolute()
+    _check_target(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    except OSError as exc:
+        raise AdapterFileError(f"cannot write to {target.parent}: {_first_line(exc)}") from None
+    try:
+        _write(session, adapter, staging)
+        _swap_in(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise AdapterFileError(f"saving to {target} failed ({_first_line(exc)}); any previous save is intact") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+# ---------------------------------------------------------------- load
+
+
+def _folder(path: str | os.PathLike) -> Path:
+    folder = Path(path).expanduser()
+    if folder.is_file():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise AdapterFileError(f"no adapter folder at {folder}")
+    if not (folder / CONFIG).exists():
+        raise AdapterFileError(f"{folder} has no {CONFIG}; is it a saved adapter?")
+    return folder
+
+
+def _read_config(folder: Path):
+    from peft import LoraConfig
+
+    try:
+        raw = json.loads((folder / CONFIG).read_text())
+        if str(raw.get("peft_type", "LORA")).upper() != "LORA":
+            raise AdapterFileError(f"{folder / CONFIG} describes a {raw.get('peft_type')} adapter, not LoRA")
+        config = LoraConfig.from_pretrained(str(folder))
+    except AdapterFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure of a user file is a file error
+        raise AdapterFileError(f"{folder / CONFIG} is not a valid LoRA config: {_first_line(exc)}") from None
+    if getattr(config, "target_parameters", None) or getattr(config, "modules_to_save", None):
+        raise AdapterFileError(f"{folder}: adapters with target_parameters or modules_to_save are not supported "
+                               "by lora_nb.load; use peft.PeftModel.from_pretrained")
+    return config
+
+
+def _read_tensors(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    weights, pickled = folder / WEIGHTS, folder / PICKLE
+    if weights.exists():
+        try:
+            return load_file(str(weights))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise AdapterFileError(f"{weights} is not a readable safetensors file (truncated or corrupt?): "
+                                   f"{_first_line(exc)}") from None
+    if not pickled.exists():
+        raise AdapterFileError(f"{folder} has no {WEIGHTS}")
+    if not allow_pickle:
+        raise AdapterFileError(f"{pickled} is a pickle, which can run code when loaded; refused (convert it to "
+                               "safetensors, or pass allow_pickle=True / --allow-pickle if you trust its source)")
+    try:
+        tensors = torch.load(str(pickled), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - weights_only refuses unknown globals with various errors
+        raise AdapterFileError(f"{pickled} is not a plain tensor file (weights_only refused it): "
+                               f"{_first_line(exc)}") from None
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise AdapterFileError(f"{pickled} does not hold a dict of tensors")
+    return tensors
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise AdapterFileError(f"{folder}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]}); refusing to load")
+
+
+def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
+    name = name or "default"
+    AttachOptions(name=name)  # the same naming rules as attach
+    if session is not None and name in session.adapters:
+        raise AdapterError(f"adapter `{name}` already exists on this model; load it under another name (--name)")
+    config.init_lora_weights = False  # the file's weights replace the init; pissa/olora inits would edit the base
+    return name, config
+
+
+def _inject(model, session, config, name: str):
+    """Add an empty adapter ``name``; returns (session, rollback)."""
+    from .attach import _new_session, detach
+
+    if session is None:
+        session = _new_session(model, config, name)
+        return session, lambda: detach(model)
+    session.peft.add_adapter(name, config)
+    return session, lambda: session.peft.delete_adapter(name)
+
+
+def _record(folder: Path, name: str) -> dict:
+    try:
+        saved = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    options = dict(saved.get("options") or {})
+    options["loaded_from"] = str(folder)
+    return {"options": options, "runs": list(saved.get("runs") or [])}
+
+
+def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pickle: bool = False,
+         trainable: bool = True) -> str:
+    """Load a PEFT-format adapter from ``path`` as ``name`` (default ``default``), verified first; returns the name.
+
+    The loaded adapter becomes the active one and is trainable unless ``trainable=False``.
+    """
+    folder = _folder(path)
+    config = _read_config(folder)
+    tensors = _read_tensors(folder, allow_pickle)
+    _check_finite(tensors, folder)
+    model = registry.as_module(model)
+    session = registry.find(model)
+    if session is not None:
+        session.ensure_idle("load an adapter")
+    name, config = _prepare(model, config, name, session)
+    tensors = {k.removeprefix(PREFIX): v for k, v in tensors.items()}
+    expected = expected_shapes(model, config)
+    if expected is not None and (problem := mismatch(tensors, expected)):
+        raise AdapterFileError(f"{folder} does not fit this model: {problem}")
+    config.inference_mode = not trainable
+    session, rollback = _inject(model, session, config, name)
+    try:
+        _fill(session, name, tensors, folder, checked=expected is not None)
+        switch.enable(session, name)
+    except BaseException:
+        rollback()
+        raise
+    session.records[name] = _record(folder, name)
+    session.notify("load")
+    return name
+
+
+def _fill(session, name: str, tensors: dict[str, torch.Tensor], folder: Path, checked: bool) -> None:
+    """Copy the verified tensors into the new adapter through peft's own state-dict loader."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    if not checked:  # the skeleton could not be built: check against the injected adapter instead
+        injected = get_peft_model_state_dict(session.peft, adapter_name=name)
+        problem = mismatch(tensors, {k.removeprefix(PREFIX): tuple(v.shape) for k, v in injected.items()})
+        if problem:
+            raise AdapterFileError(f"{folder} does not fit this model: {problem}")
+    set_peft_model_state_dict(session.peft, {PREFIX + k: v for k, v in tensors.items()}, adapter_name=name)

@@ -1,0 +1,132 @@
+"""Fast on / off / switch of adapters: peft's own per-layer state, set without walking the whole model.
+
+peft's ``enable_adapter_layers`` / ``set_adapter`` walk every module of the model and, per LoRA layer,
+every adapter's sub-modules via ``parameters()`` to set ``requires_grad``: ~10 ms for 224 layers of a tiny
+Llama on this CPU, dominated by ``named_modules`` recursion (3,335 modules). Here an index of the LoRA
+layers and of each adapter's parameters (rebuilt whenever the set of adapters changes) lets the same
+peft state (``_disable_adapters``, ``_active_adapter``, ``requires_grad``, ``active_adapter`` of
+LoraModel and PeftModel)
+be written in well under a millisecond. A test checks the result equals what peft's calls produce.
+Models with auxiliary wrappers (``modules_to_save``) or adapter variants that freeze weights take
+peft's own path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+_STRUCTURAL = {"attach", "delete", "load", "combine", "detach"}
+
+
+@dataclass(eq=False)
+class LayerIndex:
+    """The LoRA layers of a session and, per layer, each adapter's parameters."""
+
+    token: tuple
+    layers: list[tuple[nn.Module, dict[str, list[nn.Parameter]]]] = field(default_factory=list)
+    fast: bool = True
+    stale: bool = False
+
+    def on_model_change(self, session, what: str) -> None:
+        if what in _STRUCTURAL:
+            self.stale = True
+
+
+def _token(session) -> tuple:
+    return tuple((name, id(config)) for name, config in session.peft.peft_config.items())
+
+
+def _build(session) -> LayerIndex:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    index = LayerIndex(_token(session))
+    for module in session.model.modules():
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            index.fast = False
+        elif isinstance(module, BaseTunerLayer):
+            if getattr(module, "frozen_peft_weight_names", None):
+                index.fast = False
+            params: dict[str, list[nn.Parameter]] = {}
+            for attr in module.adapter_layer_names:
+                container = getattr(module, attr)
+                for adapter, sub in container.items():
+                    found = [sub] if isinstance(sub, nn.Parameter) else list(sub.parameters())
+                    params.setdefault(adapter, []).extend(found)
+            index.layers.append((module, params))
+    return index
+
+
+def layer_index(session) -> LayerIndex:
+    """The session's layer index, rebuilt when adapters were added, replaced or removed."""
+    index = session.extras.get("layer_index")
+    if index is None or index.stale or index.token != _token(session):
+        index = _build(session)
+        session.extras["layer_index"] = index
+        session.listeners.add(index)
+    return index
+
+
+def _set_grads(params: dict[str, list[nn.Parameter]], active: list[str]) -> None:
+    for adapter, found in params.items():
+        flag = adapter in active
+        for p in found:
+            if p.is_leaf and p.requires_grad != flag:
+                p.requires_grad_(flag)
+
+
+def set_enabled(session, enabled: bool) -> None:
+    """peft's ``enable_adapter_layers`` / ``disable_adapter_layers``, on indexed layers only."""
+    index = layer_index(session)
+    if not index.fast:
+        (session.lora.enable_adapter_layers if enabled else session.lora.disable_adapter_layers)()
+        return
+    for layer, params in index.layers:
+        _set_grads(params, list(layer.active_adapters) if enabled else [])
+        layer._disable_adapters = not enabled
+
+
+def set_active(session, adapter: str) -> None:
+    """peft's ``PeftModel.set_adapter(adapter)``, on indexed layers only (layers must not be merged)."""
+    index = layer_index(session)
+    if not index.fast or any(layer.merged for layer, _ in index.layers):
+        session.peft.set_adapter(adapter)
+        return
+    for layer, params in index.layers:
+        _set_grads(params, [adapter])
+        layer._active_adapter = [adapter]
+    session.lora.active_adapter = adapter
+    session.peft.active_adapter = adapter
+
+
+def merged_adapters(session) -> set[str]:
+    """Adapters merged into the base weights in at least one layer (peft's per-layer state)."""
+    return {name for layer, _ in layer_index(session).layers for name in layer.merged_adapters}
+
+
+def unmerge_first(session, adapters: set[str] | None = None) -> None:
+    """Unmerge (exactly, when merge kept the base weights) before a change peft would unmerge inexactly."""
+    merged = merged_adapters(session)
+    if not merged or (adapters is not None and not merged & adapters):
+        return
+    restore = session.extras.get("restore_base")  # set by core.merge
+    if restore is not None:
+        restore()
+    else:
+        session.lora.unmerge_adapter()
+
+
+def enable(session, adapter: str | None = None) -> None:
+    """Adapters on; with ``adapter``, make it the active one (a merged other adapter is unmerged first)."""
+    if adapter is not None and adapter != session.active:
+        unmerge_first(session)
+        set_active(session, adapter)
+    set_enabled(session, True)
+
+
+def disable(session) -> None:
+    """Adapters off: a merged adapter is unmerged first, so outputs are exactly the base model's."""
+    unmerge_first(session)
+    set_enabled(session, False)
