@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import AdapterError
-from . import registry
+from . import registry, switch
 from .options import AttachOptions
 from .targets import _match_names, named_modules, resolve_targets, target_regex
 
@@ -139,6 +139,7 @@ def delete_adapter(model: Any, adapter: str) -> None:
     if session.adapters == [adapter]:
         detach(model)
         return
+    switch.unmerge_first(session, {adapter})
     session.peft.delete_adapter(adapter)
     session.records.pop(adapter, None)
     session.notify("delete")
@@ -150,8 +151,7 @@ def enable(model: Any, adapter: str | None = None) -> None:
     session.ensure_idle("switch adapters")
     if adapter is not None:
         session.check_adapter(adapter)
-        session.peft.set_adapter(adapter)
-    session.lora.enable_adapter_layers()
+    switch.enable(session, adapter)
     session.notify("enable")
 
 
@@ -159,5 +159,5 @@ def disable(model: Any) -> None:
     """Turn every adapter off: outputs are then exactly the base model's."""
     session = registry.require(model)
     session.ensure_idle("switch adapters off")
-    session.lora.disable_adapter_layers()
+    switch.disable(session)
     session.notify("disable")

@@ -154,9 +154,9 @@ def _read_config(folder: Path):
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure of a user file is a file error
         raise AdapterFileError(f"{folder / CONFIG} is not a valid LoRA config: {_first_line(exc)}") from None
-    if getattr(config, "target_parameters", None) or getattr(config, "modules_to_save", None):
-        raise AdapterFileError(f"{folder}: adapters with target_parameters or modules_to_save are not supported "
-                               "by lora_nb.load; use peft.PeftModel.from_pretrained")
+    if getattr(config, "target_parameters", None):
+        raise AdapterFileError(f"{folder}: adapters with target_parameters are not supported by lora_nb.load; "
+                               "use peft.PeftModel.from_pretrained")
     return config
 
 

@@ -1,0 +1,100 @@
+"""Verbs for several adapters: ``toggle``, ``compare``, ``merge``, ``unmerge``, ``save``, ``load``, ``combine``."""
+
+from __future__ import annotations
+
+from ..core.combine import TYPES, combine
+from ..core.compare import compare
+from ..core.io import load, save
+from ..core.merge import merge, unmerge
+from ..core.registry import require
+from ..errors import OptionError
+from ._router import arg, verb
+
+
+class Text(str):
+    """Plain text shown as is in any frontend."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+@verb("toggle", "a panel: one toggle per adapter, active adapter, strength slider, merge state",
+      examples=["%lora toggle model"])
+def _toggle(ctx, args):
+    model = ctx.model(args.model)
+    if ctx.widgets:
+        from ..widgets.toggle import AdapterPanel
+
+        return AdapterPanel(model).widget
+    from ..widgets.toggle import text_panel
+
+    return Text(text_panel(model))
+
+
+@verb("compare", "outputs with the active adapter on vs off, side by side",
+      arg("--prompt", help="text to continue (causal / seq2seq LMs; greedy generation)"),
+      arg("--tokenizer", help="notebook variable holding the tokenizer for --prompt"),
+      arg("--inputs", help="notebook variable holding model inputs (a tensor or a dict of tensors)"),
+      arg("--max-new-tokens", type=int, default=20, help="tokens to generate (default: 20)"),
+      arg("--top-k", type=int, default=3, help="classes shown per example for classifiers (default: 3)"),
+      examples=["%lora compare gpt --prompt 'Once upon a time' --tokenizer tok",
+                "%lora compare clf --inputs batch"])
+def _compare(ctx, args):
+    model = ctx.model(args.model)
+    if (args.prompt is None) == (args.inputs is None):
+        raise OptionError("%lora compare: give either --prompt TEXT (with --tokenizer VAR) or --inputs VAR")
+    tokenizer = ctx.lookup(args.tokenizer) if args.tokenizer else None
+    inputs = ctx.lookup(args.inputs) if args.inputs else None
+    return compare(model, prompt=args.prompt, tokenizer=tokenizer, inputs=inputs,
+                   max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+
+
+@verb("merge", "merge the active adapter into the base weights (exact copy kept for unmerge)",
+      arg("--adapter", help="adapter to merge (default: the active one); it becomes active"),
+      examples=["%lora merge model", "%lora merge model --adapter second"])
+def _merge(ctx, args):
+    name = merge(ctx.model(args.model), args.adapter)
+    return Text(f"adapter `{name}` merged into the base weights; `%lora unmerge {args.model}` restores them exactly")
+
+
+@verb("unmerge", "take merged adapters out of the base weights, restoring them exactly",
+      examples=["%lora unmerge model"])
+def _unmerge(ctx, args):
+    unmerge(ctx.model(args.model))
+    return Text("base weights restored; the adapter runs unmerged again")
+
+
+@verb("save", "save an adapter in PEFT format (adapter_config.json + adapter_model.safetensors)",
+      arg("path", help="folder to write (replaced atomically if it holds an older save)"),
+      arg("--adapter", help="adapter to save (default: the active one)"),
+      examples=["%lora save model ./my_adapter", "%lora save model ./second --adapter second"])
+def _save(ctx, args):
+    model = ctx.model(args.model)
+    name = args.adapter or require(model).active
+    folder = save(model, args.path, adapter=args.adapter)
+    return Text(f"adapter `{name}` saved to {folder} (loads with peft.PeftModel.from_pretrained too)")
+
+
+@verb("load", "load a PEFT-format adapter, verified before the model is touched",
+      arg("path", help="folder holding adapter_config.json and adapter_model.safetensors"),
+      arg("--name", help="name for the loaded adapter (default: default)"),
+      arg("--allow-pickle", action="store_true",
+          help="accept adapter_model.bin (read with torch.load(weights_only=True)); only for trusted files"),
+      arg("--frozen", action="store_true", help="load for inference only (adapter not trainable)"),
+      examples=["%lora load model ./my_adapter", "%lora load model ./other --name other"])
+def _load(ctx, args):
+    name = load(ctx.model(args.model), args.path, name=args.name, allow_pickle=args.allow_pickle,
+                trainable=not args.frozen)
+    return Text(f"adapter `{name}` loaded from {args.path} and active")
+
+
+@verb("combine", "a new adapter as a weighted combination of adapters (peft's add_weighted_adapter)",
+      arg("--adapters", required=True, help="comma-separated adapter names"),
+      arg("--weights", required=True, help="comma-separated weights, one per adapter"),
+      arg("--name", default="mix", help="name of the new adapter (default: mix)"),
+      arg("--type", default="svd", help=f"combination type: {', '.join(TYPES)} (default: svd)"),
+      examples=["%lora combine model --adapters a,b --weights 0.7,0.3 --name mix",
+                "%lora combine model --adapters a,b --weights 1,1 --type cat"])
+def _combine(ctx, args):
+    name = combine(ctx.model(args.model), args.adapters, args.weights, name=args.name, combination_type=args.type)
+    return Text(f"adapter `{name}` = {args.weights} · [{args.adapters}] ({args.type}); now active")
