@@ -1,0 +1,95 @@
+"""Benchmark: exact ΔW spectra of a Llama-7B-shaped adapter set, low-rank path vs dense SVD.
+
+r=16 LoRA on q,k,v,o (4096×4096), gate, up (11008×4096) and down (4096×11008) in 32 layers
+= 224 modules. The base model lives on the meta device (no 7B weights are allocated); only
+the LoRA factors are real. ``lora_nb.spectra`` runs on it exactly as on any model.
+
+Run: python benchmarks/spectra.py [--samples 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+from torch import nn
+
+import lora_nb
+from lora_nb.core.factors import layer_factors, lora_layers
+from lora_nb.core.spectra import delta_values
+
+
+def build(r: int = 16):
+    """A Llama-7B-shaped model on the meta device with real (random, non-zero) LoRA factors."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(num_hidden_layers=32, hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lora_nb.attach(model, r=r, alpha=2 * r, targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    session = lora_nb.core.find(model)
+    g = torch.Generator().manual_seed(0)
+    for _, layer in lora_layers(session, "default"):
+        for part in (layer.lora_A["default"], layer.lora_B["default"]):
+            part.weight = nn.Parameter(torch.randn(part.weight.shape, generator=g) / part.weight.shape[1] ** 0.5)
+    return model, session
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=2, help="modules checked against a dense float64 SVD")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    t = time.perf_counter()
+    model, session = build()
+    print(f"built the meta-device Llama-7B shape with real r=16 factors in {time.perf_counter() - t:.1f} s")
+
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        result = lora_nb.spectra(model)
+        times.append(time.perf_counter() - t)
+    n = len(result)
+    print(f"lora_nb.spectra on {n} modules: first {times[0]:.3f} s, median of 3 {statistics.median(times):.3f} s "
+          f"({1e3 * statistics.median(times) / n:.2f} ms per module)")
+
+    layers = dict(lora_layers(session, "default"))
+    q = "model.layers.0.self_attn.q_proj"
+    delta = layers[q].get_delta_weight("default").detach()
+    t = time.perf_counter()
+    torch.linalg.svdvals(delta)
+    dense = time.perf_counter() - t
+    per_module = statistics.median(times) / n
+    f = layer_factors(q, layers[q], "default")
+    reps = []
+    for _ in range(50):
+        t = time.perf_counter()
+        delta_values(f)
+        reps.append(time.perf_counter() - t)
+    same = statistics.median(reps)
+    print(f"dense torch.linalg.svdvals of one 4096×4096 ΔW (float32, as from get_delta_weight): {dense:.2f} s")
+    print(f"low-rank values of that same module: {1e3 * same:.2f} ms (median of 50)")
+    print(f"speed-up per module: {dense / per_module:,.0f}× vs the average module of the full run, "
+          f"{dense / same:,.0f}× on the same 4096×4096 module")
+
+    sampled = [q, "model.layers.17.self_attn.v_proj", "model.layers.31.self_attn.o_proj"][: args.samples]
+    worst = 0.0
+    for name in sampled:
+        t = time.perf_counter()
+        ref = torch.linalg.svdvals(layers[name].get_delta_weight("default").detach().double())[:16]
+        print(f"  dense float64 svdvals of {name}: {time.perf_counter() - t:.2f} s")
+        err = float(((torch.from_numpy(result[name]) - ref).abs() / ref).max())
+        worst = max(worst, err)
+        print(f"  {name}: max relative error vs dense float64 = {err:.2e}")
+    print(f"max relative error over {len(sampled)} sampled modules: {worst:.2e}")
+
+
+if __name__ == "__main__":
+    main()
