@@ -245,6 +245,8 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
     try:
         _fill(session, name, tensors, folder, checked=expected is not None)
         switch.enable(session, name)
+        if not trainable:  # peft makes the active adapter trainable; frozen was asked for
+            session.peft.set_requires_grad(name, requires_grad=False)
     except BaseException:
         rollback()
         raise

@@ -34,7 +34,7 @@ def _backup(layers) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
 def _restorer(session, saved: list[tuple[torch.nn.Parameter, torch.Tensor]]):
     def restore_base() -> None:
         """peft's unmerge (so its merged flags are cleared), then the exact original bits."""
-        session.lora.unmerge_adapter()
+        switch.peft_unmerge(session)
         with torch.no_grad():
             for p, original in saved:
                 p.copy_(original)

@@ -115,7 +115,17 @@ def unmerge_first(session, adapters: set[str] | None = None) -> None:
     if restore is not None:
         restore()
     else:
-        session.lora.unmerge_adapter()
+        peft_unmerge(session)
+
+
+def peft_unmerge(session) -> None:
+    """peft's ``unmerge_adapter``, on merged layers only (peft warns for each layer that is not)."""
+    from peft.tuners.tuners_utils import onload_layer
+
+    for layer, _ in layer_index(session).layers:
+        if layer.merged:
+            with onload_layer(layer):
+                layer.unmerge()
 
 
 def enable(session, adapter: str | None = None) -> None:
