@@ -146,6 +146,11 @@ def test_off_or_switch_while_merged_unmerges_exactly_first():
     twin.set_adapter("two")
     assert torch.equal(run(model, x), run(twin, x))
     assert lora_nb.status(model).adapters[0].merged is False
+    lora_nb.merge(model, "one")
+    lora_nb.attach(model, name="three", r=2)  # the new adapter is active and on; the base is exact again
+    weights = {k: v for k, v in model.state_dict().items() if "base_layer" in k}
+    assert all(torch.equal(v, pristine.state_dict()[k.replace(".base_layer", "")]) for k, v in weights.items())
+    assert find(model).active == "three" and lora_nb.status(model).adapters[2].enabled is True
 
 
 def test_merge_refused_while_training():

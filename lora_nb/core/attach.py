@@ -87,8 +87,9 @@ def attach(model: Any, **options: Any) -> "registry.Session":
     if session is None:
         session = _new_session(model, config, opts.name)
     else:
+        switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
         session.peft.add_adapter(opts.name, config)
-        session.peft.set_adapter(opts.name)
+        switch.enable(session, opts.name)  # active and on
     session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
     session.notify("attach")
     return session

@@ -207,6 +207,7 @@ def _inject(model, session, config, name: str):
     if session is None:
         session = _new_session(model, config, name)
         return session, lambda: detach(model)
+    switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
     session.peft.add_adapter(name, config)
     return session, lambda: session.peft.delete_adapter(name)
 
