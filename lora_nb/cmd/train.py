@@ -1,0 +1,87 @@
+"""Verbs that train an adapter and control the run: ``train``, ``stop``, ``pause``, ``resume``."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING
+
+from ..core import registry
+from ..core.train import TrainSettings, settings_dict, train
+from ..errors import TrainingError
+from ._router import arg, verb
+
+def _settings_options():
+    for f in TrainSettings.__dataclass_fields__.values():
+        default = f.default if f.default is not MISSING else None
+        yield arg(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
+                  help=f"{f.metadata['help']} (default: {default})")
+
+
+@verb(
+    "train", "train the active adapter with a live dashboard (background in a notebook; --wait blocks)",
+    arg("--data", required=True, help="variable with the training data"),
+    arg("--eval", dest="eval_data", help="variable with evaluation data"),
+    arg("--tokenizer", help="variable with a tokenizer (for text data)"),
+    arg("--loss", help="variable with a loss: loss_fn(output, target) or loss_fn(model, batch)"),
+    *_settings_options(),
+    arg("--wait", action="store_true", help="block the cell until the run ends"),
+    arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
+    examples=["%lora train model --data texts --tokenizer tok --steps 200",
+              "%lora train model --data loader --epochs 2 --lr 1e-4 --grad-accum 4 --wait",
+              "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50"],
+)
+def _train(ctx, args):
+    model = ctx.model(args.model)
+    names = {"data": args.data, "eval_data": args.eval_data, "tokenizer": args.tokenizer, "loss_fn": args.loss}
+    objects = {k: (ctx.lookup(v) if v else None) for k, v in names.items()}
+    settings = {f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}
+    background = (ctx.widgets or args.background) and not args.wait
+    view = _view(ctx, show_on_begin=not background)
+    run = train(model, background=background, callbacks=[view], **objects, **settings)
+    if ctx.widgets and background:
+        ctx.display(view)  # from the cell's own thread, so every frontend gets it
+    session = registry.find(model)
+    if session is not None:
+        session.extras["last_train"] = {**{k: v for k, v in names.items() if v}, "model": args.model,
+                                        **settings_dict(run)}
+    return run
+
+
+def _view(ctx, show_on_begin: bool):
+    """The live dashboard inside a notebook, text progress elsewhere."""
+    if not ctx.widgets:
+        from ..core.reporting import ConsoleReporter
+
+        return ConsoleReporter()
+    from ..widgets.live import LiveDashboard
+
+    return LiveDashboard(show_on_begin=show_on_begin)
+
+
+def _active_run(ctx, path: str):
+    session = registry.require(ctx.model(path))
+    if not session.training:
+        raise TrainingError(f"no training is running on `{path}`")
+    return session.run
+
+
+@verb("stop", "stop a running training at the next step boundary; trained weights are kept",
+      examples=["%lora stop model"])
+def _stop(ctx, args):
+    run = _active_run(ctx, args.model)
+    run.stop()
+    run.wait(timeout=30)
+    print(run.message if run.done else "stop requested; the run ends when the current step finishes")
+
+
+@verb("pause", "pause a background training run at the next step boundary", examples=["%lora pause model"])
+def _pause(ctx, args):
+    run = _active_run(ctx, args.model)
+    run.pause()
+    print(f"paused at step {run.step}/{run.max_steps}; `%lora resume {args.model}` goes on")
+
+
+@verb("resume", "resume a paused training run", examples=["%lora resume model"])
+def _resume(ctx, args):
+    run = _active_run(ctx, args.model)
+    run.resume()
+    print(f"resumed at step {run.step}/{run.max_steps}")

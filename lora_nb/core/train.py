@@ -1,0 +1,332 @@
+"""``train``: train a model's active LoRA adapter, in the background inside Jupyter, and ``TrainRun``.
+
+A run is watched through callbacks (``run.add_callback``); it displays nothing itself.
+How a run ends (``run.state``):
+
+- ``"finished"``: all steps done. ``"stopped"``: ``run.stop()``, ``%lora stop`` or Ctrl-C, at a
+  step boundary; the adapter keeps every completed step.
+- ``"failed"``: ``run.message`` says why in one line, ``run.error`` / ``run.traceback`` hold the
+  exception. NaN/inf policy: a non-finite loss ends the run and restores the adapter to its
+  weights before the last update (the last state known to give a finite loss); a non-finite
+  gradient norm ends it without applying that update. Out of memory: the step is undone, memory
+  released, and the message suggests a smaller batch.
+
+``run.history`` holds one dict per optimizer step: ``step``, ``loss``, ``lr``, ``grad_norm``,
+``samples_per_s``, ``tokens_per_s`` (token data), ``memory_mb`` (CUDA allocated on GPU, process
+RSS on CPU), ``time`` (s since start) and ``epoch``; ``run.evals`` one dict per evaluation:
+``step``, ``eval_loss``, ``time``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from ..errors import OptionError, TrainingError
+from . import registry
+from ._loop import Loop, uses_bf16
+from .callbacks import Callback
+from .data import make_batches, takes_model
+from .options import _as_number
+from .status import adapter_named_parameters
+
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainSettings:
+    """How to train (one place for defaults and checks; ``%lora train`` builds its options from it)."""
+
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: one epoch)"})
+    epochs: float | None = field(default=None, metadata={"help": "passes over the data, instead of --steps"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate of AdamW"})
+    batch_size: int = field(default=8, metadata={"help": "samples per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA, then MPS, then CPU) | cpu | cuda[:N] | mps"})
+    seed: int | None = field(default=0, metadata={"help": "seed for shuffling and dropout"})
+    warmup: float = field(default=0.0, metadata={"help": "warmup steps (≥ 1) or fraction of the steps (< 1)"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate decay: cosine | linear | constant"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip the gradient norm (0: no clipping)"})
+    eval_every: int | None = field(default=None, metadata={"help": "steps between evaluations (default: ~10 per run)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_length: int = field(default=512, metadata={"help": "tokens per text at most (text data)"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on capable GPUs) | bf16 | fp32"})
+
+    def __post_init__(self) -> None:
+        for name, kind, low in (("steps", int, 1), ("batch_size", int, 1), ("grad_accum", int, 1),
+                                ("eval_every", int, 1), ("max_length", int, 1), ("epochs", float, 0)):
+            value = getattr(self, name)
+            if value is not None:
+                value = _as_number(name, value, kind)
+                if value < low or (kind is float and value <= 0):
+                    raise OptionError(f"{name} must be {'≥ 1' if kind is int else 'positive'}; got {value:g}")
+                setattr(self, name, value)
+        if self.steps is not None and self.epochs is not None:
+            raise OptionError("give steps or epochs, not both")
+        self.lr = _as_number("lr", self.lr, float)
+        if not self.lr > 0:
+            raise OptionError(f"lr must be positive; got {self.lr:g}")
+        self.warmup = _as_number("warmup", self.warmup, float)
+        self.weight_decay = _as_number("weight_decay", self.weight_decay, float)
+        self.max_grad_norm = _as_number("max_grad_norm", self.max_grad_norm or 0, float) or None
+        if self.seed is not None:
+            self.seed = _as_number("seed", self.seed, int)
+        for name, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if str(getattr(self, name)).lower() not in choices:
+                raise OptionError(f"{name} must be one of {', '.join(choices)}; got `{getattr(self, name)}`")
+            setattr(self, name, str(getattr(self, name)).lower())
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise OptionError("warmup and weight_decay must be ≥ 0")
+
+    def warmup_steps(self, total: int) -> int:
+        return int(self.warmup) if self.warmup >= 1 else round(self.warmup * total)
+
+
+@dataclass(eq=False)
+class TrainRun:
+    """One training run of one adapter: its state, history, and controls (stop, pause, resume, wait)."""
+
+    model: torch.nn.Module
+    adapter: str
+    settings: TrainSettings
+    max_steps: int
+    device: torch.device
+    where: str  # e.g. "cuda:0 (bf16 autocast)"
+    data: str  # what the data was, in a few words
+    background: bool = False
+    custom_loss: bool = False
+    state: str = "running"
+    history: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    message: str = ""
+    error: BaseException | None = None
+    traceback: str | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop, self._resume, self._done = threading.Event(), threading.Event(), threading.Event()
+        self._resume.set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.perf_counter()
+        self._seconds: float | None = None
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps completed."""
+        return len(self.history)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the run so far (its whole length once it ended)."""
+        return self._seconds if self._seconds is not None else time.perf_counter() - self._t0
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def stop(self) -> None:
+        """End the run at the next step boundary; the adapter keeps what it learned."""
+        self._stop.set()
+        self._resume.set()
+
+    def pause(self) -> None:
+        """Hold the run at the next step boundary until ``resume()``."""
+        with self._lock:
+            if self.state == "running":
+                self.state = "paused"
+                self._resume.clear()
+
+    def resume(self) -> None:
+        with self._lock:
+            if self.state == "paused":
+                self.state = "running"
+                self._resume.set()
+
+    def wait(self, timeout: float | None = None) -> "TrainRun":
+        """Block until the run has ended (or ``timeout`` seconds passed); returns the run."""
+        self._done.wait(timeout)
+        if self._thread is not None and self._done.is_set():
+            self._thread.join(timeout)
+        return self
+
+    def add_callback(self, callback: Callback) -> None:
+        """Watch this run from now on; a late joiner gets ``on_train_begin`` now (and ``on_train_end`` if it ended)."""
+        if self.history or self.state != "running":
+            callback.on_train_begin(self)
+        with self._lock:
+            ended = self._done.is_set()
+            if not ended:
+                self.callbacks.append(callback)
+        if ended:
+            callback.on_train_end(self)
+
+    def remove_callback(self, callback: Callback) -> None:
+        with self._lock:
+            if callback in self.callbacks:
+                self.callbacks.remove(callback)
+
+    def summary_line(self) -> str:
+        losses = [r["loss"] for r in self.history]
+        loss = f"; loss {losses[0]:.4g} → {losses[-1]:.4g}" if losses else ""
+        return f"{self.step}/{self.max_steps} steps on {self.where} in {self.seconds:.1f} s{loss}"
+
+    def summary(self) -> dict:
+        """What the run did, as stored in ``session.records[adapter]["runs"]``."""
+        s = self.settings
+        return {"state": self.state, "steps": self.step, "max_steps": self.max_steps,
+                "final_loss": self.history[-1]["loss"] if self.history else None,
+                "final_eval_loss": self.evals[-1]["eval_loss"] if self.evals else None,
+                "lr": s.lr, "batch_size": s.batch_size, "grad_accum": s.grad_accum, "schedule": s.schedule,
+                "warmup": s.warmup, "seed": s.seed, "seconds": round(self.seconds, 3), "data": self.data,
+                "device": self.where, "message": self.message}
+
+    def __repr__(self) -> str:
+        head = f"TrainRun({self.state}: adapter `{self.adapter}`, {self.summary_line()}"
+        return head + (f"; {self.message}" if self.state in ("failed", "stopped") else "") + ")"
+
+    def _finish(self, state: str, message: str) -> None:
+        with self._lock:
+            self._seconds = time.perf_counter() - self._t0
+            self.state, self.message = state, message or self.summary_line()
+        session = registry.find(self.model)
+        if session is not None:
+            record = session.records.setdefault(self.adapter, {"options": {}, "runs": []})
+            record.setdefault("runs", []).append(self.summary())
+
+    def _callback_failed(self, exc: BaseException, message: str) -> None:
+        if self.error is None:
+            self.error, self.message, self.state = exc, message, "failed"
+
+
+def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, loss_fn: Any = None,
+          steps: int | None = None, epochs: float | None = None, lr: float = 2e-4, batch_size: int = 8,
+          grad_accum: int = 1, device: str = "auto", background: bool | None = None,
+          callbacks: list[Callback] | None = None, **extras: Any) -> TrainRun:
+    """Train ``model``'s active adapter on ``data``; returns the ``TrainRun``.
+
+    ``background=None``: a background thread inside a Jupyter kernel, blocking elsewhere.
+    ``extras``: seed, warmup, schedule, max_grad_norm, eval_every, weight_decay, max_length, precision
+    (see ``TrainSettings``).
+    """
+    unknown = set(extras) - {f.name for f in fields(TrainSettings)}
+    if unknown:
+        raise OptionError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    settings = TrainSettings(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                             device=device, **extras)
+    session = registry.require(model)
+    session.ensure_idle("start another training run")
+    params = _trainable(session)
+    target = resolve_device(settings.device, session.model)
+    batches, eval_batches = _plan(session.model, data, eval_data, tokenizer, loss_fn, settings)
+    max_steps = _max_steps(settings, batches.per_epoch)
+    if eval_batches is not None and settings.eval_every is None:
+        settings.eval_every = max(1, max_steps // 10)
+    bf16 = uses_bf16(target, settings.precision)
+    where = str(target) + (" (bf16 autocast)" if bf16 else "")
+    background = in_jupyter_kernel() if background is None else bool(background)
+    run = TrainRun(session.model, session.active, settings, max_steps, target, where, batches.description,
+                   background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []))
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    _place(session.model, target)
+    loop = Loop(run, session, batches, eval_batches, params, bf16)
+    with session.lock:
+        session.ensure_idle("start another training run")
+        session.run = run
+    if not background:
+        loop()
+        return run
+    context = contextvars.copy_context()  # output of the thread goes where the run was started
+    run._thread = threading.Thread(target=context.run, args=(loop,), name=f"lora_nb-train-{run.adapter}",
+                                   daemon=True)
+    run._thread.start()
+    return run
+
+
+def _trainable(session: registry.Session) -> list[torch.nn.Parameter]:
+    """The active adapter's parameters, after checking the model can train at all."""
+    from peft.tuners.lora import LoraLayer
+
+    model = session.model
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise TrainingError(f"cannot train: {len(meta)} parameters (e.g. {meta[0]}) are on the meta device "
+                            "(empty or offloaded weights); load real weights first")
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if any(layer.disable_adapters for layer in layers):
+        raise TrainingError("the adapters are off; turn them on first (`%lora on MODEL`)")
+    if any(layer.merged for layer in layers):
+        raise TrainingError("the adapter is merged into the base weights; unmerge it first (`%lora unmerge MODEL`)")
+    params = [p for _, p in adapter_named_parameters(model, session.active)]
+    if not params:
+        raise TrainingError(f"adapter `{session.active}` has no parameters to train")
+    return params
+
+
+def resolve_device(device: str, model: torch.nn.Module) -> torch.device:
+    """``auto`` → CUDA, then MPS, then CPU; an explicit device must exist here."""
+    name = str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        target = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise OptionError(f"device must be auto, cpu, cuda[:N] or mps; got `{device}`") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(target.type, False):
+        raise OptionError(f"device `{device}` is not available here; use --device auto or cpu")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        raise OptionError(f"device `{device}` does not exist (this machine has {torch.cuda.device_count()} GPU(s))")
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    return target
+
+
+def _place(model: torch.nn.Module, target: torch.device) -> None:
+    """Move a single-device model to ``target`` (a model spread over devices by device_map stays put)."""
+    devices = {p.device for p in model.parameters()}
+    if len(devices) == 1 and devices != {target}:
+        model.to(target)
+
+
+def _plan(model, data, eval_data, tokenizer, loss_fn, s: TrainSettings):
+    limit = s.max_length
+    for attr in ("n_positions", "max_position_embeddings"):
+        limit = min(limit, getattr(getattr(model, "config", None), attr, None) or limit)
+    kw = dict(tokenizer=tokenizer, loss_fn=loss_fn, batch_size=s.batch_size, seed=s.seed, max_length=limit)
+    batches = make_batches(data, shuffle=True, **kw)
+    eval_batches = None if eval_data is None else make_batches(eval_data, shuffle=False, **kw)
+    return batches, eval_batches
+
+
+def _max_steps(s: TrainSettings, per_epoch: int | None) -> int:
+    if s.steps is not None:
+        return s.steps
+    if per_epoch is None:
+        raise OptionError("the data has no length: give steps=N (`--steps N`)")
+    return max(1, math.ceil((s.epochs or 1.0) * per_epoch / s.grad_accum))
+
+
+def in_jupyter_kernel() -> bool:
+    """True inside a Jupyter kernel, detected without importing IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def settings_dict(run: TrainRun) -> dict:
+    """The run's settings as a plain dict (for ``session.extras["last_train"]`` and saved records)."""
+    return asdict(run.settings)
