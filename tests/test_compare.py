@@ -72,12 +72,17 @@ def test_generation_on_vs_off_and_state_is_kept(gpt, before):
     assert f"[{marked[0]}]" in str(result) and "tokens differ" in str(result)
 
 
-def test_classifier_top_k_on_vs_off():
-    model = tiny_bert()
+def adapted(build):
+    """``build()`` with a non-zero adapter, an untouched copy of it, and inputs for it."""
+    model = build()
     pristine = copy.deepcopy(model)
     lora_nb.attach(model, r=4)
     make_b_nonzero(model)
-    x = sample_inputs(model)
+    return model, pristine, sample_inputs(model)
+
+
+def test_classifier_top_k_on_vs_off():
+    model, pristine, x = adapted(tiny_bert)
     result = lora_nb.compare(model, inputs=x, top_k=2)
     assert isinstance(result, ClassComparison)
     torch.testing.assert_close(result.on, run(model, x).softmax(-1))
@@ -88,11 +93,7 @@ def test_classifier_top_k_on_vs_off():
 
 
 def test_other_modules_get_difference_norms():
-    model = tiny_mlp()
-    pristine = copy.deepcopy(model)
-    lora_nb.attach(model, r=4)
-    make_b_nonzero(model)
-    x = sample_inputs(model)
+    model, pristine, x = adapted(tiny_mlp)
     result = lora_nb.compare(model, inputs=x)
     assert isinstance(result, OutputComparison)
     on, off = run(model, x), run(pristine, x)

@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 import lora_nb
-from lora_nb.core import find, io
+from lora_nb.core import find
 from lora_nb.errors import AdapterError, AdapterFileError, TrainingActiveError
 
 
@@ -104,7 +104,6 @@ def test_crash_mid_save_leaves_the_previous_save_intact(tmp_path, monkeypatch): 
     path = lora_nb.save(model, tmp_path / "ad")
     before = {n: (path / n).read_bytes() for n in os.listdir(path)}
     make_b_nonzero(model, scale=3.0)
-    import peft.utils.save_and_load  # noqa: F401
     import safetensors.torch
 
     def half_write(tensors, filename, metadata=None):

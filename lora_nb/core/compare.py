@@ -59,7 +59,8 @@ class GenerationComparison:
         return (f"<div class='lora-nb-compare'><div><b>prompt:</b> {html.escape(self.prompt)}</div>"
                 f"<table><tr><th>adapter <code>{html.escape(self.adapter)}</code> on</th><th>off (base)</th></tr>"
                 f"<tr><td>{cell(self.on)}</td><td>{cell(self.off)}</td></tr></table>"
-                f"<small>{sum(self.differs)} of {len(self.differs)} generated tokens differ (highlighted)</small></div>")
+                f"<small>{sum(self.differs)} of {len(self.differs)} generated tokens differ "
+                "(highlighted)</small></div>")
 
 
 @dataclass

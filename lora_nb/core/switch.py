@@ -4,9 +4,9 @@ peft's ``enable_adapter_layers`` / ``set_adapter`` walk every module of the mode
 every adapter's sub-modules via ``parameters()`` to set ``requires_grad``: ~10 ms for 224 layers of a tiny
 Llama on this CPU, dominated by ``named_modules`` recursion (3,335 modules). Here an index of the LoRA
 layers and of each adapter's parameters (rebuilt whenever the set of adapters changes) lets the same
-peft state (``_disable_adapters``, ``_active_adapter``, ``requires_grad``, ``active_adapter`` of
-LoraModel and PeftModel)
-be written in well under a millisecond. A test checks the result equals what peft's calls produce.
+peft state (``_disable_adapters``, ``_active_adapter``, ``requires_grad``, and ``active_adapter`` of
+LoraModel and PeftModel) be written in under a millisecond (benchmarks/toggle.py). A test checks
+the result equals what peft's own calls produce.
 Models with auxiliary wrappers (``modules_to_save``) or adapter variants that freeze weights take
 peft's own path.
 """
