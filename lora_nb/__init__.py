@@ -38,6 +38,8 @@ _EXPORTS = {
     "save": "lora_nb.core.io:save",
     "load": "lora_nb.core.io:load",
     "combine": "lora_nb.core.combine:combine",
+    "strength": "lora_nb.core.strength:strength",
+    "set_strength": "lora_nb.core.strength:set_strength",
     "compare": "lora_nb.core.compare:compare",
     "vs_full": "lora_nb.core.vs_full:vs_full",
 }
