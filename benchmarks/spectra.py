@@ -4,7 +4,10 @@ r=16 LoRA on q,k,v,o (4096×4096), gate, up (11008×4096) and down (4096×11008)
 = 224 modules. The base model lives on the meta device (no 7B weights are allocated); only
 the LoRA factors are real. ``lora_nb.spectra`` runs on it exactly as on any model.
 
-Run: python benchmarks/spectra.py [--samples 2]
+With ``--live``: the share of a real training run's wall time that two live explorers (weights
+and spectrum, default 3 s refresh) spend refreshing on the training thread.
+
+Run: python benchmarks/spectra.py [--samples 2] [--live]
 """
 
 from __future__ import annotations
@@ -41,9 +44,31 @@ def build(r: int = 16):
     return model, session
 
 
+def live_overhead(steps: int = 600) -> None:
+    """Train a tiny Llama with a weights and a spectrum explorer attached; print their share of the run."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lora_nb.widgets.explorers import SpectrumExplorer, WeightsExplorer
+
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=101, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg)
+    lora_nb.attach(model, r=8)
+    ids = torch.randint(1, 100, (64, 32), generator=torch.Generator().manual_seed(0))
+    run = lora_nb.train(model, [{"input_ids": r, "labels": r} for r in ids], steps=steps, batch_size=8,
+                        background=True, seed=0)
+    views = [WeightsExplorer(model), SpectrumExplorer(model)]
+    run.wait()
+    for v in views:
+        print(f"{type(v).__name__}: {v.live_refreshes} live refreshes, {v.live_seconds:.3f} s on the training thread")
+    cost = sum(v.live_seconds for v in views)
+    print(f"run: {run.step} steps in {run.seconds:.2f} s; live views took {100 * cost / run.seconds:.2f}% of it")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=2, help="modules checked against a dense float64 SVD")
+    parser.add_argument("--live", action="store_true", help="also measure live explorers during training")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -89,6 +114,8 @@ def main() -> None:
         worst = max(worst, err)
         print(f"  {name}: max relative error vs dense float64 = {err:.2e}")
     print(f"max relative error over {len(sampled)} sampled modules: {worst:.2e}")
+    if args.live:
+        live_overhead()
 
 
 if __name__ == "__main__":

@@ -226,3 +226,13 @@ def test_intruder_dimensions_known_answers():
     e0 = torch.eye(n)[:1]
     _set(layer, "default", e0, 3.0 * e0.T)  # ΔW along W's own top direction
     assert lora_nb.core.spectra.intruders(model, k=5)["0"] == 0
+
+
+def test_analysis_modules_import_no_notebook_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys, lora_nb.core.spectra, lora_nb.core.weights, lora_nb.core.factors; "
+            "print([m for m in ('IPython', 'ipywidgets', 'plotly') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -119,7 +121,8 @@ def test_figures_carry_the_core_numbers():
     figs = module_figures(mm)
     assert np.asarray(figs["ΔW"].data[0].z).shape == (64, 32)
     np.testing.assert_array_equal(figs["B"].data[0].z, mm.B)
-    assert len(histogram_figure(mm).data[1].x) == 64 * 8
+    hist = histogram_figure(mm)
+    assert len(hist.data[1].x) == 60 and sum(hist.data[1].y) == 64 * 8  # 60 bars, every value of B counted
 
 
 def test_weights_explorer_follows_its_dropdowns_and_clicks():
@@ -258,3 +261,25 @@ def test_verbs_in_a_terminal_and_in_a_kernel(ip, monkeypatch):
     assert isinstance(ip.run_line_magic("lora", "spectrum model --base"), SpectrumExplorer)
     assert isinstance(ip.run_line_magic("lora", "weights model"), WeightsExplorer)
     assert isinstance(ip.run_line_magic("lora", "similarity model --adapter first --other second"), SimilarityView)
+
+
+def test_spectrum_explorer_live_on_a_real_background_run():
+    pytest.importorskip("lora_nb.core.train")
+    model = tiny_mlp()
+    lora_nb.attach(model, r=4)
+    make_b_nonzero(model)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 16, generator=g)
+    run = lora_nb.train(model, (x, x[:, :5].argmax(1)), steps=100000, lr=1e-2, background=True)
+    ex = SpectrumExplorer(model)
+    ex.interval = 0.0  # refresh as often as the 5% budget allows
+    deadline = time.monotonic() + 20
+    while ex.live_refreshes < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run.stop()
+    run.wait(10)
+    assert run.state == "stopped" and ex.live_refreshes >= 2 and ex in run.callbacks
+    one = ex.live_seconds / ex.live_refreshes
+    assert ex.live_seconds <= 0.05 * run.seconds + 2 * one  # the 5% budget, give or take the last refresh
+    final = lora_nb.spectra(model)  # on_train_end redrew the trained adapter
+    np.testing.assert_allclose(ex.bars.data[0].y, final[ex.module.value])

@@ -18,7 +18,7 @@ import torch
 from ..errors import TargetError
 from . import factors as F
 from . import registry
-from .weights import format_table, html_table
+from .weights import TableResult
 
 FULL_SVD_MAX = 1024  # a base layer with min(out, in) above this gets a top-k randomized SVD
 TOP_K = 64
@@ -87,7 +87,7 @@ class BaseSpectrum:
     exact: bool
 
 
-class Spectra(dict):
+class Spectra(TableResult):
     """``{module name: ΔW's singular values (descending)}`` with per-layer stats and optional base spectra."""
 
     def __init__(self, adapter: str) -> None:
@@ -96,7 +96,6 @@ class Spectra(dict):
         self.shapes: dict[str, tuple[int, int, int]] = {}  # out, in, r
         self.stats: dict[str, LayerStats] = {}
         self.base: dict[str, BaseSpectrum] | None = None
-        self.notes: list[str] = []
 
     def _head(self) -> list[str]:
         head = ["module", "out×in", "r", "σ₁", "‖ΔW‖_F", "eff. rank", "stable rank", "top-1 energy"]
@@ -118,12 +117,6 @@ class Spectra(dict):
 
     def _title(self) -> str:
         return f"adapter `{self.adapter}`: singular values of ΔW in {len(self)} modules"
-
-    def __repr__(self) -> str:
-        return "\n".join([self._title(), format_table(self._head(), self._rows()), *self.notes])
-
-    def _repr_html_(self) -> str:
-        return html_table(self._title(), self._head(), self._rows(), self.notes)
 
 
 def _randomized_svdvals(m: torch.Tensor, k: int, niter: int = 6) -> torch.Tensor:
@@ -183,6 +176,8 @@ def spectra(model, adapter: str | None = None, base: bool = False, layers: str |
         result[f.name] = values = delta_values(f)
         result.shapes[f.name] = (f.out_features, f.in_features, f.r)
         result.stats[f.name] = layer_stats(values)
+    if getattr(session.peft.peft_config[adapter], "use_dora", False):
+        result.notes.append("DoRA adapter: these are the values of s·B·A; its magnitude vector rescales W+ΔW too")
     if all(not len(v) or v[0] == 0 for v in result.values()):
         result.notes.append("ΔW is zero everywhere: a factor is still all zeros (fresh adapter, or never trained)")
     if base:
@@ -199,26 +194,21 @@ def spectra(model, adapter: str | None = None, base: bool = False, layers: str |
     return result
 
 
-class Similarity(dict):
+class Similarity(TableResult):
     """``{module name: φ matrix (r_a × r_b)}``: subspace similarity of two adapters (Hu et al. 2021, §7.2)."""
 
     def __init__(self, a: str, b: str) -> None:
         super().__init__()
         self.a, self.b = a, b
-        self.notes: list[str] = []
+
+    def _head(self) -> list[str]:
+        return ["module", "r_a×r_b", "φ(1,1)", "mean φ"]
 
     def _rows(self) -> list[list[str]]:
         return [[n, f"{p.shape[0]}×{p.shape[1]}", f"{p[0, 0]:.3f}", f"{p.mean():.3f}"] for n, p in self.items()]
 
     def _title(self) -> str:
         return f"subspace similarity φ of adapters `{self.a}` and `{self.b}` ({len(self)} modules)"
-
-    def __repr__(self) -> str:
-        head = ["module", "r_a×r_b", "φ(1,1)", "mean φ"]
-        return "\n".join([self._title(), format_table(head, self._rows()), *self.notes])
-
-    def _repr_html_(self) -> str:
-        return html_table(self._title(), ["module", "r_a×r_b", "φ(1,1)", "mean φ"], self._rows(), self.notes)
 
 
 def _right_vectors(f: F.Factors) -> torch.Tensor:
@@ -252,22 +242,21 @@ def similarity(model, a: str, b: str, layers: str | None = None, other=None) -> 
     return result
 
 
-class PerModule(dict):
+class PerModule(TableResult):
     """``{module name: value}`` from one analysis, with a text table."""
 
     def __init__(self, title: str, column: str) -> None:
         super().__init__()
         self.title, self.column = title, column
-        self.notes: list[str] = []
+
+    def _title(self) -> str:
+        return self.title
+
+    def _head(self) -> list[str]:
+        return ["module", self.column]
 
     def _rows(self) -> list[list[str]]:
         return [[n, f"{v:.4g}" if isinstance(v, float) else str(v)] for n, v in self.items()]
-
-    def __repr__(self) -> str:
-        return "\n".join([self.title, format_table(["module", self.column], self._rows()), *self.notes])
-
-    def _repr_html_(self) -> str:
-        return html_table(self.title, ["module", self.column], self._rows(), self.notes)
 
 
 def _layers_and_factors(model, adapter, layers):

@@ -22,7 +22,7 @@ MAX_SIZE = 256  # heatmap side after pooling
 _INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
-def format_table(headers: list[str], rows: list[list[str]], limit: int = 60) -> str:
+def _text_table(headers: list[str], rows: list[list[str]], limit: int = 60) -> str:
     """A fixed-width text table (at most ``limit`` rows, then a count of the rest)."""
     shown = [headers, *rows[:limit]]
     widths = [max(len(r[i]) for r in shown) for i in range(len(headers))]
@@ -32,14 +32,32 @@ def format_table(headers: list[str], rows: list[list[str]], limit: int = 60) -> 
     return "\n".join(lines)
 
 
-def html_table(title: str, headers: list[str], rows: list[list[str]], notes: list[str], limit: int = 60) -> str:
-    """The same table as HTML for notebooks."""
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows[:limit])
-    more = f"<div>… ({len(rows) - limit} more)</div>" if len(rows) > limit else ""
-    extra = "".join(f"<div>{esc(n)}</div>" for n in notes)
-    return f"<div><b>{esc(title)}</b><table><tr>{head}</tr>{body}</table>{more}{extra}</div>"
+class TableResult(dict):
+    """A ``{module name: …}`` result shown as a table: text in terminals, HTML in notebooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[str] = []
+
+    def _title(self) -> str:
+        raise NotImplementedError
+
+    def _head(self) -> list[str]:
+        raise NotImplementedError
+
+    def _rows(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return "\n".join([self._title(), _text_table(self._head(), self._rows()), *self.notes])
+
+    def _repr_html_(self, limit: int = 60) -> str:
+        esc, rows = html.escape, self._rows()
+        head = "".join(f"<th>{esc(h)}</th>" for h in self._head())
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows[:limit])
+        more = f"<div>… ({len(rows) - limit} more)</div>" if len(rows) > limit else ""
+        extra = "".join(f"<div>{esc(n)}</div>" for n in self.notes)
+        return f"<div><b>{esc(self._title())}</b><table><tr>{head}</tr>{body}</table>{more}{extra}</div>"
 
 
 def split_name(name: str, type_name: str = "") -> tuple[str, int | None, str]:
@@ -90,15 +108,15 @@ class NormMap:
     value: str
 
 
-class WeightSummary(dict):
+class WeightSummary(TableResult):
     """``{module name: ModuleWeights}`` for one adapter, with a norm map and tables."""
 
-    HEAD = ["module", "out×in", "r", "‖A‖", "‖B‖", "‖ΔW‖", "‖ΔW‖/‖W‖", "B min..max"]
-
-    def __init__(self, adapter: str, notes: list[str] | None = None) -> None:
+    def __init__(self, adapter: str) -> None:
         super().__init__()
         self.adapter = adapter
-        self.notes = notes if notes is not None else []
+
+    def _head(self) -> list[str]:
+        return ["module", "out×in", "r", "‖A‖", "‖B‖", "‖ΔW‖", "‖ΔW‖/‖W‖", "B min..max"]
 
     def norm_map(self, value: str = "delta_norm") -> NormMap:
         """Layer × module-type grid of ``value`` (``delta_norm``, ``ratio``, ``a_norm`` or ``b_norm``)."""
@@ -125,12 +143,6 @@ class WeightSummary(dict):
 
     def _title(self) -> str:
         return f"adapter `{self.adapter}`: weights of {len(self)} modules"
-
-    def __repr__(self) -> str:
-        return "\n".join([self._title(), format_table(self.HEAD, self._rows()), *self.notes])
-
-    def _repr_html_(self) -> str:
-        return html_table(self._title(), self.HEAD, self._rows(), self.notes)
 
 
 def _row_order(key: str) -> tuple[str, int]:

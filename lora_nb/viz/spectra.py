@@ -20,16 +20,20 @@ def _short(names: list[str]) -> list[str]:
     return [n[len(prefix):] or n for n in names]
 
 
+def spectrum_title(result: Spectra, name: str) -> str:
+    st = result.stats[name]
+    out, inp, r = result.shapes[name]
+    return (f"{name} — ΔW {out}×{inp}, r={r}: effective rank {st.effective_rank:.2f}, "
+            f"stable rank {st.stable_rank:.2f}")
+
+
 def spectrum_figure(result: Spectra, name: str) -> go.Figure:
     """Bars of ΔW's singular values for module ``name``, with its effective and stable rank."""
     values = result[name]
-    st = result.stats[name]
-    out, inp, r = result.shapes[name]
     fig = go.Figure(go.Bar(x=np.arange(1, len(values) + 1), y=values, name="σᵢ(ΔW)",
                            hovertemplate="σ%{x} = %{y:.4g}<extra></extra>"))
     fig.update_layout(
-        title=f"{name} — ΔW {out}×{inp}, r={r}: effective rank {st.effective_rank:.2f}, "
-              f"stable rank {st.stable_rank:.2f}",
+        title=spectrum_title(result, name),
         xaxis_title="index i", yaxis_title="singular value σᵢ", height=340, margin=dict(t=50, b=40),
     )
     return fig

@@ -21,8 +21,12 @@ from ..core.callbacks import Callback
 from ..core.spectra import similarity, spectra
 from ..core.weights import matrices, weights
 from ..errors import LoraNBError
-from ..viz.spectra import base_spectrum_figure, effective_rank_figure, similarity_figure, spectrum_figure
-from ..viz.weights import VALUE_LABELS, histogram_figure, module_figures, norm_map_figure
+from ..viz.spectra import (
+    base_spectrum_figure, effective_rank_figure, similarity_figure, spectrum_figure, spectrum_title,
+)
+from ..viz.weights import (
+    VALUE_LABELS, diverging_range, histogram_figure, module_figures, norm_map_figure, norm_z, value_histogram,
+)
 
 
 def _replace(widget: go.FigureWidget, fig: go.Figure) -> None:
@@ -48,6 +52,7 @@ class LiveView(Callback):
         self.clock = clock or time.monotonic
         self.next_refresh = 0.0
         self.live_refreshes = 0
+        self.live_seconds = 0.0  # time spent refreshing on the training thread
         self.live_run = None
         self.session.listeners.add(self)
         self.follow_run()
@@ -71,6 +76,7 @@ class LiveView(Callback):
             return
         cost = self.clock() - now
         self.live_refreshes += 1
+        self.live_seconds += cost
         self.next_refresh = now + max(self.interval, cost / self.budget)
 
     def on_train_end(self, run) -> None:
@@ -137,7 +143,7 @@ class WeightsExplorer(W.VBox, LiveView):
         _replace(self.histogram, histogram_figure(mm))
 
     def refresh(self) -> None:
-        """Re-read the adapter (a consistent snapshot) and redraw."""
+        """Re-read the adapter (a consistent snapshot) and send only the new numbers."""
         try:
             self.summary = weights(self.model, self.adapter, self.layers)
         except LoraNBError as exc:
@@ -145,9 +151,17 @@ class WeightsExplorer(W.VBox, LiveView):
         self.message.value = ""
         names = list(self.summary)
         if list(self.module.options) != names:
-            self.module.options = names
-        self._draw_norms()
-        self._draw_module()
+            self.module.options = names  # redraws the module through the dropdown
+        with self.norm.batch_update():
+            self.norm.data[0].z = norm_z(self.summary.norm_map(self.color_by.value))
+        mm = matrices(self.model, self.module.value, self.adapter)
+        for key, m in (("A", mm.A), ("B", mm.B), ("ΔW", mm.delta)):
+            with self.heatmaps[key].batch_update():
+                trace = self.heatmaps[key].data[0]
+                trace.z, (trace.zmin, trace.zmax) = m, diverging_range(m)
+        with self.histogram.batch_update():
+            for trace, values in zip(self.histogram.data, (mm.a_values, mm.b_values)):
+                trace.x, trace.y, trace.width = value_histogram(values)
 
 
 class SpectrumExplorer(W.VBox, LiveView):
@@ -169,9 +183,13 @@ class SpectrumExplorer(W.VBox, LiveView):
         self._start_live(model, clock)
 
     def _base_figure(self) -> go.Figure:
-        """W vs W+ΔW for the chosen module only: computed lazily, cached in core."""
-        one = spectra(self.model, self.adapter, base=True, layers="^" + re.escape(self.module.value) + "$")
-        return base_spectrum_figure(one, self.module.value)
+        """W vs W+ΔW for the chosen module only: computed lazily (dense SVDs), cached in core."""
+        name = self.module.value
+        out, inp, _ = self.result.shapes[name]
+        self.message.value = f"computing the singular values of W and W+ΔW ({out}×{inp}) of <code>{name}</code>…"
+        one = spectra(self.model, self.adapter, base=True, layers="^" + re.escape(name) + "$")
+        self.message.value = html.escape(" ".join(one.notes))
+        return base_spectrum_figure(one, name)
 
     def _draw_module(self) -> None:
         _replace(self.bars, spectrum_figure(self.result, self.module.value))
@@ -179,7 +197,7 @@ class SpectrumExplorer(W.VBox, LiveView):
             _replace(self.base_fig, self._base_figure())
 
     def refresh(self) -> None:
-        """Recompute the spectra (cheap: r × r SVDs) and redraw."""
+        """Recompute the spectra (cheap: r × r SVDs) and send only the new numbers."""
         try:
             self.result = spectra(self.model, self.adapter, layers=self.layers)
         except LoraNBError as exc:
@@ -187,8 +205,15 @@ class SpectrumExplorer(W.VBox, LiveView):
         self.message.value = ""
         if list(self.module.options) != list(self.result):
             self.module.options = list(self.result)
-        self._draw_module()
-        _replace(self.ranks, effective_rank_figure(self.result))
+        name = self.module.value
+        with self.bars.batch_update():
+            self.bars.data[0].y = self.result[name]
+            self.bars.layout.title.text = spectrum_title(self.result, name)
+        if self.base_fig is not None:
+            _replace(self.base_fig, self._base_figure())
+        with self.ranks.batch_update():
+            self.ranks.data[0].y = [self.result.stats[n].effective_rank for n in self.result]
+            self.ranks.data[1].y = [self.result.stats[n].stable_rank for n in self.result]
 
 
 class SimilarityView(W.VBox, LiveView):
