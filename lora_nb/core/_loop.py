@@ -171,8 +171,8 @@ class Loop:
         self.opt.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
         record = {"step": run.step + 1, "loss": loss_value, "lr": lr, "grad_norm": norm_value,
-                  "samples_per_s": samples / seconds, "time": time.perf_counter() - self.started,
-                  "memory_mb": self.memory_mb()}
+                  "samples_per_s": samples / seconds, "seconds": seconds,
+                  "time": time.perf_counter() - self.started, "memory_mb": self.memory_mb()}
         if tokens:
             record["tokens_per_s"] = tokens / seconds
         if self.batches.per_epoch:

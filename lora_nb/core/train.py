@@ -12,8 +12,8 @@ How a run ends (``run.state``):
   released, and the message suggests a smaller batch.
 
 ``run.history`` holds one dict per optimizer step: ``step``, ``loss``, ``lr``, ``grad_norm``,
-``samples_per_s``, ``tokens_per_s`` (token data), ``memory_mb`` (CUDA allocated on GPU, process
-RSS on CPU), ``time`` (s since start) and ``epoch``; ``run.evals`` one dict per evaluation:
+``samples_per_s``, ``tokens_per_s`` (token data), ``seconds`` (wall time of the step), ``memory_mb``
+(CUDA allocated on GPU, process RSS on CPU), ``time`` (s since start) and ``epoch``; ``run.evals`` one dict per evaluation:
 ``step``, ``eval_loss``, ``time``.
 """
 
@@ -224,7 +224,18 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
                              device=device, **extras)
     session = registry.require(model)
     session.ensure_idle("start another training run")
-    params = _trainable(session)
+    return launch(session, session.active, _trainable(session), data, eval_data, tokenizer, loss_fn, settings,
+                  background, callbacks)
+
+
+def launch(session: Any, name: str, params: list[torch.nn.Parameter], data: Any, eval_data: Any, tokenizer: Any,
+           loss_fn: Any, settings: TrainSettings, background: bool | None = None,
+           callbacks: list[Callback] | None = None) -> TrainRun:
+    """Train ``params`` of ``session.model`` with the loop behind ``train``; the run is called ``name``.
+
+    ``session``: a registry ``Session``, or any object with ``model``, ``lock``, ``run`` and
+    ``ensure_idle`` (``vs_full`` trains a plain model's own weights this way, through the same loop).
+    """
     target = resolve_device(settings.device, session.model)
     batches, eval_batches = _plan(session.model, data, eval_data, tokenizer, loss_fn, settings)
     max_steps = _max_steps(settings, batches.per_epoch)
@@ -233,7 +244,7 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
     bf16 = uses_bf16(target, settings.precision)
     where = str(target) + (" (bf16 autocast)" if bf16 else "")
     background = in_jupyter_kernel() if background is None else bool(background)
-    run = TrainRun(session.model, session.active, settings, max_steps, target, where, batches.description,
+    run = TrainRun(session.model, name, settings, max_steps, target, where, batches.description,
                    background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
