@@ -46,6 +46,10 @@ class AdapterFileError(LoraNBError):
     """An adapter on disk is missing, corrupt, unsafe or does not fit the model."""
 
 
+class LoraNBWarning(UserWarning):
+    """Something works but deserves a note (e.g. a rank above a layer's size); shown as one line by magics."""
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """``"; did you mean `x`?"`` for the closest candidate, or ``""``."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

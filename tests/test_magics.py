@@ -100,3 +100,12 @@ def test_unload_extension(ip):
     assert ip.find_line_magic("lora") is None
     ip.run_line_magic("load_ext", "lora_nb")
     assert ip.find_line_magic("lora") is not None
+
+
+def test_rank_note_is_one_line_on_stderr(ip, capsys):  # G7 through the magic
+    from torch import nn
+
+    ip.user_ns["small"] = nn.Sequential(nn.Linear(20, 2))
+    ip.run_line_magic("lora", "attach small --r 8")
+    err = capsys.readouterr().err
+    assert err.startswith("note: r=8 exceeds min(in, out)") and err.count("\n") == 1

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import LoraNBError, NotAModelError, OptionError, did_you_mean
+from ..errors import LoraNBError, LoraNBWarning, NotAModelError, OptionError, did_you_mean
 
 
 class UnknownVariableError(LoraNBError):
@@ -152,7 +154,16 @@ def dispatch(shell, line: str, cell: str | None = None) -> Any:
     if cell is not None:
         argv += body_to_argv(cell, spec.parser)
     args = spec.parser.parse_args(argv)
-    return spec.handler(Context(shell), args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LoraNBWarning)
+        try:
+            return spec.handler(Context(shell), args)
+        finally:
+            for w in caught:  # lora_nb's notes as one line; anything else goes on as a normal warning
+                if issubclass(w.category, LoraNBWarning):
+                    print(f"note: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 class HelpText(str):

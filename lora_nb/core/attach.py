@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import AdapterError
+from ..errors import AdapterError, LoraNBWarning
 from . import registry, switch
 from .options import AttachOptions
 from .targets import _match_names, named_modules, resolve_targets, target_regex
@@ -29,6 +29,7 @@ def _warn_rank(model: nn.Module, names: list[str], r: int) -> None:
         warnings.warn(
             f"r={r} exceeds min(in, out) of {len(small)} layer(s) (e.g. {small[0]}): their update has rank "
             "at most min(in, out), so part of the adapter is redundant",
+            LoraNBWarning,
             stacklevel=3,
         )
 
