@@ -59,10 +59,12 @@ class TrainSettings:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=512, metadata={"help": "tokens per text at most (text data)"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on capable GPUs) | bf16 | fp32"})
+    processes: int = field(default=1, metadata={"help": "data-parallel processes: N GPUs, or N CPU processes (gloo)"})
 
     def __post_init__(self) -> None:
         for name, kind, low in (("steps", int, 1), ("batch_size", int, 1), ("grad_accum", int, 1),
-                                ("eval_every", int, 1), ("max_length", int, 1), ("epochs", float, 0)):
+                                ("eval_every", int, 1), ("max_length", int, 1), ("epochs", float, 0),
+                                ("processes", int, 1)):
             value = getattr(self, name)
             if value is not None:
                 value = _as_number(name, value, kind)
@@ -224,6 +226,11 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
                              device=device, **extras)
     session = registry.require(model)
     session.ensure_idle("start another training run")
+    if settings.processes > 1:  # data-parallel over processes (core/distributed.py); it decides the devices
+        from .distributed import launch_processes
+
+        _trainable(session)
+        return launch_processes(session, settings, data, eval_data, tokenizer, loss_fn, background, callbacks)
     return launch(session, session.active, _trainable(session), data, eval_data, tokenizer, loss_fn, settings,
                   background, callbacks)
 

@@ -1,0 +1,273 @@
+"""Data-parallel training over N processes from the notebook: ``train(..., processes=N)``.
+
+The kernel's own model is what trains. accelerate's ``notebook_launcher`` forks N workers from the
+kernel (N GPUs over NCCL, or N CPU processes over gloo); each runs lora_nb's one training ``Loop``
+with the model in DDP (see ``_worker``). Rank 0 streams its records (loss averaged, throughput summed
+over processes) through a queue to this run's ``TrainRun``, so callbacks and the live dashboard work
+unchanged; at the end it writes the adapter's weights, which are copied into the user's model under
+``session.lock``. Stop/Pause are shared events that every process agrees on at a step boundary.
+
+Limits: fork needs CUDA untouched in the kernel (keep the model on the CPU until the run starts), no
+``Accelerator`` created in the kernel, and bitsandbytes not imported there (accelerate refuses);
+the kernel's copy of the adapter changes only when the run ends. For a worker failure that kills the
+processes, the adapter stays as it was before the run unless rank 0 got to write its weights.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import multiprocessing
+import queue
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import OptionError, TrainingError
+from . import registry
+from ._worker import WEIGHTS, Job, run_worker
+from .data import takes_model
+from .status import adapter_named_parameters
+from .train import TrainRun, _max_steps, _plan, in_jupyter_kernel
+
+_FORK = multiprocessing.get_context("fork")
+
+
+class WorkerError(TrainingError):
+    """A worker process failed; ``str`` is the one-line reason, ``TrainRun.traceback`` the worker's."""
+
+
+@dataclass(eq=False, repr=False)
+class ProcessRun(TrainRun):
+    """A ``TrainRun`` whose steps happen in other processes: Stop and Pause reach them through shared events."""
+
+    processes: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._shared_stop, self._shared_pause, self._queue = _FORK.Event(), _FORK.Event(), _FORK.Queue()
+
+    def stop(self) -> None:
+        super().stop()
+        self._shared_stop.set()
+
+    def pause(self) -> None:
+        super().pause()
+        if self.state == "paused":
+            self._shared_pause.set()
+
+    def resume(self) -> None:
+        super().resume()
+        self._shared_pause.clear()
+
+    def summary(self) -> dict:
+        return {**super().summary(), "processes": self.processes}
+
+
+def check_launchable(processes: int, device: str, model: torch.nn.Module) -> bool:
+    """Whether the processes run on CPU (else one per GPU), or a one-line error why they cannot start here."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise TrainingError("a torch.distributed process group is already running in this kernel; "
+                            "multi-process training starts its own")
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state:
+        raise TrainingError("an accelerate Accelerator was already created in this kernel, and accelerate cannot "
+                            "launch processes after that: restart the kernel and start the run before creating one")
+    if "bitsandbytes" in sys.modules:
+        raise TrainingError("bitsandbytes is imported in this kernel, and accelerate will not fork processes after "
+                            "that: train a quantized model in one process, or `%lora export` it and `accelerate launch`")
+    if len({p.device for p in model.parameters()}) > 1:
+        raise OptionError("this model is spread over several devices (device_map): it trains in one process; "
+                          "drop --processes")
+    name = str(device).strip().lower()
+    if name not in ("auto", "cpu", "cuda"):
+        raise OptionError(f"with processes > 1 the device is auto, cpu or cuda (one process per GPU); got `{device}`")
+    gpus = 0 if name == "cpu" else torch.cuda.device_count()
+    if name == "cpu" or (name == "auto" and gpus == 0):
+        return True
+    if gpus < processes:
+        raise OptionError(f"{processes} processes need {processes} GPUs; this machine has {gpus} "
+                          "(use --device cpu for CPU processes)")
+    if torch.cuda.is_initialized():
+        raise TrainingError("CUDA is already in use in this kernel, and forked processes cannot use it after that: "
+                            "restart the kernel and keep the model on the CPU until the run starts, or `%lora export` "
+                            "the run and use `accelerate launch`")
+    return False
+
+
+def launch_processes(session: registry.Session, settings: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: Any,
+           background: bool | None, callbacks: list | None) -> ProcessRun:
+    """Start a ``settings.processes``-process run of ``session``'s active adapter; returns its ``ProcessRun``."""
+    n = settings.processes
+    cpu = check_launchable(n, settings.device, session.model)
+    batches, eval_batches = _plan(session.model, data, eval_data, tokenizer, loss_fn, settings)
+    per_process = None if batches.per_epoch is None else math.ceil(batches.per_epoch / n)
+    max_steps = _max_steps(settings, per_process)
+    if eval_batches is not None and settings.eval_every is None:
+        settings.eval_every = max(1, max_steps // 10)
+    device = torch.device("cpu") if cpu else torch.device("cuda", 0)
+    where = f"{n} processes × {'CPU (gloo)' if cpu else 'GPU (nccl)'}"
+    background = in_jupyter_kernel() if background is None else bool(background)
+    run = ProcessRun(session.model, session.active, settings, max_steps, device, where, batches.description,
+                     background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []),
+                     processes=n)
+    out = tempfile.mkdtemp(prefix="lora_nb-processes-")
+    job = Job(session, settings, batches, eval_batches, max_steps, cpu, run.custom_loss, out,
+              run._queue, run._shared_stop, run._shared_pause)
+    with session.lock:
+        session.ensure_idle("start another training run")
+        session.run = run
+    driver = _Driver(run, session, job)
+    run._thread = threading.Thread(target=contextvars.copy_context().run, args=(driver,),
+                                   name=f"lora_nb-processes-{run.adapter}", daemon=True)
+    run._thread.start()
+    if not background:
+        _wait_interruptibly(run)
+    return run
+
+
+def _wait_interruptibly(run: ProcessRun) -> None:
+    """Block until the run ends; Ctrl-C stops it at the next step boundary (all processes together)."""
+    while True:
+        try:
+            if run._done.wait(0.1):
+                break
+        except KeyboardInterrupt:
+            run.stop()
+    run.wait()
+
+
+class _Driver:
+    """Runs the launcher, relays the workers' records to the run's callbacks, and ends the run."""
+
+    def __init__(self, run: ProcessRun, session: registry.Session, job: Job) -> None:
+        self.run, self.session, self.job = run, session, job
+        self.ended: tuple | None = None  # rank 0's ("end", state, message)
+        self.errors: list[tuple] = []  # ("error", rank, message, traceback) in arrival order
+        self.launcher_done = threading.Event()
+        self.callback_failure = ""  # one line, when a view's hook raised
+
+    def __call__(self) -> None:
+        pump = threading.Thread(target=contextvars.copy_context().run, args=(self._pump,), daemon=True)
+        failure: BaseException | None = None
+        self._callbacks("on_train_begin")
+        pump.start()
+        try:
+            self._launch()
+        except BaseException as exc:  # the launcher raising is how a dead worker shows up
+            failure = exc
+        finally:
+            self.launcher_done.set()
+            pump.join()
+        try:
+            state, message = self._outcome(failure)
+        finally:
+            shutil.rmtree(self.job.out, ignore_errors=True)
+        self.run._finish(state, message)
+        self._callbacks("on_train_end", final=True)
+        self.run._done.set()
+
+    def _launch(self) -> None:
+        from accelerate import notebook_launcher
+
+        quiet = logging.getLogger("torch.distributed.elastic")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # a failed worker is reported once, by the run, not by elastic's logs
+        try:
+            notebook_launcher(run_worker, args=(self.job,), num_processes=self.run.processes,
+                              use_port=str(_free_port()), master_addr="127.0.0.1")
+        finally:
+            quiet.setLevel(level)
+
+    def _pump(self) -> None:
+        """Relay messages from rank 0 until the launcher returned and the queue is empty."""
+        while True:
+            try:
+                message = self.job.channel.get(timeout=0.1)
+            except queue.Empty:
+                if self.launcher_done.is_set():
+                    return
+                continue
+            kind = message[0]
+            if kind in ("step", "eval"):
+                (self.run.history if kind == "step" else self.run.evals).append(message[1])
+                self._callbacks("on_step_end" if kind == "step" else "on_evaluate", message[1])
+            elif kind == "end":
+                self.ended = message
+            elif kind == "error":
+                self.errors.append(message)
+
+    def _callbacks(self, hook: str, *args: Any, final: bool = False) -> None:
+        for cb in tuple(self.run.callbacks):
+            try:
+                getattr(cb, hook)(self.run, *args)
+            except Exception as exc:  # as in the one-process loop: a failing view ends the run
+                if self.run.error is None:
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    self.run.error, self.run.traceback = exc, traceback.format_exc()
+                    self.callback_failure = f"{type(exc).__name__} in callback {type(cb).__name__}.{hook}: {first}"
+                if not final:
+                    self.run.stop()
+
+    def _outcome(self, failure: BaseException | None) -> tuple[str, str]:
+        """The run's end state and message, after the returned weights (if any) went into the model."""
+        run, n = self.run, self.run.processes
+        loaded = self._load_weights()
+        kept = "the adapter keeps the steps rank 0 completed" if loaded else "the adapter is as it was before the run"
+        if self.errors:
+            _, rank, message, tb = self.errors[0]
+            run.error, run.traceback = WorkerError(message), tb
+            return "failed", f"{message} (in process {rank + 1} of {n}; {kept})"
+        if self.callback_failure:
+            return "failed", self.callback_failure
+        if failure is not None or self.ended is None:
+            run.error = failure or WorkerError("the worker processes ended without a result")
+            run.traceback = "".join(traceback.format_exception(run.error)) if failure is not None else None
+            return "failed", f"{_describe_launch_failure(failure)} ({kept})"
+        _, state, message = self.ended
+        return state, ("" if state == "finished" else message)  # "" → the run's own summary line
+
+    def _load_weights(self) -> bool:
+        """Copy rank 0's adapter weights into the user's model; False when there were none."""
+        from safetensors.torch import load_file
+
+        path = Path(self.job.out) / WEIGHTS
+        if not path.exists():
+            return False
+        tensors = load_file(str(path))
+        params = dict(adapter_named_parameters(self.session.model, self.run.adapter))
+        if set(tensors) != set(params):
+            raise TrainingError(f"the workers returned weights for {len(tensors)} tensors, the adapter has "
+                                f"{len(params)}: not loaded")
+        with self.session.lock, torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[name])
+        return True
+
+
+def _describe_launch_failure(exc: BaseException | None) -> str:
+    """One line for a launch that failed without a worker's own report (a crash, a kill, a launcher error)."""
+    if exc is None:
+        return "the worker processes ended without reporting a result"
+    failures = getattr(exc, "failures", None)
+    if failures:
+        rank, info = sorted(failures.items())[0]
+        return f"worker process {rank + 1} died (exit code {info.exitcode})"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"the processes could not start: {type(exc).__name__}: {first}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
