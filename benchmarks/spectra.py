@@ -13,6 +13,7 @@ Run: python benchmarks/spectra.py [--samples 2] [--live]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 import lora_nb
-from lora_nb.core.factors import layer_factors, lora_layers
+from lora_nb.core.factors import layer_factors, lora_layers, one_thread
 from lora_nb.core.spectra import delta_values
 
 
@@ -71,7 +72,8 @@ def main() -> None:
     parser.add_argument("--live", action="store_true", help="also measure live explorers during training")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load}")
     t = time.perf_counter()
     model, session = build()
     print(f"built the meta-device Llama-7B shape with real r=16 factors in {time.perf_counter() - t:.1f} s")
@@ -88,18 +90,25 @@ def main() -> None:
     layers = dict(lora_layers(session, "default"))
     q = "model.layers.0.self_attn.q_proj"
     delta = layers[q].get_delta_weight("default").detach()
-    t = time.perf_counter()
-    torch.linalg.svdvals(delta)
-    dense = time.perf_counter() - t
+    dense_by_threads = {}
+    for threads in sorted({1, torch.get_num_threads()}, reverse=True):  # the dense path at its best
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        torch.linalg.svdvals(delta)
+        dense_by_threads[threads] = time.perf_counter() - t
+    torch.set_num_threads(max(dense_by_threads))
+    print("dense svdvals by thread count: " + ", ".join(f"{k}: {v:.2f} s" for k, v in dense_by_threads.items()))
+    dense = min(dense_by_threads.values())
     per_module = statistics.median(times) / n
     f = layer_factors(q, layers[q], "default")
     reps = []
     for _ in range(50):
         t = time.perf_counter()
-        delta_values(f)
+        with one_thread():  # as spectra() runs it
+            delta_values(f)
         reps.append(time.perf_counter() - t)
     same = statistics.median(reps)
-    print(f"dense torch.linalg.svdvals of one 4096×4096 ΔW (float32, as from get_delta_weight): {dense:.2f} s")
+    print(f"dense torch.linalg.svdvals of one 4096×4096 ΔW (float32, as from get_delta_weight): {dense:.2f} s (best)")
     print(f"low-rank values of that same module: {1e3 * same:.2f} ms (median of 50)")
     print(f"speed-up per module: {dense / per_module:,.0f}× vs the average module of the full run, "
           f"{dense / same:,.0f}× on the same 4096×4096 module")

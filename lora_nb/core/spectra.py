@@ -172,10 +172,11 @@ def spectra(model, adapter: str | None = None, base: bool = False, layers: str |
     session = registry.require(model)
     adapter, fs = F.read(model, adapter, layers)
     result = Spectra(adapter)
-    for f in fs:
-        result[f.name] = values = delta_values(f)
-        result.shapes[f.name] = (f.out_features, f.in_features, f.r)
-        result.stats[f.name] = layer_stats(values)
+    with F.one_thread():
+        for f in fs:
+            result[f.name] = values = delta_values(f)
+            result.shapes[f.name] = (f.out_features, f.in_features, f.r)
+            result.stats[f.name] = layer_stats(values)
     if getattr(session.peft.peft_config[adapter], "use_dora", False):
         result.notes.append("DoRA adapter: these are the values of s·B·A; its magnitude vector rescales W+ΔW too")
     if all(not len(v) or v[0] == 0 for v in result.values()):
@@ -231,10 +232,11 @@ def similarity(model, a: str, b: str, layers: str | None = None, other=None) -> 
     b, fb = F.read(other if other is not None else model, b, layers)
     second = {f.name: f for f in fb}
     result = Similarity(a, b)
-    for f in fa:
-        g = second.get(f.name)
-        if g is not None and g.in_features == f.in_features:
-            result[f.name] = phi(_right_vectors(f), _right_vectors(g))
+    with F.one_thread():
+        for f in fa:
+            g = second.get(f.name)
+            if g is not None and g.in_features == f.in_features:
+                result[f.name] = phi(_right_vectors(f), _right_vectors(g))
     if not result:
         raise TargetError(f"adapters `{a}` and `{b}` share no module with the same input size")
     if any(not bool(f.A.any()) or not bool(second[f.name].A.any()) for f in fa if f.name in result):
@@ -273,7 +275,8 @@ def amplification(model, adapter: str | None = None, layers: str | None = None) 
     adapter, pairs = _layers_and_factors(model, adapter, layers)
     result = PerModule(f"amplification factor of adapter `{adapter}`", "‖ΔW‖/‖UᵀWV‖")
     for layer, f in pairs:
-        u, s, v = delta_svd(f)
+        with F.one_thread():
+            u, s, v = delta_svd(f)
         keep = s > s[0] * 1e-6 if len(s) and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
         if not bool(keep.any()):
             result[f.name] = 0.0

@@ -178,10 +178,12 @@ def weights(model, adapter: str | None = None, layers: str | None = None) -> Wei
     summary = WeightSummary(adapter)
     for f in fs:
         layer = session.model.get_submodule(f.name)
+        with F.one_thread():
+            sizes = (float(f.A.double().norm()), float(f.B.double().norm()), delta_fro(f))
         summary[f.name] = ModuleWeights(
             f.name, type(layer.get_base_layer()).__name__, (f.out_features, f.in_features), f.r, f.scaling,
-            float(f.A.double().norm()), float(f.B.double().norm()), delta_fro(f), _base_norm(session, layer, f),
-            (float(f.A.min()), float(f.A.max())), (float(f.B.min()), float(f.B.max())),
+            *sizes, _base_norm(session, layer, f), (float(f.A.min()), float(f.A.max())),
+            (float(f.B.min()), float(f.B.max())),
         )
     zero = [w.name for w in summary.values() if w.delta_norm == 0.0]
     if zero:
@@ -231,9 +233,11 @@ def _sample(t: torch.Tensor, limit: int = 200_000) -> np.ndarray:
 def matrices(model, module: str, adapter: str | None = None, max_size: int = MAX_SIZE) -> ModuleMatrices:
     """Heatmap matrices of ``module``'s A, B and ΔW = s·B·A, pooled without forming a large ΔW."""
     f = F.one(model, module, adapter)
-    a = pool(f.A.double(), 1, max_size)  # r × ≤max
-    b = pool(f.B.double(), 0, max_size)  # ≤max × r
+    with F.one_thread():
+        a = pool(f.A.double(), 1, max_size)  # r × ≤max
+        b = pool(f.B.double(), 0, max_size)  # ≤max × r
+        delta = (f.scaling * b @ a).cpu().numpy()
     return ModuleMatrices(
         f.name, (f.out_features, f.in_features), f.r, pool(a, 0, max_size).cpu().numpy(),
-        pool(b, 1, max_size).cpu().numpy(), (f.scaling * b @ a).cpu().numpy(), _sample(f.A), _sample(f.B),
+        pool(b, 1, max_size).cpu().numpy(), delta, _sample(f.A), _sample(f.B),
     )
