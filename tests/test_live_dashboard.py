@@ -143,7 +143,8 @@ def test_run_end_leaves_a_static_picture(monkeypatch, wire):
     shown, updates = [], []
 
     class Handle:
-        def update(self, obj):
+        def update(self, obj, raw=False):
+            assert raw
             updates.append(obj)
 
     def fake_display(obj, display_id=None):
@@ -155,9 +156,10 @@ def test_run_end_leaves_a_static_picture(monkeypatch, wire):
     run = lora_nb.train(mlp_with_lora(), classification_pairs(), steps=12, eval_data=classification_pairs(16),
                         callbacks=[dash])
     assert shown[0] is dash.widget and len(updates) == 1  # displayed when the run began; filled when it ended
-    picture = updates[0]
-    assert type(picture).__name__ == "Figure" and list(picture.data[0].x) == list(range(1, 13))
-    assert list(picture.data[2].y) == pytest.approx([e["eval_loss"] for e in run.evals])
+    picture = updates[0]["application/vnd.plotly.v1+json"]["data"]
+    assert list(picture[0]["x"]) == list(range(1, 13))
+    assert list(picture[2]["y"]) == pytest.approx([e["eval_loss"] for e in run.evals])
+    assert updates[0]["text/plain"].startswith("<training curves: 12/12 steps on cpu")
     assert dash._plot.layout.display == "none"  # the live plot gives way to the picture
 
 
@@ -168,3 +170,30 @@ def test_history_figure_decimates_long_runs():
     assert all(len(t.x) <= 2001 for t in fig.data if t.name != "eval loss")
     assert fig.data[0].x[0] == 1 and fig.data[0].x[-1] == 10_000
     assert fig.layout.annotations[3].text == "tokens/s"
+
+
+def test_saved_notebook_keeps_the_final_curves():  # a real kernel: dashboard shown, picture left in its cell
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cells = [
+        "%load_ext lora_nb\nimport torch, lora_nb\nfrom torch import nn\n"
+        "model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 5))\n"
+        "x = torch.randn(64, 16); pairs = (x, x[:, :5].argmax(1)); lora_nb.attach(model, r=4);",
+        "run = %lora train model --data pairs --steps 40 --lr 1e-2",  # background in a kernel
+        "run.wait(60); print(run.state, run.step, run.background)",
+        "%lora train model --data pairs --steps 15 --wait",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True).execute()
+
+    def outputs(i):
+        return [o for o in nb.cells[i].outputs if o.output_type in ("display_data", "execute_result")]
+
+    assert nb.cells[2].outputs[0].text.strip() == "finished 40 True"
+    for cell, steps in ((1, 40), (3, 15)):
+        widget, picture = outputs(cell)[:2]
+        assert "application/vnd.jupyter.widget-view+json" in widget.data
+        assert list(picture.data["application/vnd.plotly.v1+json"]["data"][0]["x"]) == list(range(1, steps + 1))
+    assert nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]  # widget state saved
+    assert not outputs(2)  # nothing leaked into the cell that waited

@@ -58,7 +58,10 @@ class Loop:
         state, message = "finished", ""
         try:
             self.setup()
-            self.callbacks("on_train_begin")
+            with run._lock:  # from here on, a callback added late gets on_train_begin from add_callback
+                run._begun = True
+                first = tuple(run.callbacks)
+            self.callbacks("on_train_begin", first)
             self.train()
             if run.step < run.max_steps:
                 state, message = "stopped", f"stopped at step {run.step}/{run.max_steps}; the adapter keeps what it learned"
@@ -72,8 +75,13 @@ class Loop:
         finally:
             self.cleanup(release=state == "failed")
         run._finish(state, message)
-        self.callbacks("on_train_end", final=True)
-        run._done.set()
+        try:
+            with run._lock:
+                run._ended = True
+                last = tuple(run.callbacks)
+            self.callbacks("on_train_end", last, final=True)
+        finally:
+            run._done.set()
 
     def setup(self) -> None:
         model, ids = self.model, {id(p) for p in self.params}
@@ -84,14 +92,14 @@ class Loop:
         model.train()
         s = self.settings
         self.opt = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
-        self.backup = [p.detach().clone() for p in self.params]
+        self.values = [p.detach() for p in self.params]  # views that follow every in-place update
+        self.backup = [v.clone() for v in self.values]
         self.started = time.perf_counter()
 
     def cleanup(self, release: bool) -> None:
         """Undo a half-done step, drop gradients and optimizer state, restore modes and flags."""
         if self.dirty:
-            with self.session.lock:
-                torch._foreach_copy_([p.data for p in self.params], self.backup)
+            self.restore_backup()
             self.dirty = False
         for p in self.params:
             p.grad = None
@@ -130,11 +138,11 @@ class Loop:
                 break
             record = self.step()
             run.history.append(record)
-            self.callbacks("on_step_end", record)
+            self.callbacks("on_step_end", None, record)
             if self.eval_batches is not None and (run.step % every == 0 or run.step == run.max_steps):
                 record = self.evaluate()
                 run.evals.append(record)
-                self.callbacks("on_evaluate", record)
+                self.callbacks("on_evaluate", None, record)
 
     def wait_if_paused(self) -> None:
         while not self.run._resume.wait(0.1):
@@ -164,7 +172,7 @@ class Loop:
             raise NonFinite(f"gradient norm became {norm_value} (run failed; this update was not applied)")
         self.phase = "optimizer step"
         with self.session.lock:
-            torch._foreach_copy_(self.backup, [p.detach() for p in self.params])
+            torch._foreach_copy_(self.backup, self.values)
             self.dirty = True
             self.opt.step()
             self.dirty = False
@@ -212,8 +220,8 @@ class Loop:
         return batch
 
     def restore_backup(self) -> None:
-        with self.session.lock:
-            torch._foreach_copy_([p.data for p in self.params], self.backup)
+        with self.session.lock, torch.no_grad():
+            torch._foreach_copy_(self.values, self.backup)
 
     def lr_factor(self, step: int) -> float:
         """Warmup then cosine / linear decay (or constant) at optimizer step ``step`` (0-based)."""
@@ -250,8 +258,9 @@ class Loop:
             self._rss_at, self._rss = now, process_rss_mb()
         return self._rss
 
-    def callbacks(self, hook: str, *args: Any, final: bool = False) -> None:
-        for cb in tuple(self.run.callbacks):
+    def callbacks(self, hook: str, which: tuple | None, *args: Any, final: bool = False) -> None:
+        """Call ``hook`` on ``which`` callbacks (default: the run's current ones)."""
+        for cb in which if which is not None else tuple(self.run.callbacks):
             self.phase = f"callback {type(cb).__name__}.{hook}"
             if not final:
                 getattr(cb, hook)(self.run, *args)

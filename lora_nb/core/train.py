@@ -117,6 +117,7 @@ class TrainRun:
         self._stop, self._resume, self._done = threading.Event(), threading.Event(), threading.Event()
         self._resume.set()
         self._lock = threading.Lock()
+        self._begun = self._ended = False  # set by the loop when it calls on_train_begin / on_train_end
         self._thread: threading.Thread | None = None
         self._t0 = time.perf_counter()
         self._seconds: float | None = None
@@ -162,10 +163,13 @@ class TrainRun:
 
     def add_callback(self, callback: Callback) -> None:
         """Watch this run from now on; a late joiner gets ``on_train_begin`` now (and ``on_train_end`` if it ended)."""
-        if self.history or self.state != "running":
-            callback.on_train_begin(self)
         with self._lock:
-            ended = self._done.is_set()
+            if not self._begun:
+                self.callbacks.append(callback)
+                return
+        callback.on_train_begin(self)
+        with self._lock:
+            ended = self._ended
             if not ended:
                 self.callbacks.append(callback)
         if ended:

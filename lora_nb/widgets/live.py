@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import html
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -141,9 +142,12 @@ class LiveDashboard(Callback):
         if self._handle is None:
             return
         figure = self.static_figure()
-        self._handle.update(figure)  # in JupyterLab: the output of the cell that started the run
-        if threading.current_thread() is not threading.main_thread():
-            contextvars.Context().run(self._handle.update, figure)  # headless runners follow the latest cell
+        # a plotly figure's own display ignores display ids: send its mime bundle as the update instead
+        bundle = {"text/plain": f"<training curves: {self.run.summary_line()}>",
+                  "application/vnd.plotly.v1+json": json.loads(figure.to_json()), **figure._repr_mimebundle_()}
+        self._handle.update(bundle, raw=True)  # in JupyterLab: the output of the cell that started the run
+        if threading.current_thread() is not threading.main_thread():  # headless runners follow the latest cell
+            contextvars.Context().run(self._handle.update, bundle, raw=True)
         self._plot.layout.display = "none"
 
     # -- buttons -------------------------------------------------------------------------------

@@ -1,0 +1,216 @@
+"""Benchmark: what lora_nb's training loop + live dashboard cost over a hand-written torch loop.
+
+The same peft model (a small GPT-2, LoRA r=8 on every linear layer), data (a DataLoader of
+token batches), optimizer (AdamW), schedule (cosine), clipping (1.0) and steps, trained by:
+
+  (a) a minimal hand-written loop (forward, backward, clip, step, one ``loss.item()`` per step);
+  (b) ``lora_nb.train`` with the live dashboard attached headless: its widgets talk to a dummy
+      comm that counts the messages and bytes a frontend would receive;
+  (c) transformers' ``Trainer`` with its notebook progress callback (``NotebookProgressCallback``;
+      its HTML displays go to a null stdout here).
+
+(a) and (b) alternate in chunks (a b, b a, …) so machine noise hits both alike; each chunk is a
+fresh run (new optimizer) of ``steps / rounds`` steps. Timed: the ``train`` call (b) and the loop
+(a); the dashboard's construction is timed separately. With CUDA present, a GPU section reports
+tokens/s and peak memory of (a) and (b) on the GPU (bf16 autocast where supported).
+
+Run: python benchmarks/train_overhead.py [--steps 1000] [--rounds 4] [--skip-trainer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+
+import torch
+from torch.utils.data import DataLoader
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+import lora_nb  # noqa: E402
+
+
+def build(device: str = "cpu", n_layer: int = 4, n_embd: int = 256):
+    """A GPT-2 with random weights and LoRA r=8 on every linear layer (same seed → same model)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=4, vocab_size=2000, n_positions=128)
+    model = GPT2LMHeadModel(cfg).to(device)
+    lora_nb.attach(model, r=8)
+    return model
+
+
+def loader(n: int = 512, length: int = 64, batch_size: int = 8) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 2000, (n, length), generator=g)
+    items = [{"input_ids": row, "labels": row} for row in ids]
+    return DataLoader(items, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(2))
+
+
+def hand_loop(model, data: DataLoader, steps: int, lr: float = 2e-4, bf16: bool = False) -> float:
+    """(a): the loop a user would write; returns seconds."""
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    model.train()
+    losses, it, t0 = [], iter(data), time.perf_counter()
+    for _ in range(steps):
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(data)
+            batch = next(it)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast():
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    seconds = time.perf_counter() - t0
+    model.eval()
+    return seconds
+
+
+class Wire:
+    """Counts what the dashboard's widgets would send to a frontend."""
+
+    def __init__(self) -> None:
+        import comm
+
+        self.messages = self.bytes = 0
+        wire = self
+
+        class CountingComm(comm.DummyComm):
+            def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+                wire.messages += 1
+                wire.bytes += len(json.dumps(data, default=str)) + sum(memoryview(b).nbytes for b in buffers or ())
+
+        comm.create_comm = lambda *a, **k: CountingComm(*a, **k)
+
+
+def lora_nb_run(model, data: DataLoader, steps: int, wire: Wire) -> tuple[float, float, int, int]:
+    """(b): ``lora_nb.train`` with a live dashboard; returns (train seconds, dashboard build seconds, msgs, bytes)."""
+    from lora_nb.widgets.live import LiveDashboard
+
+    t0 = time.perf_counter()
+    dash = LiveDashboard()
+    built = time.perf_counter() - t0
+    m0, b0 = wire.messages, wire.bytes
+    t0 = time.perf_counter()
+    run = lora_nb.train(model, data, steps=steps, lr=2e-4, callbacks=[dash], background=False, seed=None)
+    seconds = time.perf_counter() - t0
+    assert run.state == "finished", run.message
+    return seconds, built, wire.messages - m0, wire.bytes - b0
+
+
+def trainer_run(model, data: DataLoader, steps: int) -> tuple[float, str]:
+    """(c): transformers' Trainer on the same peft model; returns (seconds, which progress callback)."""
+    from transformers import Trainer, TrainingArguments
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    session = lora_nb.core.find(model)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=8, learning_rate=2e-4,
+                                 lr_scheduler_type="cosine", max_grad_norm=1.0, weight_decay=0.0, report_to=[],
+                                 save_strategy="no", use_cpu=True, dataloader_num_workers=0, logging_steps=50,
+                                 disable_tqdm=True)
+        trainer = Trainer(model=session.peft, args=args, train_dataset=data.dataset,
+                          data_collator=data.collate_fn)
+        which = "default (no progress display)"
+        try:
+            trainer.add_callback(NotebookProgressCallback)
+            which = "NotebookProgressCallback"
+        except Exception as exc:  # pragma: no cover - depends on the transformers version
+            which = f"default ({type(exc).__name__})"
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            trainer.train()
+        seconds = time.perf_counter() - t0
+    model.eval()
+    return seconds, which
+
+
+def cpu_section(steps: int, rounds: int, skip_trainer: bool) -> None:
+    torch.manual_seed(0)
+    model, data = build(), loader()
+    chunk = steps // rounds
+    hand_loop(model, data, 20)  # warm up kernels and allocator
+    probe = hand_loop(model, data, 30) / 30
+    print(f"model: GPT-2 4×256, LoRA r=8 on all linear layers; batch 8×64 tokens; plain step {probe * 1e3:.1f} ms")
+    wire = Wire()
+    a = b = built = 0.0
+    messages = nbytes = 0
+    for r in range(rounds):
+        order = ("a", "b") if r % 2 == 0 else ("b", "a")
+        for which in order:
+            if which == "a":
+                a += hand_loop(model, data, chunk)
+            else:
+                sec, build_s, m, nb = lora_nb_run(model, data, chunk, wire)
+                b, built, messages, nbytes = b + sec, built + build_s, messages + m, nbytes + nb
+    total = chunk * rounds
+    print(f"(a) hand-written loop : {a:8.2f} s for {total} steps ({a / total * 1e3:.2f} ms/step)")
+    print(f"(b) lora_nb.train+live: {b:8.2f} s for {total} steps ({b / total * 1e3:.2f} ms/step); "
+          f"b/a = {b / a:.3f}")
+    print(f"    dashboard traffic : {messages / b:.1f} comm messages/s, {nbytes / b / 1024:.1f} KiB/s "
+          f"({messages} messages, {nbytes / 2**20:.2f} MiB); dashboard build {built / rounds:.2f} s each "
+          "(not in b)")
+    if not skip_trainer:
+        c, which = trainer_run(model, data, total)
+        print(f"(c) transformers.Trainer [{which}]: {c:8.2f} s; c/a = {c / a:.3f}")
+
+
+def gpu_section(steps: int) -> None:
+    if not torch.cuda.is_available():
+        print("GPU section: skipped (no CUDA)")
+        return
+    device = torch.device("cuda")
+    bf16 = torch.cuda.is_bf16_supported()
+    model = build("cuda", n_layer=12, n_embd=768)
+    data = loader(n=1024, length=128, batch_size=16)
+    tokens = steps * 16 * 128
+    hand_loop(model, data, 10, bf16=bf16)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    a = hand_loop(model, data, steps, bf16=bf16)
+    peak_a = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    b, _, _, _ = lora_nb_run(model, data, steps, Wire())
+    torch.cuda.synchronize()
+    peak_b = torch.cuda.max_memory_allocated(device) / 2**20
+    name = torch.cuda.get_device_name(device)
+    print(f"GPU {name}: GPT-2 12×768, LoRA r=8, batch 16×128, {'bf16 autocast' if bf16 else 'fp32'}, {steps} steps")
+    print(f"(a) hand loop : {tokens / a:10,.0f} tokens/s, peak {peak_a:,.0f} MiB")
+    print(f"(b) lora_nb   : {tokens / b:10,.0f} tokens/s, peak {peak_b:,.0f} MiB; b/a = {b / a:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--gpu-steps", type=int, default=300)
+    parser.add_argument("--skip-trainer", action="store_true")
+    parser.add_argument("--skip-cpu", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if not args.skip_cpu:
+        cpu_section(args.steps, args.rounds, args.skip_trainer)
+    gpu_section(args.gpu_steps)
+
+
+if __name__ == "__main__":
+    main()
