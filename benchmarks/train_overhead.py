@@ -14,7 +14,8 @@ fresh run (new optimizer) of ``steps / rounds`` steps. Timed: the ``train`` call
 (a); the dashboard's construction is timed separately. With CUDA present, a GPU section reports
 tokens/s and peak memory of (a) and (b) on the GPU (bf16 autocast where supported).
 
-Run: python benchmarks/train_overhead.py [--steps 1000] [--rounds 4] [--skip-trainer]
+Run: python benchmarks/train_overhead.py [--steps 1000] [--rounds 4] [--threads 1] [--layers 4 --embd 128]
+     [--skip-trainer]
 """
 
 from __future__ import annotations
@@ -144,13 +145,14 @@ def trainer_run(model, data: DataLoader, steps: int) -> tuple[float, str]:
     return seconds, which
 
 
-def cpu_section(steps: int, rounds: int, skip_trainer: bool) -> None:
+def cpu_section(steps: int, rounds: int, skip_trainer: bool, layers: int, embd: int) -> None:
     torch.manual_seed(0)
-    model, data = build(), loader()
+    model, data = build(n_layer=layers, n_embd=embd), loader()
     chunk = steps // rounds
     hand_loop(model, data, 20)  # warm up kernels and allocator
     probe = hand_loop(model, data, 30) / 30
-    print(f"model: GPT-2 4×256, LoRA r=8 on all linear layers; batch 8×64 tokens; plain step {probe * 1e3:.1f} ms")
+    print(f"model: GPT-2 {layers}×{embd}, LoRA r=8 on all linear layers; batch 8×64 tokens; "
+          f"plain step {probe * 1e3:.1f} ms")
     wire = Wire()
     a = b = built = 0.0
     messages = nbytes = 0
@@ -205,10 +207,16 @@ def main() -> None:
     parser.add_argument("--gpu-steps", type=int, default=300)
     parser.add_argument("--skip-trainer", action="store_true")
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--embd", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for every variant (1: steadiest on a shared machine)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f}")
     if not args.skip_cpu:
-        cpu_section(args.steps, args.rounds, args.skip_trainer)
+        cpu_section(args.steps, args.rounds, args.skip_trainer, args.layers, args.embd)
+        print(f"load average after the CPU section: {os.getloadavg()[0]:.2f}")
     gpu_section(args.gpu_steps)
 
 

@@ -13,7 +13,6 @@ import functools
 import gc
 import math
 import os
-import resource
 import time
 import traceback
 from typing import Any
@@ -183,6 +182,8 @@ class Loop:
                   "time": time.perf_counter() - self.started, "memory_mb": self.memory_mb()}
         if tokens:
             record["tokens_per_s"] = tokens / seconds
+        if run.device.type == "cuda":
+            record["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         if self.batches.per_epoch:
             record["epoch"] = self.batches_seen / self.batches.per_epoch
         return record
@@ -277,6 +278,8 @@ def process_rss_mb() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
+        import resource  # Unix only; /proc covers Linux
+
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
 

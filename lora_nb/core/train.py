@@ -13,8 +13,8 @@ How a run ends (``run.state``):
 
 ``run.history`` holds one dict per optimizer step: ``step``, ``loss``, ``lr``, ``grad_norm``,
 ``samples_per_s``, ``tokens_per_s`` (token data), ``seconds`` (wall time of the step), ``memory_mb``
-(CUDA allocated on GPU, process RSS on CPU), ``time`` (s since start) and ``epoch``; ``run.evals`` one dict per evaluation:
-``step``, ``eval_loss``, ``time``.
+(CUDA allocated on GPU, process RSS on CPU), ``peak_memory_mb`` (CUDA only), ``time`` (s since
+start) and ``epoch``; ``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``.
 """
 
 from __future__ import annotations
