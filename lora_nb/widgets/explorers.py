@@ -89,6 +89,10 @@ class LiveView(Callback):
     def refresh(self) -> None:  # pragma: no cover - every view overrides it
         raise NotImplementedError
 
+    def __repr__(self) -> str:  # the text/plain of a saved notebook: one line, not every trace
+        what = f"adapters `{self.a}` and `{self.b}`" if hasattr(self, "b") else f"adapter `{self.adapter}`"
+        return f"<{type(self).__name__} of {what}: {len(self.module.options)} modules>"
+
     def _show_error(self, exc: Exception) -> None:
         text = str(exc) if isinstance(exc, LoraNBError) else f"{type(exc).__name__}: {exc}"
         self.message.value = f"<span style='color:#b00'>{html.escape(text)}</span>"
@@ -99,7 +103,7 @@ def _module_dropdown(names: list[str]) -> W.Dropdown:
                       layout=W.Layout(width="520px"))
 
 
-class WeightsExplorer(W.VBox, LiveView):
+class WeightsExplorer(LiveView, W.VBox):
     """Norm map of the whole adapter, then A, B, ΔW heatmaps and histograms of the chosen module."""
 
     def __init__(self, model, adapter: str | None = None, layers: str | None = None,
@@ -164,7 +168,7 @@ class WeightsExplorer(W.VBox, LiveView):
                 trace.x, trace.y, trace.width = value_histogram(values)
 
 
-class SpectrumExplorer(W.VBox, LiveView):
+class SpectrumExplorer(LiveView, W.VBox):
     """ΔW's singular values per module (and W vs W+ΔW with ``base``), plus the effective-rank summary."""
 
     def __init__(self, model, adapter: str | None = None, layers: str | None = None, base: bool = False,
@@ -216,7 +220,7 @@ class SpectrumExplorer(W.VBox, LiveView):
             self.ranks.data[1].y = [self.result.stats[n].stable_rank for n in self.result]
 
 
-class SimilarityView(W.VBox, LiveView):
+class SimilarityView(LiveView, W.VBox):
     """φ(i, j) heatmap between two adapters, one module at a time."""
 
     def __init__(self, model, a: str, b: str, layers: str | None = None, other=None,
