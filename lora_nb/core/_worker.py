@@ -74,7 +74,8 @@ class _Sync(Callback):
 
     def _agree(self, *values: float) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
-        torch.distributed.all_reduce(t)
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
         return t.tolist()
 
     def _flags(self) -> tuple[float, float]:
@@ -137,7 +138,8 @@ def run_worker(job: Job) -> None:
     if job.channel is not None and acc.process_index == 0:
         job.channel.put(("end", run.state, run.message))
     acc.wait_for_everyone()
-    torch.distributed.destroy_process_group()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _write_result(job: Job, session: Any, run: Any) -> None:
