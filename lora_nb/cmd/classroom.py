@@ -1,0 +1,97 @@
+"""Classroom verbs: ``vs-full`` (LoRA vs full fine-tuning, measured) and ``dashboard`` (one widget for a model)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from ..core.status import status
+from ..core.vs_full import VsFullCallback, vs_full
+from ._router import arg, verb
+
+_DEFAULTS = {name: p.default for name, p in inspect.signature(vs_full).parameters.items()
+             if p.default is not inspect.Parameter.empty}
+_EXTRAS = ("grad_accum", "warmup", "schedule", "weight_decay", "max_grad_norm", "eval_every", "precision",
+           "max_length")
+_HELP = {
+    "r": "LoRA rank", "alpha": "LoRA scaling numerator (ΔW scaled by alpha/r)",
+    "targets": "modules LoRA adapts: auto | names | regex", "dropout": "LoRA dropout",
+    "modules_to_save": "modules the LoRA arm trains in full too, e.g. a new head",
+    "steps": "optimizer steps per arm", "lr_lora": "AdamW learning rate of the LoRA arm",
+    "lr_full": "AdamW learning rate of the full fine-tune", "batch_size": "samples per step",
+    "seed": "seed for shuffling and LoRA's init (both arms see the same batches)",
+    "sizes": "training-set sizes for the data-size sweep, e.g. 25,50,100,200 (needs --eval)",
+    "device": "auto | cpu | cuda[:N] | mps",
+}
+
+
+def _options():
+    for name, text in _HELP.items():
+        yield arg(f"--{name.replace('_', '-')}", dest=name, help=f"{text} (default: {_DEFAULTS[name]})")
+    for name in _EXTRAS:
+        yield arg(f"--{name.replace('_', '-')}", dest=name, help="training setting, as for %lora train")
+
+
+class Text(str):
+    """Plain text shown as is in any frontend."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class ArmLines(VsFullCallback):
+    """Terminal progress of ``vs_full``: one line per arm when it ends."""
+
+    def __init__(self) -> None:
+        self.arm, self.size = "", None
+
+    def on_arm_begin(self, arm: str, size: int | None) -> None:
+        self.arm, self.size = arm, size
+
+    def on_train_end(self, run: Any) -> None:
+        label = "LoRA" if self.arm == "lora" else "full fine-tuning"
+        where = f" on {self.size} examples" if self.size is not None else ""
+        losses = [r["loss"] for r in run.history]
+        loss = f", loss {losses[0]:.4g} → {losses[-1]:.4g}" if losses else ""
+        print(f"{label}{where}: {run.step} steps in {run.seconds:.1f} s{loss}", flush=True)
+
+
+@verb(
+    "vs-full", "LoRA and full fine-tuning from the same weights on the same data, measured side by side",
+    arg("--data", required=True, help="variable with the training data"),
+    arg("--eval", dest="eval_data", help="variable with evaluation data (for eval loss, gap and the sweep)"),
+    arg("--tokenizer", help="variable with a tokenizer (for text data)"),
+    arg("--loss", help="variable with a loss: loss_fn(output, target) or loss_fn(model, batch)"),
+    *_options(),
+    examples=["%lora vs-full model --data train --eval test",
+              "%lora vs-full model --data train --eval test --r 4 --targets 0,2 --sizes 25,50,100,200",
+              "%lora vs-full gpt --data texts --tokenizer tok --steps 100 --lr-lora 1e-3 --lr-full 1e-4"],
+)
+def _vs_full(ctx, args):
+    model = ctx.model(args.model)
+    names = {"data": args.data, "eval_data": args.eval_data, "tokenizer": args.tokenizer, "loss_fn": args.loss}
+    objects = {k: (ctx.lookup(v) if v else None) for k, v in names.items()}
+    options = {k: getattr(args, k) for k in (*_HELP, *_EXTRAS) if getattr(args, k) is not None}
+    if ctx.widgets:
+        from ..widgets.vs_full import VsFullLive
+
+        view = VsFullLive()
+        ctx.display(view)
+    else:
+        view = ArmLines()
+    return vs_full(model, callbacks=[view], **objects, **options)
+
+
+@verb("dashboard", "one widget for a model: status, adapters, training, weights and spectrum in tabs",
+      examples=["%lora dashboard model"])
+def _dashboard(ctx, args):
+    model = ctx.model(args.model)
+    if ctx.widgets:
+        from ..widgets.dashboard import Dashboard
+
+        return Dashboard(model, lookup=ctx.lookup, name=args.model).widget
+    from ..core import registry
+
+    head = str(status(model)) if registry.find(model) is not None else f"`{args.model}` has no LoRA adapter yet"
+    return Text(f"{head}\n(the dashboard is a widget and needs Jupyter: open this notebook in JupyterLab; "
+                "here, use the other %lora verbs)")

@@ -1,0 +1,84 @@
+"""What training a set of parameters costs in memory and on disk: exact byte counts and a measured peak.
+
+- ``trainable_state_bytes``: the bytes AdamW training holds for the trained parameters — the
+  parameters, their gradients, AdamW's two moments and its per-parameter ``step`` tensor —
+  computed from the parameters' dtypes exactly as ``torch.optim.AdamW`` allocates its state.
+- ``PeakMemory``: the peak memory of a block of code. On a CUDA device: ``max_memory_allocated``
+  (exact, reset at the start). Elsewhere: the process's resident set size sampled by a thread
+  every few milliseconds, as the peak above its value at the start — a coarse measure that also
+  sees allocator caching, data loading and anything else the process does; small changes fall
+  below its resolution and read as 0.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import torch
+
+from ._loop import process_rss_mb
+
+
+def adamw_state_bytes(param: torch.Tensor) -> int:
+    """Bytes of AdamW's state for one parameter: ``exp_avg`` and ``exp_avg_sq`` (the parameter's dtype), ``step``."""
+    step = torch.empty((), dtype=torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32)
+    return 2 * param.numel() * param.element_size() + step.element_size()
+
+
+def trainable_state_bytes(params: Iterable[torch.Tensor]) -> int:
+    """Parameters + gradients (same dtype) + AdamW moments and step tensors, in bytes."""
+    return sum(2 * p.numel() * p.element_size() + adamw_state_bytes(p) for p in params)
+
+
+class PeakMemory:
+    """``with PeakMemory(device) as m: …`` then ``m.start``, ``m.peak`` (bytes) and ``m.kind`` (what was measured)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.003) -> None:
+        self.device, self.interval = device, interval
+        self.cuda = device.type == "cuda"
+        self.start = self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.cuda:
+            return "CUDA peak allocated"
+        return f"process RSS peak (sampled every {self.interval * 1000:g} ms)"
+
+    @property
+    def added(self) -> int:
+        """Peak above the value at the start of the block, in bytes."""
+        return max(0, self.peak - self.start)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = self.peak = torch.cuda.memory_allocated(self.device)
+            return self
+        self.start = self.peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._sample, name="lora_nb-rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+            self.samples += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def _rss_bytes() -> int:
+    return int(process_rss_mb() * 2**20)

@@ -1,0 +1,312 @@
+"""``vs_full``: a LoRA adapter and a full fine-tune trained side by side from the same weights, measured.
+
+Both arms start from deep copies of the model's base weights (LoRA layers the model already has
+are stripped from the copies; the model itself is left exactly as it was), see the same batches in
+the same order (same data, steps, batch size, seed) and run through the same training loop
+(``core.train.launch``), so their times per step compare. Per arm it measures: parameters updated,
+bytes of trainable state (parameters + gradients + AdamW moments and step tensors, exact from
+dtypes), peak memory (CUDA peak allocated, or a sampled process-RSS peak on CPU), median time per
+step, final train loss (mean of the last steps, and a full pass over the training data after
+training), eval loss and accuracy, the generalization gap (eval − train) and the checkpoint size
+on disk (the adapter saved by ``lora_nb.save`` vs the whole model saved with safetensors). With
+``sizes``, both arms are trained again on random subsets of those sizes (the data-size sweep).
+The result lays this out as the table of the LoRA explainer (see ``_vs_full_result``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import statistics
+import tempfile
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..errors import AdapterError, DataError, LoraNBError, OptionError, TrainingError
+from . import registry, switch
+from ._memory import PeakMemory, trainable_state_bytes
+from ._vs_full_result import Arm, VsFullResult
+from .attach import _strip_lora, attach
+from .callbacks import Callback
+from .data import count, takes_model, to_device
+from .io import WEIGHTS, save
+from .options import AttachOptions
+from .train import TrainRun, TrainSettings, _place, _plan, _trainable, launch, resolve_device, uses_bf16
+
+ARMS = ("lora", "full")
+ADAPTER = "vs_full"  # the adapter's name on the LoRA copy
+_FIXED = {"steps", "epochs", "lr", "batch_size", "seed", "device"}  # set by vs_full's own arguments
+
+
+class VsFullCallback(Callback):
+    """A training callback that also hears which arm comes next and, at the end, the result."""
+
+    def on_arm_begin(self, arm: str, size: int | None) -> None:
+        """Before an arm trains: ``arm`` is "lora" or "full"; ``size``: the sweep's training-set size, else None."""
+
+    def on_result(self, result: VsFullResult) -> None:
+        """Once, after every arm (and sweep point) was measured."""
+
+
+@dataclass(eq=False)
+class Bare:
+    """What ``launch`` needs of a session, for a model copy lora_nb does not manage (the full arm)."""
+
+    model: nn.Module
+    lock: Any = field(default_factory=threading.RLock)
+    run: Any = None
+
+    def ensure_idle(self, action: str) -> None:
+        """A private copy has no other run to wait for."""
+
+
+@dataclass
+class _Plan:
+    """Everything both arms share, checked before anything trains."""
+
+    data: Any
+    eval_data: Any
+    lora: AttachOptions
+    settings: dict[str, TrainSettings]  # per arm
+    tokenizer: Any
+    loss_fn: Any
+    callbacks: list[Callback]
+
+
+def vs_full(model: Any, data: Any, eval_data: Any = None, *, r: int = 8, alpha: float = 16, targets: Any = "auto",
+            dropout: float = 0.0, modules_to_save: Any = None, steps: int = 200, lr_lora: float = 1e-2,
+            lr_full: float = 1e-3, batch_size: int = 32, seed: int = 0, sizes: Any = None, loss_fn: Any = None,
+            tokenizer: Any = None, device: str = "auto", callbacks: Sequence[Callback] | None = None,
+            **extras: Any) -> VsFullResult:
+    """Train a LoRA adapter and a full fine-tune of ``model`` on the same data; returns the measured comparison.
+
+    ``data``/``eval_data``/``tokenizer``/``loss_fn``: as for ``lora_nb.train``. LoRA: ``r``, ``alpha``,
+    ``targets``, ``dropout``, ``modules_to_save`` (as for ``attach``). Both arms: ``steps`` optimizer
+    steps of ``batch_size`` samples, shuffled from ``seed``; AdamW at ``lr_lora`` / ``lr_full`` (LoRA
+    usually wants a larger learning rate). ``sizes``: training-set sizes for the data-size sweep (needs
+    ``eval_data``), e.g. ``[25, 50, 100, 200]`` or ``"25,50,100,200"``. ``callbacks`` watch every
+    arm's run (``run.adapter`` is "lora" or "full"; a ``VsFullCallback`` also hears which arm comes
+    next and the result). ``extras``: other training settings (grad_accum, warmup, schedule,
+    weight_decay, max_grad_norm, eval_every, precision, max_length). Blocks until done; the model
+    is not changed (both arms train deep copies of its base weights).
+    """
+    model = registry.as_module(model)
+    lora = dict(r=r, alpha=alpha, targets=targets, dropout=dropout, modules_to_save=modules_to_save)
+    common = dict(steps=steps, batch_size=batch_size, seed=seed, device=device)
+    plan = _make_plan(data, eval_data, lora, common, extras, {"lora": lr_lora, "full": lr_full}, tokenizer,
+                      loss_fn, callbacks)
+    sizes = parse_sizes(sizes, data, eval_data)
+    arms = {arm: _arm(arm, model, plan, data, checkpoint=True) for arm in ARMS}
+    seed = plan.settings["lora"].seed or 0
+    sweep = [_arm(arm, model, plan, subset(data, n, seed), size=n) for n in sizes for arm in ARMS]
+    result = VsFullResult(arms["lora"], arms["full"], sweep, dict(plan.settings), plan.lora)
+    for cb in plan.callbacks:
+        if isinstance(cb, VsFullCallback):
+            cb.on_result(result)
+    return result
+
+
+def _make_plan(data, eval_data, lora: dict, common: dict, extras: dict, lrs: dict, tokenizer, loss_fn,
+               callbacks) -> _Plan:
+    fixed = sorted(set(extras) & _FIXED)
+    if fixed:
+        raise OptionError(f"vs_full sets {', '.join(fixed)} itself: use steps=, batch_size=, seed=, device=, "
+                          "lr_lora= and lr_full=")
+    unknown = sorted(set(extras) - {f.name for f in fields(TrainSettings)})
+    if unknown:
+        raise OptionError(f"unknown training option(s): {', '.join(unknown)}")
+    if data is None:
+        raise DataError("no training data: pass data=… (a list of (input, target) pairs, tensors, texts, a Dataset)")
+    options = AttachOptions(name=ADAPTER, **lora)
+    settings = {arm: TrainSettings(lr=lrs[arm], **common, **extras) for arm in ARMS}
+    return _Plan(data, eval_data, options, settings, tokenizer, loss_fn, list(callbacks or []))
+
+
+def parse_sizes(sizes: Any, data: Any, eval_data: Any) -> list[int]:
+    """The sweep's training-set sizes, ascending, checked against the data (one-line errors)."""
+    if sizes is None or (isinstance(sizes, str) and not sizes.strip()):
+        return []
+    parts = [p for p in sizes.replace(" ", "").split(",") if p] if isinstance(sizes, str) else list(sizes)
+    values = sorted({_as_size(p) for p in parts})
+    if eval_data is None:
+        raise OptionError("the data-size sweep compares eval losses: pass eval data (eval_data=…, `--eval VAR`)")
+    total = n_items(data)
+    if values and values[-1] > total:
+        raise OptionError(f"sizes go up to {values[-1]} but the training data has {total} items")
+    return values
+
+
+def _as_size(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"sizes must be whole numbers like 25,50,100; got `{value}`") from None
+    if number < 1 or float(value) != number:
+        raise OptionError(f"sizes must be whole numbers ≥ 1; got `{value}`")
+    return number
+
+
+def _is_pair(data: Any) -> bool:
+    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+
+
+def n_items(data: Any) -> int:
+    """How many training examples ``data`` holds (an ``(X, Y)`` tensor pair counts its rows)."""
+    if _is_pair(data):
+        return len(data[0])
+    if isinstance(data, DataLoader) or not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+        raise DataError("the data-size sweep needs data it can subsample: a list, an (X, Y) tensor pair or a "
+                        f"Dataset, not a {type(data).__name__}")
+    return len(data)
+
+
+def subset(data: Any, n: int, seed: int) -> Any:
+    """``n`` examples of ``data`` drawn at random (seeded), in the same form as ``data``."""
+    index = torch.randperm(n_items(data), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    if _is_pair(data):
+        return data[0][index], data[1][index]
+    if hasattr(data, "select") and hasattr(data, "column_names"):  # 🤗 datasets
+        return data.select(index)
+    if isinstance(data, Dataset):
+        return Subset(data, index)
+    return [data[i] for i in index]
+
+
+def base_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``'s base weights (its LoRA layers stripped); ``model`` itself is not touched."""
+    session = registry.find(model)
+    if session is None:
+        return _deepcopy(model)
+    with session.lock:  # a consistent snapshot, even while a run trains the adapter
+        if switch.merged_adapters(session):
+            raise AdapterError("an adapter is merged into the base weights; unmerge it first (`%lora unmerge "
+                               "MODEL`) so both arms start from the base weights")
+        clone = _deepcopy(model)
+    _strip_lora(clone)
+    for name, p in clone.named_parameters():
+        p.requires_grad_(session.requires_grad.get(name, True))
+    return clone
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:  # noqa: BLE001 - e.g. a model holding a handle that cannot be copied
+        raise LoraNBError(f"cannot copy the model for the comparison ({type(exc).__name__}: {exc})") from None
+
+
+def _arm(arm: str, model: nn.Module, plan: _Plan, data: Any, size: int | None = None,
+         checkpoint: bool = False) -> Arm:
+    """Train one arm on a fresh copy and measure it."""
+    for cb in plan.callbacks:
+        if isinstance(cb, VsFullCallback):
+            cb.on_arm_begin(arm, size)
+    settings = copy.copy(plan.settings[arm])  # the run may fill in eval_every
+    clone = base_copy(model)
+    total = sum(p.numel() for p in clone.parameters())
+    target = resolve_device(settings.device, clone)
+    _place(clone, target)
+    with PeakMemory(target) as memory:
+        run, params, targets = _train(arm, clone, plan, data, settings, quiet=size is not None)
+    state = trainable_state_bytes(params)
+    file, written = _checkpoint(arm, clone) if checkpoint else ("", None)
+    train_loss, train_acc = evaluate(clone, data, plan, settings, target)
+    eval_loss, eval_acc = (evaluate(clone, plan.eval_data, plan, settings, target) if plan.eval_data is not None
+                           else (None, None))
+    losses = [r["loss"] for r in run.history]
+    last = losses[-max(1, min(10, len(losses) // 5)):]
+    result = Arm(arm, sum(p.numel() for p in params), total, state, memory.start, memory.peak, memory.kind,
+                 statistics.median(r["seconds"] for r in run.history), sum(last) / len(last), train_loss,
+                 eval_loss, train_acc, eval_acc, written, file, list(run.history), list(run.evals), size,
+                 run.where, targets)
+    registry.forget(clone)  # the copy's session would otherwise keep it alive
+    del clone, params, run
+    if target.type == "cuda":  # give the next arm the memory back (reference cycles included)
+        gc.collect()
+        torch.cuda.empty_cache()
+    return result
+
+
+def _train(arm: str, clone: nn.Module, plan: _Plan, data: Any, settings: TrainSettings, quiet: bool):
+    """Attach LoRA (the LoRA arm) or take every weight (the full arm) and train through ``launch``."""
+    if arm == "lora":
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)  # the adapter's random init
+        with warnings.catch_warnings():
+            if quiet:  # attach's warnings were shown once, for the main arm
+                warnings.simplefilter("ignore")
+            holder = attach(clone, **vars(plan.lora))
+        params, targets = _trainable(holder), list(holder.records[ADAPTER]["options"]["targets"])
+    else:
+        holder, targets = Bare(clone), []
+        params = [p for p in clone.parameters() if p.is_floating_point()]
+    run = launch(holder, arm, params, data, plan.eval_data, plan.tokenizer, plan.loss_fn, settings,
+                 background=False, callbacks=plan.callbacks)
+    if run.state != "finished" or not run.history:
+        label = "LoRA" if arm == "lora" else "full fine-tuning"
+        raise TrainingError(f"the {label} arm {run.state}: {run.message}")
+    return run, params, targets
+
+
+def _checkpoint(arm: str, clone: nn.Module) -> tuple[str, int]:
+    """Write the arm's checkpoint in a temporary folder; its file name and size in bytes."""
+    from safetensors.torch import save_model
+
+    with tempfile.TemporaryDirectory(prefix="lora_nb-vs-full-") as folder:
+        if arm == "lora":
+            path = save(clone, Path(folder) / "adapter", adapter=ADAPTER) / WEIGHTS
+        else:
+            path = Path(folder) / "model.safetensors"
+            save_model(clone, str(path))  # safetensors' save_file of the state_dict, tied weights once
+        return path.name, path.stat().st_size
+
+
+def evaluate(model: nn.Module, data: Any, plan: _Plan, settings: TrainSettings,
+             device: torch.device) -> tuple[float, float | None]:
+    """Mean loss over one pass of ``data`` (eval mode, no gradients) and accuracy for classifiers (else None)."""
+    batches = _plan(model, data, None, plan.tokenizer, plan.loss_fn, settings)[0]
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(device, settings.precision)
+                else contextlib.nullcontext())
+    total, seen, hits, judged = 0.0, 0, 0, 0
+    mode = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast:
+            for batch in batches.loader:
+                n, _ = count(batch)
+                batch = to_device(batch, device)
+                total, seen = total + float(batches.loss(model, batch)) * n, seen + n
+                right = _hits(model, batch, plan.loss_fn)
+                hits, judged = hits + (right or 0), judged + (n if right is not None else 0)
+    finally:
+        model.train(mode)
+    return total / max(seen, 1), (hits / judged if judged and judged == seen else None)
+
+
+def _hits(model: nn.Module, batch: Any, loss_fn: Any) -> int | None:
+    """Correct argmax predictions of a classifier batch (integer class targets), else None."""
+    if takes_model(loss_fn):
+        return None
+    if isinstance(batch, Mapping):
+        target, call = batch.get("labels"), (lambda: model(**batch))
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, target = batch
+        call = (lambda: model(**inputs)) if isinstance(inputs, Mapping) else (lambda: model(inputs))
+    else:
+        return None
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.dim() != 1:
+        return None
+    out = call()
+    logits = getattr(out, "logits", out)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != len(target):
+        return None
+    return int((logits.argmax(-1) == target).sum())
