@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import AdapterError, LoraNBWarning
 from . import registry, switch
+from .dispatch import materialize_adapter
 from .options import AttachOptions
 from .targets import _match_names, named_modules, resolve_targets, target_regex
 
@@ -92,6 +93,7 @@ def attach(model: Any, **options: Any) -> "registry.Session":
         session.peft.add_adapter(opts.name, config)
         switch.enable(session, opts.name)  # active and on
     session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
+    materialize_adapter(session, opts.name)  # offloaded layers (device_map): factors off `meta`, see core.dispatch
     session.notify("attach")
     return session
 
