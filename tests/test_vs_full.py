@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import statistics
+import time
 
 import pytest
 import torch
@@ -206,3 +207,34 @@ def test_magic_in_a_terminal_shell(ip, capsys):
         with pytest.raises(UsageError, match=message) as info:
             ip.run_line_magic("lora", line)
         assert "\n" not in str(info.value)
+
+
+def test_live_curves_in_a_notebook(ip, monkeypatch):
+    from lora_nb.cmd._router import Context
+    from lora_nb.viz.vs_full import CURVES
+    from lora_nb.widgets.vs_full import VsFullLive
+
+    shown = []
+    original = Context.display
+    monkeypatch.setattr(ip, "kernel", object(), raising=False)  # a Jupyter kernel: widgets are shown
+    monkeypatch.setattr(Context, "display", lambda self, obj: (shown.append(obj), original(self, obj)))
+    train, test = digits()
+    ip.user_ns.update(model=digits_mlp(), train=train, test=test)
+    started = time.monotonic()
+    result = ip.run_line_magic("lora", "vs-full model --data train --eval test --steps 30 --r 4 --targets 0,2 "
+                                       "--sizes 50,100")
+    seconds = time.monotonic() - started
+    (live,) = shown
+    assert isinstance(live, VsFullLive) and live.result is result
+    traces = {curve: live.figure.data[i] for i, curve in enumerate(CURVES)}
+    for arm in ("lora", "full"):  # the main arms' curves, complete; the sweep runs add no points
+        history, evals = getattr(result, arm).history, getattr(result, arm).evals
+        assert list(traces[(arm, "loss")].x) == [r["step"] for r in history]
+        assert list(traces[(arm, "loss")].y) == pytest.approx([r["loss"] for r in history], rel=1e-6)
+        assert list(traces[(arm, "eval")].y) == pytest.approx([e["eval_loss"] for e in evals], rel=1e-6)
+    assert 1 <= live.updates <= seconds / 0.2 + 6 + 1  # throttled: ≤ 5/s, plus one flush per run's end
+    assert live.table.value == result._repr_html_()
+    (sweep,) = live.sweep.children
+    assert list(sweep.data[0].x) == [50, 100]
+    assert list(sweep.data[0].y) == pytest.approx([result.sweep_arm("lora", n).eval_loss for n in (50, 100)])
+    assert live._plot.layout.display == "none"  # replaced by static pictures for the saved notebook

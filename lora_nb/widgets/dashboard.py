@@ -1,0 +1,211 @@
+"""``Dashboard``: one widget for a model — Status, Adapters, Train, Weights and Spectrum tabs.
+
+Someone who never types another magic can attach an adapter (Status tab), switch it on and off
+(Adapters: the ``AdapterPanel``), train it and watch the live dashboard, Stop it (Train), and look
+inside it (Weights, Spectrum: the explorers, built the first time their tab is opened). The
+training form starts from the model's last training settings (``session.extras["last_train"]``,
+written by ``%lora train`` and by this form). Variables are found through a ``lookup`` function
+given by the magic layer (the notebook namespace), so nothing here depends on IPython. The
+status table follows every change (the dashboard is a session listener and a training callback);
+errors a user can cause are shown in one line, and change nothing.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as W
+
+from ..core import registry
+from ..core.attach import attach
+from ..core.callbacks import Callback
+from ..core.status import status
+from ..core.train import TrainSettings, settings_dict, train
+from ..errors import DataError, LoraNBError
+
+TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum")
+_NAMES = (("data", "data"), ("eval_data", "eval data"), ("tokenizer", "tokenizer"), ("loss_fn", "loss"))
+
+
+def _no_namespace(path: str) -> Any:
+    raise LoraNBError(f"no notebook namespace to look up `{path}` in")
+
+
+def _error(exc: BaseException) -> str:
+    return f"<span style='color:#b00020'>{html.escape(str(exc))}</span>"
+
+
+class Dashboard(Callback):
+    """Tabs for one model; ``.widget`` is what a notebook shows, ``.views`` the tab views built so far."""
+
+    def __init__(self, model: Any, lookup: Callable[[str], Any] | None = None, name: str = "model") -> None:
+        self.model, self.lookup, self.name = registry.as_module(model), lookup or _no_namespace, name
+        self.views: dict[str, Any] = {}
+        self.run = None
+        self.session = None
+        self.status_html = W.HTML()
+        self._build_attach_form()
+        self._build_train_form()
+        pages = [W.VBox([self.status_html, self.attach_box]), W.VBox(), self.train_box, W.VBox(), W.VBox()]
+        self.tabs = W.Tab(children=pages, titles=TABS)
+        self.tabs.observe(self._on_tab, names="selected_index")
+        self.widget = W.VBox([W.HTML(f"<b>LoRA dashboard: <code>{html.escape(name)}</code></b>"), self.tabs])
+        self.widget._lora_dashboard = self  # the shown widget keeps the dashboard (a weak listener) alive
+        self.refresh()
+
+    # -- status ---------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Show the model's current state; listen to its session (a new one after detach + attach)."""
+        session = registry.find(self.model)
+        if session is not None and session is not self.session:
+            session.listeners.add(self)
+        if session is None and self.session is not None:
+            self._forget_views()
+        self.session = session
+        self.status_html.value = (status(self.model)._repr_html_() if session is not None else
+                                  f"<i><code>{html.escape(self.name)}</code> has no LoRA adapter yet: attach one "
+                                  "below</i>")
+
+    def on_model_change(self, session: Any, what: str) -> None:
+        """Session listener: an adapter changed (here or anywhere)."""
+        if what == "detach":
+            self._forget_views()
+        self.refresh()
+
+    def _forget_views(self) -> None:
+        for i, title in enumerate(TABS):
+            if title in self.views:
+                del self.views[title]
+                self.tabs.children[i].children = ()
+
+    # -- attach form ----------------------------------------------------------------------------
+    def _build_attach_form(self) -> None:
+        self.attach_r = W.BoundedIntText(value=8, min=1, max=4096, description="r", layout=W.Layout(width="140px"))
+        self.attach_alpha = W.FloatText(value=16, description="alpha", layout=W.Layout(width="160px"))
+        self.attach_targets = W.Text(value="auto", description="targets")
+        self.attach_name = W.Text(value="default", description="name")
+        self.attach_button = W.Button(description="Attach", icon="plus", tooltip="add a LoRA adapter to the model")
+        self.attach_message = W.HTML()
+        self.attach_button.on_click(self._on_attach)
+        self.attach_box = W.VBox([W.HTML("<b>add an adapter</b>"), W.HBox([self.attach_r, self.attach_alpha]),
+                                  W.HBox([self.attach_targets, self.attach_name, self.attach_button]),
+                                  self.attach_message])
+
+    def _on_attach(self, _button: Any = None) -> None:
+        try:
+            attach(self.model, r=self.attach_r.value, alpha=self.attach_alpha.value,
+                   targets=self.attach_targets.value.strip() or "auto", name=self.attach_name.value.strip())
+        except LoraNBError as exc:
+            self.attach_message.value = _error(exc)
+            return
+        self.attach_message.value = html.escape(f"adapter `{self.attach_name.value.strip()}` attached and active")
+        self.refresh()
+
+    # -- train form -----------------------------------------------------------------------------
+    def _build_train_form(self) -> None:
+        last = self._last_train()
+        self.names = {key: W.Text(value=str(last.get(key) or ""), description=label, placeholder="variable name")
+                      for key, label in _NAMES}
+        self.steps = W.BoundedIntText(value=last.get("steps") or 0, min=0, max=10**9, description="steps",
+                                      tooltip="optimizer steps (0: one epoch)")
+        self.lr = W.FloatText(value=last.get("lr", TrainSettings.lr), description="lr")
+        self.batch_size = W.BoundedIntText(value=last.get("batch_size", TrainSettings.batch_size), min=1,
+                                           max=10**6, description="batch size")
+        self.start_button = W.Button(description="Start", icon="play", button_style="success")
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
+        self.train_message = W.HTML()
+        self.live = W.Box()
+        self.start_button.on_click(self.start)
+        self.stop_button.on_click(self.stop)
+        fields = list(self.names.values())
+        self.train_box = W.VBox([W.HBox(fields[:2]), W.HBox(fields[2:]), W.HBox([self.steps, self.lr]),
+                                 W.HBox([self.batch_size, self.start_button, self.stop_button]),
+                                 self.train_message, self.live])
+
+    def _last_train(self) -> dict:
+        session = registry.find(self.model)
+        return dict(session.extras.get("last_train", {})) if session is not None else {}
+
+    def _settings(self) -> dict:
+        """The last run's settings, with the form's steps, lr and batch size."""
+        last = self._last_train()
+        keep = {k: last[k] for k in TrainSettings.__dataclass_fields__ if k in last}
+        steps = self.steps.value or None
+        return {**keep, "steps": steps, "epochs": keep.get("epochs") if steps is None else None,
+                "lr": self.lr.value, "batch_size": self.batch_size.value}
+
+    def start(self, _button: Any = None) -> None:
+        """Start a background run with the form's settings and show its live dashboard here."""
+        from .live import LiveDashboard
+
+        try:
+            objects = {key: (self.lookup(box.value.strip()) if box.value.strip() else None)
+                       for key, box in self.names.items()}
+            if objects["data"] is None:
+                raise DataError("name the variable that holds the training data")
+            live = LiveDashboard()
+            settings = self._settings()
+            run = train(self.model, background=True, callbacks=[live, self], **objects, **settings)
+        except LoraNBError as exc:
+            self.train_message.value = _error(exc)
+            return
+        self.run = run
+        self.live.children = (live.widget,)
+        names = {key: box.value.strip() for key, box in self.names.items() if box.value.strip()}
+        registry.require(self.model).extras["last_train"] = {**names, "model": self.name, **settings_dict(run)}
+        self._running(not run.done)
+        self.train_message.value = html.escape(f"training adapter `{run.adapter}` on {run.where}…")
+
+    def stop(self, _button: Any = None) -> None:
+        """Stop the run at the next step boundary and wait for it to end."""
+        run = self.run
+        if run is None or run.done:
+            return
+        run.stop()
+        run.wait(timeout=60)
+        self.train_message.value = html.escape(run.message)
+        self._running(not run.done)
+
+    def _running(self, running: bool) -> None:
+        self.start_button.disabled, self.stop_button.disabled = running, not running
+
+    # -- training callback ----------------------------------------------------------------------
+    def on_train_begin(self, run: Any) -> None:
+        self._running(True)
+        self.refresh()
+
+    def on_train_end(self, run: Any) -> None:
+        self._running(False)
+        self.train_message.value = html.escape(f"{run.state}: {run.message}")
+        self.refresh()
+
+    # -- lazy tabs ------------------------------------------------------------------------------
+    def _on_tab(self, change: dict) -> None:
+        self.refresh()
+        index = change["new"]
+        title = TABS[index] if index is not None else None
+        if title in ("Adapters", "Weights", "Spectrum") and title not in self.views:
+            self.open(title)
+
+    def open(self, title: str) -> Any:
+        """Build the view of tab ``title`` (a one-line message in the tab if the model cannot show it yet)."""
+        from .explorers import SpectrumExplorer, WeightsExplorer
+        from .toggle import AdapterPanel
+
+        page = self.tabs.children[TABS.index(title)]
+        try:
+            view = {"Adapters": lambda: AdapterPanel(self.model), "Weights": lambda: WeightsExplorer(self.model),
+                    "Spectrum": lambda: SpectrumExplorer(self.model)}[title]()
+        except LoraNBError as exc:
+            page.children = (W.HTML(_error(exc)),)
+            return None
+        self.views[title] = view
+        page.children = (getattr(view, "widget", view),)
+        return view
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
