@@ -20,6 +20,8 @@ def _min_dim(module: nn.Module) -> int | None:
         return None
     if isinstance(module, nn.Embedding):
         return min(module.num_embeddings, module.embedding_dim)
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):  # also 4-bit layers (packed weight)
+        return min(module.in_features, module.out_features)
     return min(weight.shape[0], weight[0].numel())
 
 

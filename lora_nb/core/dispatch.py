@@ -26,7 +26,7 @@ def execution_device(layer: nn.Module) -> torch.device | None:
 
 
 def materialize_adapter(session, adapter: str) -> list[str]:
-    """Give ``adapter``'s factors that peft left on ``meta`` real storage on the layer's device; their names."""
+    """Give ``adapter``'s factors that peft left on ``meta`` in hook-offloaded layers real storage; their names."""
     from peft.tuners.lora import LoraLayer
 
     init = getattr(session.peft.peft_config[adapter], "init_lora_weights", True)
@@ -37,7 +37,9 @@ def materialize_adapter(session, adapter: str) -> list[str]:
         factors = [layer.lora_A[adapter], layer.lora_B[adapter]]
         if not any(p.is_meta for f in factors for p in f.parameters()):
             continue
-        device = execution_device(layer) or torch.device("cpu")
+        device = execution_device(layer)
+        if device is None:  # not offloaded by a hook: an empty (never loaded) model keeps peft's meta factors
+            continue
         for f in factors:
             f.to_empty(device=device)
         with torch.no_grad():

@@ -161,10 +161,12 @@ def _grouped(layer: nn.Module) -> bool:
 
 def base_matrix(layer: nn.Module, f: Factors) -> torch.Tensor:
     """The layer's base weight ``W`` as ``out × in`` float32 on its device, minus any merged adapter."""
+    from .quantized import dequantized, is_quantized
+
     weight = layer.get_base_layer().weight
     if weight.is_meta:
         raise LoraNBError(f"the base weight of `{f.name}` is on the meta device (not loaded); W spectra need it")
-    w = weight.detach().float()
+    w = dequantized(layer) if is_quantized(layer) else weight.detach().float()  # 4/8-bit: per layer
     merged = list(getattr(layer, "merged_adapters", []))
     if merged:  # the stored weight is W + Σ merged ΔW: take them out again, as peft's unmerge does
         w = w.clone()

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import AdapterError
 from . import registry, switch
+from .quantized import check_merge
 
 
 def _merged_layers(session, adapter: str):
@@ -43,7 +44,7 @@ def _restorer(session, saved: list[tuple[torch.nn.Parameter, torch.Tensor]]):
     return restore_base
 
 
-def merge(model: Any, adapter: str | None = None, keep_base: bool = True) -> str:
+def merge(model: Any, adapter: str | None = None, keep_base: bool = True, allow_rounding: bool = False) -> str:
     """Merge ``adapter`` (default: the active one) into the base weights; returns its name.
 
     The adapter becomes active and enabled. With ``keep_base`` (default) an exact copy of the
@@ -55,6 +56,7 @@ def merge(model: Any, adapter: str | None = None, keep_base: bool = True) -> str
     merged = switch.merged_adapters(session)
     if merged:
         raise AdapterError(f"adapter `{sorted(merged)[0]}` is already merged; unmerge it first (`%lora unmerge`)")
+    check_merge([layer for layer, _ in _merged_layers(session, adapter)], adapter, allow_rounding)  # 4/8-bit
     switch.enable(session, adapter)
     layers = _merged_layers(session, adapter)
     saved = _backup(layers) if keep_base else None
