@@ -238,3 +238,15 @@ def test_live_curves_in_a_notebook(ip, monkeypatch):
     assert list(sweep.data[0].x) == [50, 100]
     assert list(sweep.data[0].y) == pytest.approx([result.sweep_arm("lora", n).eval_loss for n in (50, 100)])
     assert live._plot.layout.display == "none"  # replaced by static pictures for the saved notebook
+
+
+def test_peak_memory_sees_what_a_block_allocates():
+    from lora_nb.core._memory import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as quiet:
+        time.sleep(0.05)
+    with PeakMemory(torch.device("cpu")) as busy:
+        block = torch.ones(16 * 2**20)  # 64 MiB, written, freed before the block ends
+        time.sleep(0.05)
+        del block
+    assert busy.added >= 60 * 2**20 > quiet.added and busy.samples > 0 and "RSS" in busy.kind

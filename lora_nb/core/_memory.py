@@ -7,11 +7,15 @@
   (exact, reset at the start). Elsewhere: the process's resident set size sampled by a thread
   every few milliseconds, as the peak above its value at the start — a coarse measure that also
   sees allocator caching, data loading and anything else the process does; small changes fall
-  below its resolution and read as 0.
+  below its resolution and read as 0. Memory freed before the block is first handed back to the
+  system (glibc's ``malloc_trim``) so the block's own allocations show up as growth.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import threading
 from collections.abc import Iterable
 
@@ -59,6 +63,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = self.peak = torch.cuda.memory_allocated(self.device)
             return self
+        trim_free_memory()
         self.start = self.peak = _rss_bytes()
         self._thread = threading.Thread(target=self._sample, name="lora_nb-rss-sampler", daemon=True)
         self._thread.start()
@@ -82,3 +87,19 @@ class PeakMemory:
 
 def _rss_bytes() -> int:
     return int(process_rss_mb() * 2**20)
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def trim_free_memory() -> None:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``; a no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

@@ -209,8 +209,10 @@ class VsFullResult:
         notes = [f"losses after training: a pass over the data in eval mode; time per step: median over "
                  f"{len(self.lora.history)} steps; trainable state: exact, from the parameters' dtypes"]
         if "RSS" in self.lora.memory_kind:
-            notes.append("memory on CPU: growth of the process's resident memory while an arm ran (sampled; "
-                         "the allocator may reuse memory freed by the arm before, so it is a coarse signal)")
+            notes.append("memory on CPU: growth of the process's resident memory while an arm ran (sampled, after "
+                         "handing freed memory back to the system; a coarse signal for small models)")
+        notes.append("peak memory includes activations and the loop's copy of the trained parameters (kept to "
+                     "undo a failed step); both arms warmed up for 2 unmeasured steps first")
         return notes
 
     def __str__(self) -> str:

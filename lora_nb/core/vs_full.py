@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gc
 import statistics
 import tempfile
@@ -29,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import AdapterError, DataError, LoraNBError, OptionError, TrainingError
 from . import registry, switch
@@ -40,7 +40,8 @@ from .callbacks import Callback
 from .data import count, takes_model, to_device
 from .io import WEIGHTS, save
 from .options import AttachOptions
-from .train import TrainRun, TrainSettings, _place, _plan, _trainable, launch, resolve_device, uses_bf16
+from ._sweep import parse_sizes, subset
+from .train import TrainSettings, _place, _plan, _trainable, launch, resolve_device, uses_bf16
 
 ARMS = ("lora", "full")
 ADAPTER = "vs_full"  # the adapter's name on the LoRA copy
@@ -105,6 +106,7 @@ def vs_full(model: Any, data: Any, eval_data: Any = None, *, r: int = 8, alpha: 
     plan = _make_plan(data, eval_data, lora, common, extras, {"lora": lr_lora, "full": lr_full}, tokenizer,
                       loss_fn, callbacks)
     sizes = parse_sizes(sizes, data, eval_data)
+    _warm_up(model, plan, data)
     arms = {arm: _arm(arm, model, plan, data, checkpoint=True) for arm in ARMS}
     seed = plan.settings["lora"].seed or 0
     sweep = [_arm(arm, model, plan, subset(data, n, seed), size=n) for n in sizes for arm in ARMS]
@@ -129,56 +131,6 @@ def _make_plan(data, eval_data, lora: dict, common: dict, extras: dict, lrs: dic
     options = AttachOptions(name=ADAPTER, **lora)
     settings = {arm: TrainSettings(lr=lrs[arm], **common, **extras) for arm in ARMS}
     return _Plan(data, eval_data, options, settings, tokenizer, loss_fn, list(callbacks or []))
-
-
-def parse_sizes(sizes: Any, data: Any, eval_data: Any) -> list[int]:
-    """The sweep's training-set sizes, ascending, checked against the data (one-line errors)."""
-    if sizes is None or (isinstance(sizes, str) and not sizes.strip()):
-        return []
-    parts = [p for p in sizes.replace(" ", "").split(",") if p] if isinstance(sizes, str) else list(sizes)
-    values = sorted({_as_size(p) for p in parts})
-    if eval_data is None:
-        raise OptionError("the data-size sweep compares eval losses: pass eval data (eval_data=…, `--eval VAR`)")
-    total = n_items(data)
-    if values and values[-1] > total:
-        raise OptionError(f"sizes go up to {values[-1]} but the training data has {total} items")
-    return values
-
-
-def _as_size(value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"sizes must be whole numbers like 25,50,100; got `{value}`") from None
-    if number < 1 or float(value) != number:
-        raise OptionError(f"sizes must be whole numbers ≥ 1; got `{value}`")
-    return number
-
-
-def _is_pair(data: Any) -> bool:
-    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
-
-
-def n_items(data: Any) -> int:
-    """How many training examples ``data`` holds (an ``(X, Y)`` tensor pair counts its rows)."""
-    if _is_pair(data):
-        return len(data[0])
-    if isinstance(data, DataLoader) or not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
-        raise DataError("the data-size sweep needs data it can subsample: a list, an (X, Y) tensor pair or a "
-                        f"Dataset, not a {type(data).__name__}")
-    return len(data)
-
-
-def subset(data: Any, n: int, seed: int) -> Any:
-    """``n`` examples of ``data`` drawn at random (seeded), in the same form as ``data``."""
-    index = torch.randperm(n_items(data), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    if _is_pair(data):
-        return data[0][index], data[1][index]
-    if hasattr(data, "select") and hasattr(data, "column_names"):  # 🤗 datasets
-        return data.select(index)
-    if isinstance(data, Dataset):
-        return Subset(data, index)
-    return [data[i] for i in index]
 
 
 def base_copy(model: nn.Module) -> nn.Module:
@@ -255,6 +207,16 @@ def _train(arm: str, clone: nn.Module, plan: _Plan, data: Any, settings: TrainSe
         label = "LoRA" if arm == "lora" else "full fine-tuning"
         raise TrainingError(f"the {label} arm {run.state}: {run.message}")
     return run, params, targets
+
+
+def _warm_up(model: nn.Module, plan: _Plan, data: Any) -> None:
+    """Two unmeasured steps of each arm, so one-time costs (first kernels, allocations) count for neither."""
+    for arm in ARMS:
+        settings = dataclasses.replace(plan.settings[arm], steps=2)
+        clone = base_copy(model)
+        _place(clone, resolve_device(settings.device, clone))
+        _train(arm, clone, dataclasses.replace(plan, eval_data=None, callbacks=[]), data, settings, quiet=True)
+        registry.forget(clone)
 
 
 def _checkpoint(arm: str, clone: nn.Module) -> tuple[str, int]:
