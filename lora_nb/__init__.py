@@ -45,6 +45,7 @@ _EXPORTS = {
     "set_strength": "lora_nb.core.strength:set_strength",
     "compare": "lora_nb.core.compare:compare",
     "vs_full": "lora_nb.core.vs_full:vs_full",
+    "export": "lora_nb.core.export:export",
 }
 
 __all__ = ["LoraNBError", "load_ipython_extension", "unload_ipython_extension", *_EXPORTS]
