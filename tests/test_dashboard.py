@@ -114,6 +114,12 @@ def test_form_starts_from_the_last_settings_and_errors_are_one_line(notebook):
     dash.start_button.click()
     assert "name the variable that holds the training data" in dash.train_message.value
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    notebook.run_line_magic("lora", "train model --data pairs --steps 1000000")  # a background run from a magic
+    wait_until(lambda: registry.find(model).run.step >= 1)
+    dash.tabs.selected_index = 2  # opening the Train tab shows it
+    assert dash.start_button.disabled and not dash.stop_button.disabled
+    dash.stop_button.click()
+    assert registry.find(model).run.state == "stopped" and not training_threads() and not dash.start_button.disabled
     dash.attach_targets.value, dash.attach_name.value = "nothing_here", "second"
     dash.attach_button.click()
     assert "nothing_here" in dash.attach_message.value and registry.find(model).adapters == ["default"]

@@ -233,6 +233,10 @@ def test_live_curves_in_a_notebook(ip, monkeypatch):
         assert list(traces[(arm, "loss")].y) == pytest.approx([r["loss"] for r in history], rel=1e-6)
         assert list(traces[(arm, "eval")].y) == pytest.approx([e["eval_loss"] for e in evals], rel=1e-6)
     assert 1 <= live.updates <= seconds / 0.2 + 6 + 1  # throttled: ≤ 5/s, plus one flush per run's end
+    assert live.table.value == ""  # the cell shows the returned result's table instead
+    live.on_result(result)
+    live.show_table = True
+    live.on_result(result)
     assert live.table.value == result._repr_html_()
     (sweep,) = live.sweep.children
     assert list(sweep.data[0].x) == [50, 100]

@@ -75,7 +75,7 @@ def _vs_full(ctx, args):
     if ctx.widgets:
         from ..widgets.vs_full import VsFullLive
 
-        view = VsFullLive()
+        view = VsFullLive(show_table=False)  # the returned result shows the table
         ctx.display(view)
     else:
         view = ArmLines()

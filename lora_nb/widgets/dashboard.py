@@ -64,6 +64,7 @@ class Dashboard(Callback):
         if session is None and self.session is not None:
             self._forget_views()
         self.session = session
+        self._running(session is not None and session.training)
         self.status_html.value = (status(self.model)._repr_html_() if session is not None else
                                   f"<i><code>{html.escape(self.name)}</code> has no LoRA adapter yet: attach one "
                                   "below</i>")
@@ -155,29 +156,29 @@ class Dashboard(Callback):
         self.live.children = (live.widget,)
         names = {key: box.value.strip() for key, box in self.names.items() if box.value.strip()}
         registry.require(self.model).extras["last_train"] = {**names, "model": self.name, **settings_dict(run)}
-        self._running(not run.done)
-        self.train_message.value = html.escape(f"training adapter `{run.adapter}` on {run.where}…")
+        self.refresh()
+        if not run.done:
+            self.train_message.value = html.escape(f"training adapter `{run.adapter}` on {run.where}…")
 
     def stop(self, _button: Any = None) -> None:
-        """Stop the run at the next step boundary and wait for it to end."""
-        run = self.run
+        """Stop the model's run (started here or by ``%lora train``) at the next step boundary; wait for it."""
+        session = registry.find(self.model)
+        run = session.run if session is not None else None
         if run is None or run.done:
             return
         run.stop()
         run.wait(timeout=60)
         self.train_message.value = html.escape(run.message)
-        self._running(not run.done)
+        self.refresh()
 
     def _running(self, running: bool) -> None:
         self.start_button.disabled, self.stop_button.disabled = running, not running
 
     # -- training callback ----------------------------------------------------------------------
     def on_train_begin(self, run: Any) -> None:
-        self._running(True)
         self.refresh()
 
     def on_train_end(self, run: Any) -> None:
-        self._running(False)
         self.train_message.value = html.escape(f"{run.state}: {run.message}")
         self.refresh()
 

@@ -34,9 +34,10 @@ def plotly_bundle(figure: go.Figure, text: str) -> dict:
 class VsFullLive(VsFullCallback):
     """Live overlaid loss curves of LoRA and full fine-tuning, then the measured table and the sweep plot."""
 
-    def __init__(self, *, max_points: int = 1000, interval: float = 0.2,
+    def __init__(self, *, max_points: int = 1000, interval: float = 0.2, show_table: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_points = max_points
+        """``show_table=False`` when the result is displayed beside the view anyway (``%lora vs-full``)."""
+        self.max_points, self.show_table = max_points, show_table
         self.figure = go.FigureWidget(curves_figure())
         self.progress = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(width="30%"))
         self.label = W.HTML("waiting for the first arm…")
@@ -88,7 +89,7 @@ class VsFullLive(VsFullCallback):
     def on_result(self, result: Any) -> None:
         self.result = result
         self.label.value = html.escape(f"done: {result.headline()}")
-        self.table.value = result._repr_html_()
+        self.table.value = result._repr_html_() if self.show_table else ""
         if result.sizes:
             self.sweep.children = (go.FigureWidget(sweep_figure(result)),)
         self._leave_static_pictures(result)
