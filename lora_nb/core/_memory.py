@@ -50,7 +50,7 @@ class PeakMemory:
     def kind(self) -> str:
         if self.cuda:
             return "CUDA peak allocated"
-        return f"process RSS peak (sampled every {self.interval * 1000:g} ms)"
+        return f"process RSS, sampled every {self.interval * 1000:g} ms"
 
     @property
     def added(self) -> int:

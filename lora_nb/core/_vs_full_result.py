@@ -207,7 +207,8 @@ class VsFullResult:
 
     def notes(self) -> list[str]:
         notes = [f"losses after training: a pass over the data in eval mode; time per step: median over "
-                 f"{len(self.lora.history)} steps; trainable state: exact, from the parameters' dtypes"]
+                 f"{len(self.lora.history)} steps; trainable state: exact, from the parameters' dtypes; "
+                 "\"about the same\": within 2% of each other"]
         if "RSS" in self.lora.memory_kind:
             notes.append("memory on CPU: growth of the process's resident memory while an arm ran (sampled, after "
                          "handing freed memory back to the system; a coarse signal for small models)")
