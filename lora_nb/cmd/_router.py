@@ -154,16 +154,17 @@ def dispatch(shell, line: str, cell: str | None = None) -> Any:
     if cell is not None:
         argv += body_to_argv(cell, spec.parser)
     args = spec.parser.parse_args(argv)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", LoraNBWarning)
-        try:
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LoraNBWarning)
             return spec.handler(Context(shell), args)
-        finally:
-            for w in caught:  # lora_nb's notes as one line; anything else goes on as a normal warning
-                if issubclass(w.category, LoraNBWarning):
-                    print(f"note: {w.message}", file=sys.stderr)
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    finally:  # outside the `with`: there, showwarning would append to `caught` while we iterate it
+        for w in caught:  # lora_nb's notes as one line; anything else goes on as a normal warning
+            if issubclass(w.category, LoraNBWarning):
+                print(f"note: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 class HelpText(str):

@@ -12,10 +12,11 @@ from ._router import arg, verb
 def _attach_options():
     for f in option_fields():
         default = f.default if f.default is not MISSING else None
+        flags = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"])  # --modules-to-save, as train's
         if isinstance(default, bool) and f.name != "init":
-            yield arg(f"--{f.name}", action="store_true", help=f.metadata["help"])
+            yield arg(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
         else:
-            yield arg(f"--{f.name}", default=default, help=f"{f.metadata['help']} (default: {default})")
+            yield arg(*flags, dest=f.name, default=default, help=f"{f.metadata['help']} (default: {default})")
 
 
 @verb(

@@ -9,6 +9,7 @@ outputs differ (max |Δ|, relative L2). Adapters are switched through peft's per
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +137,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 def _to(inputs: Any, device: torch.device) -> Any:
     if isinstance(inputs, torch.Tensor):
         return inputs.to(device)
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):  # a dict, or a tokenizer's BatchEncoding (a UserDict)
         return {k: _to(v, device) for k, v in inputs.items()}
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(_to(v, device) for v in inputs)
@@ -146,7 +147,7 @@ def _to(inputs: Any, device: torch.device) -> Any:
 def _forward(model: torch.nn.Module, inputs: Any) -> tuple[torch.Tensor, bool]:
     """The main output tensor (on CPU, fp32) and whether it is a model's ``logits``."""
     inputs = _to(inputs, _device(model))
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         out = model(**inputs)
     elif isinstance(inputs, (tuple, list)):
         out = model(*inputs)
