@@ -254,3 +254,27 @@ def test_peak_memory_sees_what_a_block_allocates():
         time.sleep(0.05)
         del block
     assert busy.added >= 60 * 2**20 > quiet.added and busy.samples > 0 and "RSS" in busy.kind
+
+
+def test_saved_notebook_keeps_the_pictures():  # a real kernel: live view shown, static pictures left in its cell
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cells = [
+        "%load_ext lora_nb\nimport torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
+        "model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))\n"
+        "x = torch.randn(160, 16); y = x[:, :5].argmax(1); train, test = (x[:100], y[:100]), (x[100:], y[100:])",
+        "res = %lora vs-full model --data train --eval test --steps 20 --r 2 --targets 0,2 --sizes 20,40",
+        "%lora dashboard model",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True).execute()
+    assert not [o for c in nb.cells for o in c.outputs if o.output_type == "error"]
+    widget, curves, sweep = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    assert "application/vnd.jupyter.widget-view+json" in widget.data
+    traces = {t["name"]: t for t in curves.data["application/vnd.plotly.v1+json"]["data"]}
+    for arm in ("LoRA", "full fine-tuning"):
+        assert list(traces[f"{arm} train loss"]["x"]) == list(range(1, 21))
+    assert [list(t["x"]) for t in sweep.data["application/vnd.plotly.v1+json"]["data"]] == [[20, 40]] * 6
+    (dashboard,) = [o for o in nb.cells[2].outputs if o.output_type in ("display_data", "execute_result")]
+    assert "application/vnd.jupyter.widget-view+json" in dashboard.data
