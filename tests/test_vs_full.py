@@ -199,6 +199,8 @@ def test_magic_in_a_terminal_shell(ip, capsys):
     assert result.settings["lora"].lr == 0.005 and result.settings["full"].batch_size == 16
     assert out.count("steps in") == 4 and "LoRA on 40 examples: 10 steps" in out
     assert all(torch.equal(v, before[k]) for k, v in ip.user_ns["model"].state_dict().items())
+    assert "--sizes SIZES" in ip.run_line_magic("lora", "vs-full -h")
+    assert "tabs" in ip.run_line_magic("lora", "dashboard -h")
     for line, message in [("vs-full model --data trian", "no variable `trian`; did you mean `train`"),
                           ("vs-full model --data train --sizes 10", "pass eval data"),
                           ("vs-full model --data train --steps many", "steps must be an integer"),

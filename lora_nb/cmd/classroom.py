@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 from ..core.status import status
+from ..core.train import TrainSettings
 from ..core.vs_full import VsFullCallback, vs_full
 from ._router import arg, verb
 
@@ -29,7 +30,8 @@ def _options():
     for name, text in _HELP.items():
         yield arg(f"--{name.replace('_', '-')}", dest=name, help=f"{text} (default: {_DEFAULTS[name]})")
     for name in _EXTRAS:
-        yield arg(f"--{name.replace('_', '-')}", dest=name, help="training setting, as for %lora train")
+        text = TrainSettings.__dataclass_fields__[name].metadata["help"].replace("%", "%%")
+        yield arg(f"--{name.replace('_', '-')}", dest=name, help=f"{text} (both arms)")
 
 
 class Text(str):
