@@ -183,7 +183,7 @@ def test_bad_input_is_refused_before_training():
     model = digits_mlp()
     for kwargs, message in [({"sizes": [10, 20]}, "pass eval data"), ({"sizes": "10,x", "eval_data": test}, "whole"),
                             ({"sizes": [5000], "eval_data": test}, "has 400 items"), ({"lr": 1}, "sets lr"),
-                            ({"steps": 0}, "steps must be"), ({"r": 0}, "r must be"), ({"warmpu": 2}, "unknown")]:
+                            ({"steps": 0}, "steps must be"), ({"processes": 2}, "in this process"), ({"r": 0}, "r must be"), ({"warmpu": 2}, "unknown")]:
         with pytest.raises(OptionError, match=message):
             vs_full(model, train, **kwargs)
 

@@ -123,6 +123,8 @@ def _make_plan(data, eval_data, lora: dict, common: dict, extras: dict, lrs: dic
     if fixed:
         raise OptionError(f"vs_full sets {', '.join(fixed)} itself: use steps=, batch_size=, seed=, device=, "
                           "lr_lora= and lr_full=")
+    if str(extras.get("processes", 1)) != "1":
+        raise OptionError("vs_full trains both arms in this process, one after the other; drop processes")
     unknown = sorted(set(extras) - {f.name for f in fields(TrainSettings)})
     if unknown:
         raise OptionError(f"unknown training option(s): {', '.join(unknown)}")
