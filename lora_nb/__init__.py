@@ -45,6 +45,8 @@ _EXPORTS = {
     "set_strength": "lora_nb.core.strength:set_strength",
     "compare": "lora_nb.core.compare:compare",
     "vs_full": "lora_nb.core.vs_full:vs_full",
+    "VsFullResult": "lora_nb.core.vs_full:VsFullResult",
+    "VsFullCallback": "lora_nb.core.vs_full:VsFullCallback",
     "export": "lora_nb.core.export:export",
 }
 

@@ -262,3 +262,20 @@ def test_modules_to_save_trains_a_new_head_and_detaches_cleanly():
     with pytest.raises(TargetError, match="did you mean `classifier`"):
         lora_nb.attach(model, modules_to_save="clasifier")
     assert lora_layers(model) == []
+
+
+def test_deleting_an_adapted_model_frees_it():
+    import copy
+    import gc
+    import pickle
+    import weakref
+
+    model = tiny_mlp()
+    lora_nb.attach(model, r=2)
+    clone = copy.deepcopy(model)  # a copy carries the LoRA layers but no lora_nb session
+    assert lora_nb.core.find(clone) is None and len(lora_layers(clone)) == 3
+    assert lora_nb.core.find(pickle.loads(pickle.dumps(model))) is None
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

@@ -60,6 +60,12 @@ class Session:
             )
         return name
 
+    def __deepcopy__(self, memo: dict) -> None:
+        return None  # a copied model is a plain model (its LoRA layers are copied, its lora_nb state is not)
+
+    def __reduce__(self):
+        return (_no_session, ())
+
     def notify(self, what: str) -> None:
         """Tell every listening view (``listener.on_model_change(session, what)``) that peft's state changed."""
         for listener in list(self.listeners):
@@ -73,8 +79,15 @@ class Session:
             )
 
 
-_sessions: "weakref.WeakKeyDictionary[nn.Module, Session]" = weakref.WeakKeyDictionary()
+# A session lives in its model's __dict__ under this key: the model and its peft wrapper reference each
+# other, so a registry outside the model would keep every adapted model alive; this way `del model` frees it
+# (the cycle is collected). Copies and pickles of the model carry no session (see Session.__deepcopy__).
+_KEY = "_lora_nb_session"
 _lock = threading.Lock()
+
+
+def _no_session() -> None:
+    return None
 
 
 def as_module(obj: Any, what: str = "model") -> nn.Module:
@@ -95,10 +108,10 @@ def find(model: Any) -> Session | None:
     wrapper = model if isinstance(model, PeftModel) else None
     model = as_module(model)
     with _lock:
-        session = _sessions.get(model)
+        session = model.__dict__.get(_KEY)
         if session is None and wrapper is not None:
             session = Session(model, wrapper, {n: p.requires_grad for n, p in model.named_parameters()})
-            _sessions[model] = session
+            model.__dict__[_KEY] = session
     return session
 
 
@@ -112,9 +125,9 @@ def require(model: Any) -> Session:
 
 def register(session: Session) -> None:
     with _lock:
-        _sessions[session.model] = session
+        session.model.__dict__[_KEY] = session
 
 
 def forget(model: nn.Module) -> None:
     with _lock:
-        _sessions.pop(model, None)
+        model.__dict__.pop(_KEY, None)
