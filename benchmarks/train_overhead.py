@@ -14,7 +14,7 @@ fresh run (new optimizer) of ``steps / rounds`` steps. Timed: the ``train`` call
 (a); the dashboard's construction is timed separately. With CUDA present, a GPU section reports
 tokens/s and peak memory of (a) and (b) on the GPU (bf16 autocast where supported).
 
-Run: python benchmarks/train_overhead.py [--steps 1000] [--rounds 4] [--threads 1] [--layers 4 --embd 128]
+Run: python benchmarks/train_overhead.py [--steps 1000] [--rounds 10] [--threads 1] [--layers 2 --embd 64]
      [--skip-trainer]
 """
 
@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import statistics
 import tempfile
 import time
 import warnings
@@ -57,15 +58,15 @@ def loader(n: int = 512, length: int = 64, batch_size: int = 8) -> DataLoader:
     return DataLoader(items, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(2))
 
 
-def hand_loop(model, data: DataLoader, steps: int, lr: float = 2e-4, bf16: bool = False) -> float:
-    """(a): the loop a user would write; returns seconds."""
+def hand_loop(model, data: DataLoader, steps: int, lr: float = 2e-4, bf16: bool = False) -> tuple[float, float]:
+    """(a): the loop a user would write; returns (wall seconds, CPU seconds of this process)."""
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     model.train()
-    losses, it, t0 = [], iter(data), time.perf_counter()
+    losses, it, t0, c0 = [], iter(data), time.perf_counter(), time.process_time()
     for _ in range(steps):
         try:
             batch = next(it)
@@ -81,45 +82,53 @@ def hand_loop(model, data: DataLoader, steps: int, lr: float = 2e-4, bf16: bool 
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     model.eval()
-    return seconds
+    return seconds, cpu
 
 
 class Wire:
-    """Counts what the dashboard's widgets would send to a frontend."""
+    """Counts what the dashboard's widgets send to a frontend: while training, and the rest (widget openings)."""
 
     def __init__(self) -> None:
         import comm
 
-        self.messages = self.bytes = 0
+        self.training = False
+        self.messages = self.bytes = self.plot_updates = 0  # sent while ``lora_nb.train`` runs
+        self.other_bytes = 0  # sent outside it: opening the widgets (plotly ships its JavaScript bundle)
         wire = self
 
         class CountingComm(comm.DummyComm):
             def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
-                wire.messages += 1
-                wire.bytes += len(json.dumps(data, default=str)) + sum(memoryview(b).nbytes for b in buffers or ())
+                size = len(json.dumps(data, default=str)) + sum(memoryview(b).nbytes for b in buffers or ())
+                if not wire.training:
+                    wire.other_bytes += size
+                    return
+                state = (data or {}).get("state", {})
+                wire.messages, wire.bytes = wire.messages + 1, wire.bytes + size
+                wire.plot_updates += bool(state.get("_py2js_restyle") or state.get("_py2js_update"))
 
         comm.create_comm = lambda *a, **k: CountingComm(*a, **k)
 
 
-def lora_nb_run(model, data: DataLoader, steps: int, wire: Wire) -> tuple[float, float, int, int]:
-    """(b): ``lora_nb.train`` with a live dashboard; returns (train seconds, dashboard build seconds, msgs, bytes)."""
+def lora_nb_run(model, data: DataLoader, steps: int, wire: Wire) -> tuple[float, float, float]:
+    """(b): ``lora_nb.train`` with a live dashboard; returns (wall s, CPU s, dashboard build s)."""
     from lora_nb.widgets.live import LiveDashboard
 
     t0 = time.perf_counter()
     dash = LiveDashboard()
     built = time.perf_counter() - t0
-    m0, b0 = wire.messages, wire.bytes
-    t0 = time.perf_counter()
+    wire.training = True
+    t0, c0 = time.perf_counter(), time.process_time()
     run = lora_nb.train(model, data, steps=steps, lr=2e-4, callbacks=[dash], background=False, seed=None)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    wire.training = False
     assert run.state == "finished", run.message
-    return seconds, built, wire.messages - m0, wire.bytes - b0
+    return seconds, cpu, built
 
 
-def trainer_run(model, data: DataLoader, steps: int) -> tuple[float, str]:
-    """(c): transformers' Trainer on the same peft model; returns (seconds, which progress callback)."""
+def trainer_run(model, data: DataLoader, steps: int) -> tuple[float, float, str]:
+    """(c): transformers' Trainer on the same peft model; returns (wall s, CPU s, which progress callback)."""
     from transformers import Trainer, TrainingArguments
     from transformers.utils.notebook import NotebookProgressCallback
 
@@ -137,43 +146,54 @@ def trainer_run(model, data: DataLoader, steps: int) -> tuple[float, str]:
             which = "NotebookProgressCallback"
         except Exception as exc:  # pragma: no cover - depends on the transformers version
             which = f"default ({type(exc).__name__})"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with contextlib.redirect_stdout(io.StringIO()):
             trainer.train()
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     model.eval()
-    return seconds, which
+    return seconds, cpu, which
 
 
 def cpu_section(steps: int, rounds: int, skip_trainer: bool, layers: int, embd: int) -> None:
     torch.manual_seed(0)
     model, data = build(n_layer=layers, n_embd=embd), loader()
     chunk = steps // rounds
-    hand_loop(model, data, 20)  # warm up kernels and allocator
-    probe = hand_loop(model, data, 30) / 30
+    hand_loop(model, data, 20)  # warm up kernels, allocator and both code paths
+    lora_nb_run(model, data, 20, Wire())
+    probe = hand_loop(model, data, 30)[0] / 30
     print(f"model: GPT-2 {layers}×{embd}, LoRA r=8 on all linear layers; batch 8×64 tokens; "
           f"plain step {probe * 1e3:.1f} ms")
     wire = Wire()
-    a = b = built = 0.0
-    messages = nbytes = 0
+    wall, cpu, ratios, built = {"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.0}, [], 0.0
     for r in range(rounds):
         order = ("a", "b") if r % 2 == 0 else ("b", "a")
+        now = {}
         for which in order:
             if which == "a":
-                a += hand_loop(model, data, chunk)
+                now["a"] = hand_loop(model, data, chunk)
             else:
-                sec, build_s, m, nb = lora_nb_run(model, data, chunk, wire)
-                b, built, messages, nbytes = b + sec, built + build_s, messages + m, nbytes + nb
-    total = chunk * rounds
-    print(f"(a) hand-written loop : {a:8.2f} s for {total} steps ({a / total * 1e3:.2f} ms/step)")
-    print(f"(b) lora_nb.train+live: {b:8.2f} s for {total} steps ({b / total * 1e3:.2f} ms/step); "
-          f"b/a = {b / a:.3f}")
-    print(f"    dashboard traffic : {messages / b:.1f} comm messages/s, {nbytes / b / 1024:.1f} KiB/s "
-          f"({messages} messages, {nbytes / 2**20:.2f} MiB); dashboard build {built / rounds:.2f} s each "
-          "(not in b)")
+                *now["b"], build_s = lora_nb_run(model, data, chunk, wire)
+                built += build_s
+        for k in "ab":
+            wall[k], cpu[k] = wall[k] + now[k][0], cpu[k] + now[k][1]
+        ratios.append(now["b"][0] / now["a"][0])
+        print(f"  round {r + 1:2d}: wall a {now['a'][0]:6.2f} s, b {now['b'][0]:6.2f} s, b/a {ratios[-1]:.3f}; "
+              f"CPU b/a {now['b'][1] / now['a'][1]:.3f} (load {os.getloadavg()[0]:.1f})")
+    total, a, b = chunk * rounds, wall["a"], wall["b"]
+    print(f"(a) hand-written loop : {a:8.2f} s wall, {cpu['a']:8.2f} s CPU for {total} steps "
+          f"({a / total * 1e3:.2f} ms/step)")
+    print(f"(b) lora_nb.train+live: {b:8.2f} s wall, {cpu['b']:8.2f} s CPU for {total} steps "
+          f"({b / total * 1e3:.2f} ms/step)")
+    print(f"    b/a = {b / a:.3f} wall (median of rounds {statistics.median(ratios):.3f}), "
+          f"{cpu['b'] / cpu['a']:.3f} CPU time")
+    print(f"    dashboard traffic : {wire.plot_updates / b:.2f} plot updates/s, {wire.messages / b:.1f} comm messages/s, "
+          f"{wire.bytes / b / 1024:.1f} KiB/s while training ({wire.messages} messages, {wire.bytes / 2**20:.2f} MiB)")
+    print(f"    per dashboard, outside b: build {built / rounds:.2f} s, widget opening "
+          f"{wire.other_bytes / rounds / 2**20:.2f} MiB (plotly's FigureWidget ships its JavaScript)")
     if not skip_trainer:
-        c, which = trainer_run(model, data, total)
-        print(f"(c) transformers.Trainer [{which}]: {c:8.2f} s; c/a = {c / a:.3f}")
+        c, c_cpu, which = trainer_run(model, data, total)
+        print(f"(c) transformers.Trainer [{which}]: {c:8.2f} s wall, {c_cpu:8.2f} s CPU; "
+              f"c/a = {c / a:.3f} wall, {c_cpu / cpu['a']:.3f} CPU time")
 
 
 def gpu_section(steps: int) -> None:
@@ -188,10 +208,10 @@ def gpu_section(steps: int) -> None:
     hand_loop(model, data, 10, bf16=bf16)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats(device)
-    a = hand_loop(model, data, steps, bf16=bf16)
+    a = hand_loop(model, data, steps, bf16=bf16)[0]
     peak_a = torch.cuda.max_memory_allocated(device) / 2**20
     torch.cuda.reset_peak_memory_stats(device)
-    b, _, _, _ = lora_nb_run(model, data, steps, Wire())
+    b = lora_nb_run(model, data, steps, Wire())[0]
     torch.cuda.synchronize()
     peak_b = torch.cuda.max_memory_allocated(device) / 2**20
     name = torch.cuda.get_device_name(device)
@@ -203,12 +223,12 @@ def gpu_section(steps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--gpu-steps", type=int, default=300)
     parser.add_argument("--skip-trainer", action="store_true")
     parser.add_argument("--skip-cpu", action="store_true")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--embd", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--embd", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for every variant (1: steadiest on a shared machine)")
     args = parser.parse_args()

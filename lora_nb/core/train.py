@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -31,65 +30,14 @@ import torch
 
 from ..errors import OptionError, TrainingError
 from . import registry
+from ._device import _place, in_jupyter_kernel, resolve_device
 from ._loop import Loop, uses_bf16
+from ._settings import TrainSettings
 from .callbacks import Callback
 from .data import make_batches, takes_model
-from .options import _as_number
 from .status import adapter_named_parameters
 
-SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-@dataclass
-class TrainSettings:
-    """How to train (one place for defaults and checks; ``%lora train`` builds its options from it)."""
-
-    steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: one epoch)"})
-    epochs: float | None = field(default=None, metadata={"help": "passes over the data, instead of --steps"})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate of AdamW"})
-    batch_size: int = field(default=8, metadata={"help": "samples per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    device: str = field(default="auto", metadata={"help": "auto (CUDA, then MPS, then CPU) | cpu | cuda[:N] | mps"})
-    seed: int | None = field(default=0, metadata={"help": "seed for shuffling and dropout"})
-    warmup: float = field(default=0.0, metadata={"help": "warmup steps (≥ 1) or fraction of the steps (< 1)"})
-    schedule: str = field(default="cosine", metadata={"help": "learning-rate decay: cosine | linear | constant"})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip the gradient norm (0: no clipping)"})
-    eval_every: int | None = field(default=None, metadata={"help": "steps between evaluations (default: ~10 per run)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_length: int = field(default=512, metadata={"help": "tokens per text at most (text data)"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on capable GPUs) | bf16 | fp32"})
-    processes: int = field(default=1, metadata={"help": "data-parallel processes: N GPUs, or N CPU processes (gloo)"})
-
-    def __post_init__(self) -> None:
-        for name, kind, low in (("steps", int, 1), ("batch_size", int, 1), ("grad_accum", int, 1),
-                                ("eval_every", int, 1), ("max_length", int, 1), ("epochs", float, 0),
-                                ("processes", int, 1)):
-            value = getattr(self, name)
-            if value is not None:
-                value = _as_number(name, value, kind)
-                if value < low or (kind is float and value <= 0):
-                    raise OptionError(f"{name} must be {'≥ 1' if kind is int else 'positive'}; got {value:g}")
-                setattr(self, name, value)
-        if self.steps is not None and self.epochs is not None:
-            raise OptionError("give steps or epochs, not both")
-        self.lr = _as_number("lr", self.lr, float)
-        if not self.lr > 0:
-            raise OptionError(f"lr must be positive; got {self.lr:g}")
-        self.warmup = _as_number("warmup", self.warmup, float)
-        self.weight_decay = _as_number("weight_decay", self.weight_decay, float)
-        self.max_grad_norm = _as_number("max_grad_norm", self.max_grad_norm or 0, float) or None
-        if self.seed is not None:
-            self.seed = _as_number("seed", self.seed, int)
-        for name, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
-            if str(getattr(self, name)).lower() not in choices:
-                raise OptionError(f"{name} must be one of {', '.join(choices)}; got `{getattr(self, name)}`")
-            setattr(self, name, str(getattr(self, name)).lower())
-        if self.warmup < 0 or self.weight_decay < 0:
-            raise OptionError("warmup and weight_decay must be ≥ 0")
-
-    def warmup_steps(self, total: int) -> int:
-        return int(self.warmup) if self.warmup >= 1 else round(self.warmup * total)
+__all__ = ["TrainRun", "TrainSettings", "in_jupyter_kernel", "launch", "resolve_device", "train"]
 
 
 @dataclass(eq=False)
@@ -294,36 +242,6 @@ def _trainable(session: registry.Session) -> list[torch.nn.Parameter]:
     return params
 
 
-def resolve_device(device: str, model: torch.nn.Module) -> torch.device:
-    """``auto`` → CUDA, then MPS, then CPU; an explicit device must exist here."""
-    name = str(device).strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        target = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise OptionError(f"device must be auto, cpu, cuda[:N] or mps; got `{device}`") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
-    if not available.get(target.type, False):
-        raise OptionError(f"device `{device}` is not available here; use --device auto or cpu")
-    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
-        raise OptionError(f"device `{device}` does not exist (this machine has {torch.cuda.device_count()} GPU(s))")
-    if target.type == "cuda" and target.index is None:
-        target = torch.device("cuda", torch.cuda.current_device())
-    return target
-
-
-def _place(model: torch.nn.Module, target: torch.device) -> None:
-    """Move a single-device model to ``target`` (a model spread over devices by device_map stays put)."""
-    devices = {p.device for p in model.parameters()}
-    if len(devices) == 1 and devices != {target}:
-        model.to(target)
-
-
 def _plan(model, data, eval_data, tokenizer, loss_fn, s: TrainSettings):
     limit = s.max_length
     for attr in ("n_positions", "max_position_embeddings"):
@@ -340,13 +258,6 @@ def _max_steps(s: TrainSettings, per_epoch: int | None) -> int:
     if per_epoch is None:
         raise OptionError("the data has no length: give steps=N (`--steps N`)")
     return max(1, math.ceil((s.epochs or 1.0) * per_epoch / s.grad_accum))
-
-
-def in_jupyter_kernel() -> bool:
-    """True inside a Jupyter kernel, detected without importing IPython."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    return getattr(shell, "kernel", None) is not None
 
 
 def settings_dict(run: TrainRun) -> dict:

@@ -1,10 +1,11 @@
 """``LiveDashboard``: the live training view — curves, progress, Stop and Pause/Resume — as a callback.
 
 Cost per update is O(points), never O(history): records go into decimating buffers (≤ ``max_points``
-per trace), the plot is refreshed at most every ``interval`` seconds (≤ 5/s by default) with one
-restyle of the traces that changed (one Plotly.restyle message, arrays sent as binary buffers), and the final state is always flushed when the run ends. A saved notebook keeps a
-static figure of the final curves: the dashboard reserves an output when displayed and fills it at
-the end (a FigureWidget's saved state holds only the data it had when it was displayed).
+per trace); the plot is refreshed at most every ``interval`` seconds (4/s by default; with the final
+flush, ≤ 5/s on any run longer than a second) by one restyle of the traces that changed (arrays
+sent as binary buffers); the final state is always flushed when the run ends. A saved notebook keeps
+a static figure of the final curves: the dashboard reserves an output when displayed and fills it
+at the end (a FigureWidget's saved state holds only the data it had when it was displayed).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ._throttle import Decimator, Throttle
 class LiveDashboard(Callback):
     """Live plots of a run with Stop and Pause/Resume; display it, then train with it as a callback."""
 
-    def __init__(self, run: Any = None, *, max_points: int = 1000, interval: float = 0.2,
+    def __init__(self, run: Any = None, *, max_points: int = 1000, interval: float = 0.25,
                  clock: Callable[[], float] = time.monotonic, title: str | None = None,
                  show_on_begin: bool = False) -> None:
         self.run = None
