@@ -283,3 +283,17 @@ def test_spectrum_explorer_live_on_a_real_background_run():
     assert ex.live_seconds <= 0.05 * run.seconds + 2 * one  # the 5% budget, give or take the last refresh
     final = lora_nb.spectra(model)  # on_train_end redrew the trained adapter
     np.testing.assert_allclose(ex.bars.data[0].y, final[ex.module.value])
+
+
+def test_explorer_opened_before_a_run_follows_it():
+    model = tiny_mlp()
+    lora_nb.attach(model, r=4)
+    ex = SpectrumExplorer(model)  # opened first: it learns of the run from the session's notice
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(4))
+    run = lora_nb.train(model, (x, x[:, :5].argmax(1)), steps=100000, lr=1e-2, background=True)
+    try:
+        assert ex in run.callbacks and ex.live_run is run
+    finally:
+        run.stop()
+        run.wait(10)
+    assert run.state == "stopped"

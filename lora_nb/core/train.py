@@ -212,6 +212,7 @@ def launch(session: Any, name: str, params: list[torch.nn.Parameter], data: Any,
     with session.lock:
         session.ensure_idle("start another training run")
         session.run = run
+    session.notify("train")  # open views (explorers, panels) follow the run from its first step
     if not background:
         loop()
         return run

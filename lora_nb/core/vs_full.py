@@ -69,6 +69,9 @@ class Bare:
     def ensure_idle(self, action: str) -> None:
         """A private copy has no other run to wait for."""
 
+    def notify(self, what: str) -> None:
+        """Nobody watches a private copy."""
+
 
 @dataclass
 class _Plan:
