@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Execute the example notebooks in a real Jupyter kernel, offline, each within 2 minutes (tests/test_examples.py).
+# Usage: scripts/run_examples.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# nbclient starts the "python3" kernel: ipykernel's wheel installs that kernelspec; register it if it is missing
+if ! jupyter kernelspec list 2>/dev/null | grep -qE '^\s*python3\s'; then
+    python -m ipykernel install --sys-prefix
+fi
+start=$(date +%s)
+trap 'echo "examples stage: $(( $(date +%s) - start )) s"' EXIT
+python -m pytest -m slow tests/test_examples.py -v -s "$@"

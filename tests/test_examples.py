@@ -1,0 +1,70 @@
+"""The example notebooks run offline top to bottom in a real kernel, each within 2 minutes, leaving pictures.
+
+Slow (excluded from the default run): ``scripts/run_examples.sh`` or ``python -m pytest -m slow tests/test_examples.py``.
+Cells tagged ``picture`` show a plot; a saved notebook must keep a static copy of it (a plotly JSON or image
+output), since a FigureWidget's saved state only holds the data it had when displayed (see shared/BROWSER.md).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+NAMES = ["01_quickstart", "02_lora_vs_full_finetuning", "03_inside_the_adapter", "04_causal_lm"]
+LIMIT_S = 120  # per notebook, on a 2-core CPU
+STATIC = ("application/vnd.plotly.v1+json", "image/png", "image/svg+xml")
+
+
+def _errors(nb) -> list[str]:
+    return [f"cell {i}: {o.ename}: {o.evalue}" for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for o in cell.get("outputs", []) if o.output_type == "error"]
+
+
+def _missing_pictures(nb) -> list[str]:
+    """Cells tagged ``picture`` without a static plot among their outputs, with what they showed instead."""
+    missing = []
+    for i, cell in enumerate(nb.cells):
+        if "picture" not in cell.metadata.get("tags", []):
+            continue
+        outputs = [o.get("data", {}) for o in cell.get("outputs", [])]
+        if not any(kind in data for data in outputs for kind in STATIC):
+            shown = "; ".join(str(d.get("text/plain", sorted(d)))[:80] for d in outputs) or "no output"
+            missing.append(f"cell {i} `{cell.source.splitlines()[-1][:60]}` showed only: {shown}")
+    return missing
+
+
+def test_the_four_example_notebooks_are_committed_without_outputs():
+    paths = sorted(EXAMPLES.glob("[0-9][0-9]_*.ipynb"))
+    assert [p.stem for p in paths] == NAMES
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert code and all(not c.outputs and c.execution_count is None for c in code), path.name
+        assert any("picture" in c.metadata.get("tags", []) for c in code), path.name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LIMIT_S + 180)
+@pytest.mark.parametrize("name", NAMES)
+def test_example_notebook_runs_offline_within_its_time_and_keeps_its_pictures(name, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(var, "1")  # the kernel inherits this environment
+    nb = nbformat.read(EXAMPLES / f"{name}.ipynb", as_version=4)
+    # run where it may write (saved adapters), not in the repository
+    client = NotebookClient(nb, timeout=LIMIT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
+                            allow_errors=True)
+    started = time.perf_counter()
+    client.execute()
+    wall = time.perf_counter() - started
+    print(f"{name}: {wall:.1f} s")
+    errors, missing = _errors(nb), _missing_pictures(nb)
+    assert not errors, "\n".join(errors)
+    assert wall <= LIMIT_S, f"{name} took {wall:.0f} s (limit {LIMIT_S} s on a 2-core CPU)"
+    assert not missing, "saved notebook lacks static pictures:\n" + "\n".join(missing)
