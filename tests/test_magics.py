@@ -109,3 +109,19 @@ def test_rank_note_is_one_line_on_stderr(ip, capsys):  # G7 through the magic
     ip.run_line_magic("lora", "attach small --r 8")
     err = capsys.readouterr().err
     assert err.startswith("note: r=8 exceeds min(in, out)") and err.count("\n") == 1
+
+
+def test_foreign_warnings_pass_through_once_and_never_hang(ip, monkeypatch):
+    import warnings
+
+    from lora_nb.cmd import basic
+
+    def noisy_status(model):
+        warnings.warn("a library's deprecation", FutureWarning)
+        return "ok"
+
+    monkeypatch.setattr(basic.core, "status", noisy_status)
+    ip.user_ns["model"] = tiny_mlp()
+    with pytest.warns(FutureWarning, match="a library's deprecation") as record:
+        assert ip.run_line_magic("lora", "status model") == "ok"
+    assert len(record) == 1

@@ -297,3 +297,23 @@ def test_explorer_opened_before_a_run_follows_it():
         run.stop()
         run.wait(10)
     assert run.state == "stopped"
+
+
+def test_explorers_carry_a_static_picture_for_saved_notebooks():
+    model = tiny_mlp()
+    lora_nb.attach(model, r=4, name="first")
+    lora_nb.attach(model, r=2, name="second")
+    make_b_nonzero(model, "second")
+    for view, expect in [(SpectrumExplorer(model), "bar"), (WeightsExplorer(model), "heatmap"),
+                         (SimilarityView(model, "first", "second"), "heatmap")]:
+        bundle = view._repr_mimebundle_()
+        assert "application/vnd.jupyter.widget-view+json" in bundle  # Lab shows the live widget
+        static = bundle["application/vnd.plotly.v1+json"]  # static tools show this figure
+        assert static["data"][0]["type"] == expect
+    spectrum = SpectrumExplorer(model)
+    bars = spectrum._repr_mimebundle_()["application/vnd.plotly.v1+json"]["data"][0]["y"]
+    if isinstance(bars, dict):  # plotly ≥ 6 sends arrays as base64 typed arrays
+        import base64
+
+        bars = np.frombuffer(base64.b64decode(bars["bdata"]), dtype=bars["dtype"])
+    np.testing.assert_allclose(bars, lora_nb.spectra(model)[spectrum.module.value], rtol=1e-6)

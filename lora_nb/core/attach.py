@@ -107,6 +107,8 @@ def _new_session(model: nn.Module, config, name: str) -> "registry.Session":
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*already.*modified.*")
+            # transformers deprecates the attribute peft reads while wrapping; nothing the user can act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             wrapper = get_peft_model(model, config, adapter_name=name)
     except BaseException:
         _strip_lora(model)

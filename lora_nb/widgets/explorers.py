@@ -9,12 +9,14 @@ or code (attach, delete, toggle …) show up at once.
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 from collections.abc import Callable
 
 import ipywidgets as W
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from ..core import registry
 from ..core.callbacks import Callback
@@ -56,6 +58,20 @@ class LiveView(Callback):
         self.live_run = None
         self.session.listeners.add(self)
         self.follow_run()
+
+    def picture(self) -> go.FigureWidget:
+        """The view's main figure: what a saved notebook keeps as a static picture."""
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, plus its main figure as plotly JSON for static views (nbconvert, untrusted notebooks).
+
+        JupyterLab prefers the widget (its renderer ranks first); tools without a widget manager show the
+        figure as it was when displayed.
+        """
+        bundle = super()._repr_mimebundle_(**kwargs)
+        bundle["application/vnd.plotly.v1+json"] = json.loads(pio.to_json(go.Figure(self.picture()), validate=False))
+        return bundle
 
     def follow_run(self) -> None:
         """Attach to the session's run while it trains (``run.add_callback(self)``)."""
@@ -126,6 +142,9 @@ class WeightsExplorer(LiveView, W.VBox):
                           W.HBox(list(self.heatmaps.values())), self.histogram])
         self._start_live(model, clock)
 
+    def picture(self) -> go.FigureWidget:
+        return self.norm
+
     def _clicked(self, trace, points, state) -> None:
         """A click on a norm-map cell (heatmap point index ``[row, col]``) selects that module."""
         nm = self.summary.norm_map(self.color_by.value)
@@ -186,6 +205,9 @@ class SpectrumExplorer(LiveView, W.VBox):
         super().__init__(parts)
         self._start_live(model, clock)
 
+    def picture(self) -> go.FigureWidget:
+        return self.bars
+
     def _base_figure(self) -> go.Figure:
         """W vs W+ΔW for the chosen module only: computed lazily (dense SVDs), cached in core."""
         name = self.module.value
@@ -233,6 +255,9 @@ class SimilarityView(LiveView, W.VBox):
         self.module.observe(lambda _: self._draw(), "value")
         super().__init__([self.module, self.message, self.heatmap])
         self._start_live(model, clock)
+
+    def picture(self) -> go.FigureWidget:
+        return self.heatmap
 
     def _draw(self) -> None:
         _replace(self.heatmap, similarity_figure(self.result, self.module.value))
