@@ -50,8 +50,9 @@ def training_figure(title: str | None = None, throughput: str = "samples/s", mem
     for s in SERIES:
         style = {"mode": "lines", **_STYLE.get(s.key, {})}
         fig.add_trace(go.Scatter(x=[], y=[], name=s.name, **style), row=s.row, col=s.col)
-    fig.update_layout(height=460, margin=dict(l=50, r=20, t=50 if title else 30, b=40), title=title,
-                      legend=dict(orientation="h", y=1.12, x=0), showlegend=True)
+    # the legend sits under the plots, so a run's title line (static picture) never crosses it
+    fig.update_layout(height=490, margin=dict(l=50, r=20, t=60 if title else 30, b=70), title=title,
+                      legend=dict(orientation="h", yanchor="top", y=-0.14, x=0), showlegend=True)
     for s in SERIES[3:]:
         fig.data[SERIES.index(s)].showlegend = False
     fig.update_xaxes(title_text="step", row=2)
