@@ -8,6 +8,7 @@ from typing import Any
 from ..core.status import status
 from ..core.train import TrainSettings
 from ..core.vs_full import VsFullCallback, vs_full
+from ._data import DATA_OPTIONS, data_objects
 from ._router import arg, verb
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(vs_full).parameters.items()
@@ -60,10 +61,7 @@ class ArmLines(VsFullCallback):
 
 @verb(
     "vs-full", "LoRA and full fine-tuning from the same weights on the same data, measured side by side",
-    arg("--data", required=True, help="variable with the training data"),
-    arg("--eval", dest="eval_data", help="variable with evaluation data (for eval loss, gap and the sweep)"),
-    arg("--tokenizer", help="variable with a tokenizer (for text data)"),
-    arg("--loss", help="variable with a loss: loss_fn(output, target) or loss_fn(model, batch)"),
+    *DATA_OPTIONS,
     *_options(),
     examples=["%lora vs-full model --data train --eval test",
               "%lora vs-full model --data train --eval test --r 4 --targets 0,2 --sizes 25,50,100,200",
@@ -71,8 +69,7 @@ class ArmLines(VsFullCallback):
 )
 def _vs_full(ctx, args):
     model = ctx.model(args.model)
-    names = {"data": args.data, "eval_data": args.eval_data, "tokenizer": args.tokenizer, "loss_fn": args.loss}
-    objects = {k: (ctx.lookup(v) if v else None) for k, v in names.items()}
+    objects = data_objects(ctx, args)
     options = {k: getattr(args, k) for k in (*_HELP, *_EXTRAS) if getattr(args, k) is not None}
     if ctx.widgets:
         from ..widgets.vs_full import VsFullLive

@@ -7,7 +7,9 @@ from dataclasses import MISSING
 from ..core import registry
 from ..core.train import TrainSettings, settings_dict, train
 from ..errors import TrainingError
+from ._data import DATA_OPTIONS, data_names, data_objects
 from ._router import arg, verb
+
 
 def _settings_options():
     for f in TrainSettings.__dataclass_fields__.values():
@@ -18,10 +20,7 @@ def _settings_options():
 
 @verb(
     "train", "train the active adapter with a live dashboard (background in a notebook; --wait blocks)",
-    arg("--data", required=True, help="variable with the training data"),
-    arg("--eval", dest="eval_data", help="variable with evaluation data"),
-    arg("--tokenizer", help="variable with a tokenizer (for text data)"),
-    arg("--loss", help="variable with a loss: loss_fn(output, target) or loss_fn(model, batch)"),
+    *DATA_OPTIONS,
     *_settings_options(),
     arg("--wait", action="store_true", help="block the cell until the run ends"),
     arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
@@ -31,8 +30,7 @@ def _settings_options():
 )
 def _train(ctx, args):
     model = ctx.model(args.model)
-    names = {"data": args.data, "eval_data": args.eval_data, "tokenizer": args.tokenizer, "loss_fn": args.loss}
-    objects = {k: (ctx.lookup(v) if v else None) for k, v in names.items()}
+    names, objects = data_names(args), data_objects(ctx, args)
     settings = {f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}
     background = (ctx.widgets or args.background) and not args.wait
     view = _view(ctx, show_on_begin=not background)
