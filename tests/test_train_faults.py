@@ -226,3 +226,24 @@ def test_adapter_off_or_merged_is_refused():
     lora_nb.core.find(model).lora.merge_adapter()
     with pytest.raises(TrainingError, match="merged"):
         lora_nb.train(model, classification_pairs(), steps=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_base_trains_fp32_adapter_and_merges(dtype):  # G20
+    model = tiny_mlp().to(dtype)
+    lora_nb.attach(model, r=4)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    x, y = classification_pairs()
+    run = lora_nb.train(model, (x.to(dtype), y), steps=20, lr=1e-2, batch_size=16, device="cpu")
+    losses = [r["loss"] for r in run.history]
+    assert run.state == "finished" and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
+    with torch.no_grad():
+        adapted = model(x.to(dtype))
+        lora_nb.merge(model)
+        merged = model(x.to(dtype))
+        lora_nb.unmerge(model)
+        assert torch.allclose(merged.float(), adapted.float(), atol=5e-2)  # half-precision rounding of W + ΔW
+        assert torch.equal(model(x.to(dtype)), adapted)  # unmerge restores the exact base weights
