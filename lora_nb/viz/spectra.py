@@ -35,6 +35,7 @@ def spectrum_figure(result: Spectra, name: str) -> go.Figure:
     fig.update_layout(
         title=spectrum_title(result, name),
         xaxis_title="index i", yaxis_title="singular value σᵢ", height=340, margin=dict(t=50, b=40),
+        xaxis=dict(tickformat="d", dtick=1 if len(values) <= 16 else None),  # whole indices only
     )
     return fig
 
