@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 import torch
-from conftest import tiny_mlp
+from test_train import classification_pairs, mlp_with_lora
 
 import lora_nb
 from lora_nb.core.callbacks import Callback
@@ -21,15 +21,11 @@ pytestmark = pytest.mark.timeout(120)
 
 def adapted_mlp():
     torch.manual_seed(0)
-    model = tiny_mlp()
-    lora_nb.attach(model, r=4)
-    return model
+    return mlp_with_lora()
 
 
 def pairs(n=128):
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(n, 16, generator=g)
-    return x, x[:, :5].argmax(1)
+    return classification_pairs(n)
 
 
 def snapshot(model, lora: bool):

@@ -185,7 +185,6 @@ def _arm(arm: str, model: nn.Module, plan: _Plan, data: Any, size: int | None = 
                  statistics.median(r["seconds"] for r in run.history), sum(last) / len(last), train_loss,
                  eval_loss, train_acc, eval_acc, written, file, list(run.history), list(run.evals), size,
                  run.where, targets)
-    registry.forget(clone)  # the copy's session would otherwise keep it alive
     del clone, params, run
     if target.type == "cuda":  # give the next arm the memory back (reference cycles included)
         gc.collect()
@@ -221,7 +220,6 @@ def _warm_up(model: nn.Module, plan: _Plan, data: Any) -> None:
         clone = base_copy(model)
         _place(clone, resolve_device(settings.device, clone))
         _train(arm, clone, dataclasses.replace(plan, eval_data=None, callbacks=[]), data, settings, quiet=True)
-        registry.forget(clone)
 
 
 def _checkpoint(arm: str, clone: nn.Module) -> tuple[str, int]:
