@@ -45,9 +45,10 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
+    from peft.tuners.lora import LoraLayer
+
     import lora_nb
     from lora_nb.core import find
-    from peft.tuners.lora import LoraLayer
 
     model = build(args.layers)
     lora_nb.attach(model, name="one", r=8)

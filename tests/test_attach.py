@@ -9,8 +9,17 @@ import warnings
 import pytest
 import torch
 from conftest import (
-    TinyCNN, TinyEmbedder, make_b_nonzero, minilm_dir, run, sample_inputs, tiny_bert, tiny_gpt2, tiny_llama,
-    tiny_mlp, tiny_t5,
+    TinyCNN,
+    TinyEmbedder,
+    make_b_nonzero,
+    minilm_dir,
+    run,
+    sample_inputs,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_mlp,
+    tiny_t5,
 )
 from peft.tuners.lora import LoraLayer
 from torch import nn

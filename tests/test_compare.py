@@ -13,7 +13,7 @@ from peft.tuners.lora import LoraLayer
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.core.compare import ClassComparison, GenerationComparison, OutputComparison
+from lora_nb.core.analysis.compare import ClassComparison, GenerationComparison, OutputComparison
 from lora_nb.errors import OptionError, TrainingActiveError
 
 

@@ -10,7 +10,7 @@ from accelerate import dispatch_model
 from conftest import make_b_nonzero, run, sample_inputs, tiny_llama
 
 import lora_nb
-from lora_nb.core.dispatch import execution_device, offloaded
+from lora_nb.core.adapters.offload import execution_device, offloaded
 from lora_nb.errors import LoraNBError, TrainingError
 
 BLOCKS = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "model.rotary_emb", "lm_head"]

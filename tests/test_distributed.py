@@ -13,7 +13,7 @@ import torch
 from test_train import classification_pairs, mlp_with_lora
 
 import lora_nb
-from lora_nb.core.callbacks import Callback
+from lora_nb.core.training.callbacks import Callback
 from lora_nb.errors import OptionError, TrainingError
 
 pytestmark = pytest.mark.timeout(120)

@@ -12,7 +12,7 @@ import torch
 from test_train import classification_pairs, mlp_with_lora
 
 import lora_nb
-from lora_nb.core.train import TrainRun, TrainSettings
+from lora_nb.core.training.run import TrainRun, TrainSettings
 from lora_nb.viz.training import SERIES, history_figure
 from lora_nb.widgets.live import LiveDashboard
 

@@ -15,7 +15,7 @@ from peft.tuners.lora import LoraLayer
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.core.strength import set_strength, strength
+from lora_nb.core.adapters.switch import set_strength, strength
 from lora_nb.errors import AdapterError, OptionError, TrainingActiveError
 
 

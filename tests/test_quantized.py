@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lora_nb
-from lora_nb.core import quantized
+from lora_nb.core.adapters import quantized
 from lora_nb.errors import AdapterError
 
 bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is the optional `quant` extra")
@@ -42,4 +42,4 @@ def test_qlora_trains_inspects_dequantized_and_refuses_a_rounding_merge():
     np.testing.assert_allclose(spectra.base["0"].w_delta, torch.linalg.svdvals(w + delta).numpy(), rtol=1e-4)
     with pytest.raises(AdapterError, match="4-bit quantized base weights: merging re-quantizes W"):
         lora_nb.merge(model)
-    assert lora_nb.merge.__module__ and not lora_nb.core.merge.merged(model)
+    assert lora_nb.merge.__module__ and not lora_nb.core.adapters.merge.merged(model)

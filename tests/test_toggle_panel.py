@@ -49,7 +49,7 @@ def test_widgets_switch_the_model(setup):
     assert torch.equal(run(model, x), outputs["one"])
     panel.strength.value = 0.0
     torch.testing.assert_close(run(model, x), base, rtol=0, atol=1e-6)
-    assert lora_nb.core.strength.strength(model) == 0.0  # read back from peft's scaling
+    assert lora_nb.core.adapters.switch.strength(model) == 0.0  # read back from peft's scaling
     panel.strength.value = 1.0
     assert torch.equal(run(model, x), outputs["one"])
 
@@ -79,7 +79,7 @@ def test_panel_follows_changes_made_in_code_and_magics(setup, ip):
     assert list(panel.toggles) == ["one", "two", "three"] and shown(panel)["three"]
     ip.run_line_magic("lora", "merge model")
     assert "merged: three" in panel.merged_label.value
-    lora_nb.core.strength.set_strength(model, 1.5, adapter="one")
+    lora_nb.core.adapters.switch.set_strength(model, 1.5, adapter="one")
     lora_nb.enable(model, "one")
     assert panel.strength.value == 1.5
     lora_nb.detach(model)
@@ -114,7 +114,7 @@ def test_toggle_magic_without_widget_frontend_prints_text(ip, setup):  # G23
 def test_toggle_magic_in_a_kernel_shows_the_panel(ip, setup, monkeypatch):
     model = setup[0]
     ip.user_ns["model"] = model
-    monkeypatch.setattr("lora_nb.cmd._router.Context.widgets", property(lambda self: True))
+    monkeypatch.setattr("lora_nb.cmd.router.Context.widgets", property(lambda self: True))
     widget = ip.run_line_magic("lora", "toggle model")
     panel = widget._lora_panel
     assert panel in find(model).listeners

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import tiny_bert, tiny_gpt2, tiny_mlp
 from IPython.core.error import UsageError
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import lora_nb
 from lora_nb.core import registry
-from lora_nb.core.callbacks import Callback
+from lora_nb.core.training.callbacks import Callback
 from lora_nb.errors import DataError, OptionError, TrainingActiveError
 
 WORDS = ["[PAD]", "[UNK]", *"the cat sat on mat dog ran to a park and big red ball".split()]
@@ -113,7 +113,7 @@ def test_magic_trains_texts_with_a_tokenizer(ip, capsys):  # done-when: the magi
 
 
 def test_text_batches_mask_padding_out_of_the_labels():
-    from lora_nb.core.data import make_batches
+    from lora_nb.core.training.data import make_batches
 
     batches = make_batches(["the cat", "a dog ran to the park"], tokenizer=word_tokenizer(), batch_size=2,
                            shuffle=False)

@@ -13,7 +13,7 @@ from test_train import classification_pairs, lora_params, mlp_with_lora
 from torch.utils.data import Dataset
 
 import lora_nb
-from lora_nb.core.callbacks import Callback
+from lora_nb.core.training.callbacks import Callback
 from lora_nb.errors import TrainingError
 
 

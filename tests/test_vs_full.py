@@ -20,7 +20,7 @@ from torch import nn
 
 import lora_nb
 from lora_nb.core import registry
-from lora_nb.core.vs_full import VsFullCallback, vs_full
+from lora_nb.core.analysis.vs_full import VsFullCallback, vs_full
 from lora_nb.errors import AdapterError, OptionError
 
 LORA = dict(r=4, alpha=8, targets="0,2")
@@ -212,7 +212,7 @@ def test_magic_in_a_terminal_shell(ip, capsys):
 
 
 def test_live_curves_in_a_notebook(ip, monkeypatch):
-    from lora_nb.cmd._router import Context
+    from lora_nb.cmd.router import Context
     from lora_nb.viz.vs_full import CURVES
     from lora_nb.widgets.vs_full import VsFullLive
 
@@ -247,7 +247,7 @@ def test_live_curves_in_a_notebook(ip, monkeypatch):
 
 
 def test_peak_memory_sees_what_a_block_allocates():
-    from lora_nb.core._memory import PeakMemory
+    from lora_nb.core.training.memory import PeakMemory
 
     with PeakMemory(torch.device("cpu")) as quiet:
         time.sleep(0.05)

@@ -14,8 +14,8 @@ from torch import nn
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.core.factors import lora_layers
-from lora_nb.core.weights import matrices, split_name, weights
+from lora_nb.core.analysis.factors import lora_layers
+from lora_nb.core.analysis.weights import matrices, split_name, weights
 from lora_nb.viz.spectra import base_spectrum_figure, effective_rank_figure, similarity_figure, spectrum_figure
 from lora_nb.viz.weights import histogram_figure, module_figures, norm_map_figure
 from lora_nb.widgets.explorers import SimilarityView, SpectrumExplorer, WeightsExplorer
@@ -264,7 +264,7 @@ def test_verbs_in_a_terminal_and_in_a_kernel(ip, monkeypatch):
 
 
 def test_spectrum_explorer_live_on_a_real_background_run():
-    pytest.importorskip("lora_nb.core.train")
+    pytest.importorskip("lora_nb.core.training.run")
     model = tiny_mlp()
     lora_nb.attach(model, r=4)
     make_b_nonzero(model)

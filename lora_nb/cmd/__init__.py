@@ -3,7 +3,7 @@
 import importlib
 import pkgutil
 
-from ._router import VERBS, dispatch, help_text
+from .router import VERBS, dispatch, help_text
 
 # Verb modules in the order `%lora?` lists them (the contract's order); any other module follows.
 _ORDER = ["basic", "train", "inspect", "adapters", "classroom", "scale"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ..core.combine import TYPES, combine
-from ..core.compare import compare
-from ..core.io import load, save
-from ..core.merge import merge, unmerge
+from ..core.adapters.combine import TYPES, combine
+from ..core.adapters.io import load, save
+from ..core.adapters.merge import merge, unmerge
+from ..core.analysis.compare import compare
 from ..core.registry import require
 from ..errors import OptionError
-from ._router import arg, verb
+from .router import arg, verb
 
 
 class Text(str):

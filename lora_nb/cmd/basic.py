@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import MISSING
 
 from .. import core
-from ..core.options import option_fields
-from ._router import arg, verb
+from ..core.adapters.options import option_fields
+from .router import arg, verb
 
 
 def _attach_options():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ..core.status import status
-from ..core.train import TrainSettings
-from ..core.vs_full import VsFullCallback, vs_full
-from ._data import DATA_OPTIONS, data_objects
-from ._router import arg, verb
+from ..core.adapters.status import status
+from ..core.analysis.vs_full import VsFullCallback, vs_full
+from ..core.training.run import TrainSettings
+from .data_options import DATA_OPTIONS, data_objects
+from .router import arg, verb
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(vs_full).parameters.items()
              if p.default is not inspect.Parameter.empty}

@@ -11,9 +11,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.spectra import similarity, spectra
-from ..core.weights import matrices, weights
-from ._router import arg, verb
+from ..core.analysis.spectra import similarity, spectra
+from ..core.analysis.weights import matrices, weights
+from .router import arg, verb
 
 _ADAPTER = arg("--adapter", help="adapter to inspect (default: the active one)")
 _LAYERS = arg("--layers", help="regex: only modules whose names it finds")

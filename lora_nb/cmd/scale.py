@@ -6,8 +6,8 @@ Multi-process training in the notebook is ``%lora train MODEL … --processes N`
 from __future__ import annotations
 
 from ..core import registry
-from ..core.export import export
-from ._router import arg, verb
+from ..core.training.export import export
+from .router import arg, verb
 
 
 @verb(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import MISSING
 
 from ..core import registry
-from ..core.train import TrainSettings, settings_dict, train
+from ..core.training.run import TrainSettings, settings_dict, train
 from ..errors import TrainingError
-from ._data import DATA_OPTIONS, data_names, data_objects
-from ._router import arg, verb
+from .data_options import DATA_OPTIONS, data_names, data_objects
+from .router import arg, verb
 
 
 def _settings_options():
@@ -47,7 +47,7 @@ def _train(ctx, args):
 def _view(ctx, show_on_begin: bool):
     """The live dashboard inside a notebook, text progress elsewhere."""
     if not ctx.widgets:
-        from ..core.reporting import ConsoleReporter
+        from ..core.training.reporting import ConsoleReporter
 
         return ConsoleReporter()
     from ..widgets.live import LiveDashboard

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from ..core.spectra import Similarity, Spectra
+from ..core.analysis.spectra import Similarity, Spectra
 
 
 def _short(names: list[str]) -> list[str]:

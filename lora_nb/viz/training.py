@@ -13,7 +13,7 @@ from typing import NamedTuple
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..core.reporting import Ema
+from ..core.training.reporting import Ema
 
 
 class Series(NamedTuple):

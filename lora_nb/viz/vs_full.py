@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..core.reporting import Ema
+from ..core.training.reporting import Ema
 from .training import SMOOTHING, decimate
 
 LABELS = {"lora": "LoRA", "full": "full fine-tuning"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from ..core.weights import ModuleMatrices, NormMap, WeightSummary
+from ..core.analysis.weights import ModuleMatrices, NormMap, WeightSummary
 
 VALUE_LABELS = {"delta_norm": "‖ΔW‖_F", "ratio": "‖ΔW‖_F / ‖W‖_F", "a_norm": "‖A‖_F", "b_norm": "‖B‖_F"}
 

@@ -19,10 +19,10 @@ from typing import Any
 import ipywidgets as W
 
 from ..core import registry
-from ..core.attach import attach
-from ..core.callbacks import Callback
-from ..core.status import status
-from ..core.train import TrainSettings, settings_dict, train
+from ..core.adapters.attach import attach
+from ..core.adapters.status import status
+from ..core.training.callbacks import Callback
+from ..core.training.run import TrainSettings, settings_dict, train
 from ..errors import DataError, LoraNBError
 
 TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum")

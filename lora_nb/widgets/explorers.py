@@ -19,15 +19,25 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from ..core import registry
-from ..core.callbacks import Callback
-from ..core.spectra import similarity, spectra
-from ..core.weights import matrices, weights
+from ..core.analysis.spectra import similarity, spectra
+from ..core.analysis.weights import matrices, weights
+from ..core.training.callbacks import Callback
 from ..errors import LoraNBError
 from ..viz.spectra import (
-    base_spectrum_figure, effective_rank_figure, similarity_figure, spectrum_figure, spectrum_title,
+    base_spectrum_figure,
+    effective_rank_figure,
+    similarity_figure,
+    spectrum_figure,
+    spectrum_title,
 )
 from ..viz.weights import (
-    VALUE_LABELS, diverging_range, histogram_figure, module_figures, norm_map_figure, norm_z, value_histogram,
+    VALUE_LABELS,
+    diverging_range,
+    histogram_figure,
+    module_figures,
+    norm_map_figure,
+    norm_z,
+    value_histogram,
 )
 
 
@@ -86,7 +96,7 @@ class LiveView(Callback):
             return
         try:
             self.refresh()
-        except Exception as exc:  # noqa: BLE001 - a view's bug must not end the run: show it, stop live updates
+        except Exception as exc:
             self._show_error(exc)
             self.next_refresh = float("inf")
             return

@@ -21,10 +21,10 @@ from typing import Any
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from ..core.callbacks import Callback
-from ..core.reporting import Ema, begin_line, progress_line
+from ..core.training.callbacks import Callback
+from ..core.training.reporting import Ema, begin_line, progress_line
 from ..viz.training import SERIES, SMOOTHING, history_figure, training_figure
-from ._throttle import Decimator, Throttle
+from .throttle import Decimator, Throttle
 
 
 class LiveDashboard(Callback):

@@ -16,9 +16,10 @@ from typing import Any
 import ipywidgets as w
 
 from .. import core
-from ..core import registry, switch
-from ..core.merge import merge, unmerge
-from ..core.strength import set_strength, strength
+from ..core import registry
+from ..core.adapters import switch
+from ..core.adapters.merge import merge, unmerge
+from ..core.adapters.switch import set_strength, strength
 from ..errors import LoraNBError
 
 

@@ -18,11 +18,11 @@ from typing import Any
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from ..core.reporting import Ema
-from ..core.vs_full import VsFullCallback
+from ..core.analysis.vs_full import VsFullCallback
+from ..core.training.reporting import Ema
 from ..viz.training import SMOOTHING
 from ..viz.vs_full import CURVES, LABELS, curves_figure, result_curves_figure, sweep_figure
-from ._throttle import Decimator, Throttle
+from .throttle import Decimator, Throttle
 
 
 def plotly_bundle(figure: go.Figure, text: str) -> dict:

@@ -95,7 +95,7 @@ class LabPage:
         loc = self.page.locator(f"{area} {selector}, {error}").first
         try:
             loc.wait_for(state="attached", timeout=timeout * 1000)
-        except Exception as exc:  # noqa: BLE001 - playwright's TimeoutError; report what the cell shows
+        except Exception as exc:
             raise WidgetFailure(f"cell {index}: {selector} did not appear within {timeout:.0f} s; "
                                 f"cell text: {self.text(index)[:300]!r}") from exc
         if self.page.locator(error).count():

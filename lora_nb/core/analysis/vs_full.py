@@ -31,17 +31,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AdapterError, DataError, LoraNBError, OptionError, TrainingError
-from . import registry, switch
-from ._memory import PeakMemory, trainable_state_bytes
-from ._vs_full_result import Arm, VsFullResult
-from .attach import _strip_lora, attach
-from .callbacks import Callback
-from .data import count, takes_model, to_device
-from .io import WEIGHTS, save
-from .options import AttachOptions
-from ._sweep import parse_sizes, subset
-from .train import TrainSettings, _place, _plan, _trainable, launch, resolve_device, uses_bf16
+from ...errors import AdapterError, DataError, LoraNBError, OptionError, TrainingError
+from .. import registry
+from ..adapters import switch
+from ..adapters.attach import attach, strip_lora
+from ..adapters.io import WEIGHTS, save
+from ..adapters.options import AttachOptions
+from ..training.callbacks import Callback
+from ..training.data import count, takes_model, to_device
+from ..training.memory import PeakMemory, trainable_state_bytes
+from ..training.run import TrainSettings, _plan, _trainable, launch, place_model, resolve_device, uses_bf16
+from .sweep import parse_sizes, subset
+from .vs_full_result import Arm, VsFullResult
 
 ARMS = ("lora", "full")
 ADAPTER = "vs_full"  # the adapter's name on the LoRA copy
@@ -148,7 +149,7 @@ def base_copy(model: nn.Module) -> nn.Module:
             raise AdapterError("an adapter is merged into the base weights; unmerge it first (`%lora unmerge "
                                "MODEL`) so both arms start from the base weights")
         clone = _deepcopy(model)
-    _strip_lora(clone)
+    strip_lora(clone)
     for name, p in clone.named_parameters():
         p.requires_grad_(session.requires_grad.get(name, True))
     return clone
@@ -157,7 +158,7 @@ def base_copy(model: nn.Module) -> nn.Module:
 def _deepcopy(model: nn.Module) -> nn.Module:
     try:
         return copy.deepcopy(model)
-    except Exception as exc:  # noqa: BLE001 - e.g. a model holding a handle that cannot be copied
+    except Exception as exc:
         raise LoraNBError(f"cannot copy the model for the comparison ({type(exc).__name__}: {exc})") from None
 
 
@@ -171,7 +172,7 @@ def _arm(arm: str, model: nn.Module, plan: _Plan, data: Any, size: int | None = 
     clone = base_copy(model)
     total = sum(p.numel() for p in clone.parameters())
     target = resolve_device(settings.device, clone)
-    _place(clone, target)
+    place_model(clone, target)
     with PeakMemory(target) as memory:
         run, params, targets = _train(arm, clone, plan, data, settings, quiet=size is not None)
     state = trainable_state_bytes(params)
@@ -218,7 +219,7 @@ def _warm_up(model: nn.Module, plan: _Plan, data: Any) -> None:
     for arm in ARMS:
         settings = dataclasses.replace(plan.settings[arm], steps=2)
         clone = base_copy(model)
-        _place(clone, resolve_device(settings.device, clone))
+        place_model(clone, resolve_device(settings.device, clone))
         _train(arm, clone, dataclasses.replace(plan, eval_data=None, callbacks=[]), data, settings, quiet=True)
 
 

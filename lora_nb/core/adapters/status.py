@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import registry
+from .. import registry
 
 
 @dataclass

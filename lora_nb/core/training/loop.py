@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..errors import LoraNBError
+from ...errors import LoraNBError
 from .data import Batches, count, to_device
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from ..errors import DataError
+from ...errors import DataError
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from ._loop import Loop, uses_bf16
+from ..adapters.status import adapter_named_parameters
 from .callbacks import Callback
 from .data import Batches
-from .status import adapter_named_parameters
+from .loop import Loop, uses_bf16
 
 WEIGHTS = "adapter.safetensors"
 
@@ -111,7 +111,8 @@ class _Sync(Callback):
 def run_worker(job: Job) -> None:
     """Train in this process (one of N); rank 0 leaves the adapter's weights in ``job.out``."""
     from accelerate import Accelerator
-    from .train import TrainRun
+
+    from .run import TrainRun
 
     acc = Accelerator(cpu=job.cpu)
     if acc.device.type == "cpu":
@@ -152,7 +153,7 @@ def _write_result(job: Job, session: Any, run: Any) -> None:
     save_file(weights, str(out / f".{WEIGHTS}.tmp"))
     os.replace(out / f".{WEIGHTS}.tmp", out / WEIGHTS)
     if job.channel is None:  # a launched script: the adapter in PEFT format and the curve beside it
-        from .io import save
+        from ..adapters.io import save
 
         save(session.model, out / "adapter")
         (out / "history.json").write_text(json.dumps({"state": run.state, "history": run.history,

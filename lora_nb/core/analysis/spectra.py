@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import TargetError
+from ...errors import TargetError
+from .. import registry
 from . import factors as F
-from . import registry
 from .weights import TableResult
 
 FULL_SVD_MAX = 1024  # a base layer with min(out, in) above this gets a top-k randomized SVD

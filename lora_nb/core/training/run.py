@@ -28,14 +28,14 @@ from typing import Any
 
 import torch
 
-from ..errors import OptionError, TrainingError
-from . import registry
-from ._device import _place, in_jupyter_kernel, resolve_device
-from ._loop import Loop, uses_bf16
-from ._settings import TrainSettings
+from ...errors import OptionError, TrainingError
+from .. import registry
+from ..adapters.status import adapter_named_parameters
 from .callbacks import Callback
 from .data import make_batches, takes_model
-from .status import adapter_named_parameters
+from .device import in_jupyter_kernel, place_model, resolve_device
+from .loop import Loop, uses_bf16
+from .settings import TrainSettings
 
 __all__ = ["TrainRun", "TrainSettings", "in_jupyter_kernel", "launch", "resolve_device", "train"]
 
@@ -179,7 +179,7 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
     session = registry.require(model)
     session.ensure_idle("start another training run")
     if settings.processes > 1:  # data-parallel over processes (core/distributed.py); it decides the devices
-        from .distributed import launch_processes
+        from .processes import launch_processes
 
         _trainable(session)
         return launch_processes(session, settings, data, eval_data, tokenizer, loss_fn, background, callbacks)
@@ -207,7 +207,7 @@ def launch(session: Any, name: str, params: list[torch.nn.Parameter], data: Any,
                    background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
-    _place(session.model, target)
+    place_model(session.model, target)
     loop = Loop(run, session, batches, eval_batches, params, bf16)
     with session.lock:
         session.ensure_idle("start another training run")

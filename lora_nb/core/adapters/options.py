@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..errors import OptionError
+from ...errors import OptionError
 
 INIT_CHOICES = ("true", "false", "gaussian", "pissa", "olora", "eva", "corda", "loftq", "orthogonal")
 
@@ -51,13 +51,13 @@ class AttachOptions:
     )
 
     def __post_init__(self) -> None:
-        self.r = _as_number("r", self.r, int)
+        self.r = as_number("r", self.r, int)
         if self.r < 1:
             raise OptionError(f"r must be a positive integer; got {self.r}")
-        self.alpha = _as_number("alpha", self.alpha, float)
+        self.alpha = as_number("alpha", self.alpha, float)
         if self.alpha <= 0:
             raise OptionError(f"alpha must be positive; got {self.alpha:g}")
-        self.dropout = _as_number("dropout", self.dropout, float)
+        self.dropout = as_number("dropout", self.dropout, float)
         if not 0.0 <= self.dropout < 1.0:
             raise OptionError(f"dropout must be in [0, 1); got {self.dropout:g}")
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -87,7 +87,7 @@ class AttachOptions:
         )
 
 
-def _as_number(name: str, value: Any, kind: type) -> Any:
+def as_number(name: str, value: Any, kind: type) -> Any:
     if isinstance(value, bool):
         raise OptionError(f"{name} must be a number; got {value}")
     try:

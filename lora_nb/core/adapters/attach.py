@@ -7,11 +7,12 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import AdapterError, LoraNBWarning
-from . import registry, switch
-from .dispatch import materialize_adapter
+from ...errors import AdapterError, LoraNBWarning
+from .. import registry
+from . import switch
+from .offload import materialize_adapter
 from .options import AttachOptions
-from .targets import _match_names, named_modules, resolve_targets, target_regex
+from .targets import match_names, named_modules, resolve_targets, target_regex
 
 
 def _min_dim(module: nn.Module) -> int | None:
@@ -39,13 +40,13 @@ def _warn_rank(model: nn.Module, names: list[str], r: int) -> None:
 
 def _stores_transposed(model: nn.Module, names: list[str]) -> bool:
     """True when the targets are transformers ``Conv1D`` layers (weights stored in × out)."""
-    from .targets import _conv1d_type
+    from .targets import conv1d_type
 
     modules = dict(named_modules(model))
-    return bool(_conv1d_type()) and any(isinstance(modules[n], _conv1d_type()) for n in names)
+    return bool(conv1d_type()) and any(isinstance(modules[n], conv1d_type()) for n in names)
 
 
-def _strip_lora(model: nn.Module) -> None:
+def strip_lora(model: nn.Module) -> None:
     """Put back the original module of every peft wrapper in ``model`` (LoRA layers, modules_to_save)."""
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
@@ -79,7 +80,7 @@ def attach(model: Any, **options: Any) -> "registry.Session":
                 )
     names = resolve_targets(model, opts.targets)
     if opts.modules_to_save:
-        _match_names(model, opts.modules_to_save)  # one-line error (with candidates) if one matches nothing
+        match_names(model, opts.modules_to_save)  # one-line error (with candidates) if one matches nothing
     _warn_rank(model, names, opts.r)
     config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
     if session is not None and opts.name in session.adapters:
@@ -89,18 +90,18 @@ def attach(model: Any, **options: Any) -> "registry.Session":
         else:
             delete_adapter(model, opts.name)
     if session is None:
-        session = _new_session(model, config, opts.name)
+        session = new_session(model, config, opts.name)
     else:
         switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
         session.peft.add_adapter(opts.name, config)
-        switch.enable(session, opts.name)  # active and on
+        switch.turn_on(session, opts.name)  # active and on
     session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
     materialize_adapter(session, opts.name)  # offloaded layers (device_map): factors off `meta`, see core.dispatch
     session.notify("attach")
     return session
 
 
-def _new_session(model: nn.Module, config, name: str) -> "registry.Session":
+def new_session(model: nn.Module, config, name: str) -> "registry.Session":
     from peft import get_peft_model
 
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -111,7 +112,7 @@ def _new_session(model: nn.Module, config, name: str) -> "registry.Session":
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             wrapper = get_peft_model(model, config, adapter_name=name)
     except BaseException:
-        _strip_lora(model)
+        strip_lora(model)
         _restore_flags(model, flags)
         raise
     session = registry.Session(model, wrapper, flags)
@@ -132,7 +133,7 @@ def detach(model: Any) -> nn.Module:
     restore = session.extras.get("restore_base")  # set by merge: exact copies of merged weights
     if restore is not None:
         restore()
-    _strip_lora(session.model)  # peft's unload would keep the *trained* copy of modules_to_save
+    strip_lora(session.model)  # peft's unload would keep the *trained* copy of modules_to_save
     _restore_flags(session.model, session.requires_grad)
     registry.forget(session.model)
     session.notify("detach")
@@ -153,19 +154,3 @@ def delete_adapter(model: Any, adapter: str) -> None:
     session.notify("delete")
 
 
-def enable(model: Any, adapter: str | None = None) -> None:
-    """Turn adapters on; with ``adapter``, make it the active one."""
-    session = registry.require(model)
-    session.ensure_idle("switch adapters")
-    if adapter is not None:
-        session.check_adapter(adapter)
-    switch.enable(session, adapter)
-    session.notify("enable")
-
-
-def disable(model: Any) -> None:
-    """Turn every adapter off: outputs are then exactly the base model's."""
-    session = registry.require(model)
-    session.ensure_idle("switch adapters off")
-    switch.disable(session)
-    session.notify("disable")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import registry
 from . import factors as F
-from . import registry
 
 MAX_SIZE = 256  # heatmap side after pooling
 _INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")

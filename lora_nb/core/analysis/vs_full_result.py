@@ -9,6 +9,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+
 @dataclass
 class Arm:
     """One arm's measurements (sizes in bytes, times in seconds) and its training history."""

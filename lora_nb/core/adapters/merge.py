@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from ..errors import AdapterError
-from . import registry, switch
+from ...errors import AdapterError
+from .. import registry
+from . import switch
 from .quantized import check_merge
 
 
@@ -57,7 +58,7 @@ def merge(model: Any, adapter: str | None = None, keep_base: bool = True, allow_
     if merged:
         raise AdapterError(f"adapter `{sorted(merged)[0]}` is already merged; unmerge it first (`%lora unmerge`)")
     check_merge([layer for layer, _ in _merged_layers(session, adapter)], adapter, allow_rounding)  # 4/8-bit
-    switch.enable(session, adapter)
+    switch.turn_on(session, adapter)
     layers = _merged_layers(session, adapter)
     saved = _backup(layers) if keep_base else None
     try:

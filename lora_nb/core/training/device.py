@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from ..errors import OptionError
+from ...errors import OptionError
 
 
 def resolve_device(device: str, model: torch.nn.Module) -> torch.device:
@@ -32,7 +32,7 @@ def resolve_device(device: str, model: torch.nn.Module) -> torch.device:
     return target
 
 
-def _place(model: torch.nn.Module, target: torch.device) -> None:
+def place_model(model: torch.nn.Module, target: torch.device) -> None:
     """Move a single-device model to ``target`` (a model spread over devices by device_map stays put)."""
     devices = {p.device for p in model.parameters()}
     if len(devices) == 1 and devices != {target}:

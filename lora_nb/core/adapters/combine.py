@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import AdapterError, OptionError, did_you_mean
-from . import registry, switch
+from ...errors import AdapterError, OptionError, did_you_mean
+from .. import registry
+from . import switch
 from .options import AttachOptions
 
 TYPES = ("svd", "linear", "cat")  # peft's others (ties, dare_*, magnitude_prune) also need a density
@@ -71,6 +72,6 @@ def combine(model: Any, adapters: str | Sequence[str], weights: str | Sequence[f
         "runs": [],
     }
     if activate:
-        switch.enable(session, name)
+        switch.turn_on(session, name)
     session.notify("combine")
     return name

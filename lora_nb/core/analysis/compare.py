@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from ..errors import OptionError
-from . import registry, switch
+from ...errors import OptionError
+from .. import registry
+from ..adapters import switch
 
 
 @dataclass
@@ -167,7 +168,7 @@ def _generate(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[list[
 
 def _on_off(session, run) -> tuple[Any, Any]:
     """``run()`` with the active adapter on, then off; peft's per-layer state is put back after."""
-    from .merge import merge
+    from ..adapters.merge import merge
 
     index = switch.layer_index(session)
     merged = sorted(switch.merged_adapters(session))

@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from ..errors import AdapterError, AdapterFileError
-from . import registry, switch
-from ._verify import expected_shapes, mismatch
+from ...errors import AdapterError, AdapterFileError
+from .. import registry
+from . import switch
 from .options import AttachOptions
+from .verify import expected_shapes, mismatch
 
 CONFIG, WEIGHTS, PICKLE, RECORD = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
                                    "lora_nb_record.json")
@@ -64,8 +65,8 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
 
 def run_record(session, adapter: str) -> dict:
     """What ``lora_nb_record.json`` holds for ``adapter``."""
-    from .. import __version__
-    from .strength import strength
+    from ... import __version__
+    from .switch import strength
 
     record = session.records.get(adapter, {})
     return {
@@ -152,7 +153,7 @@ def _read_config(folder: Path):
         config = LoraConfig.from_pretrained(str(folder))
     except AdapterFileError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any parse failure of a user file is a file error
+    except Exception as exc:
         raise AdapterFileError(f"{folder / CONFIG} is not a valid LoRA config: {_first_line(exc)}") from None
     if getattr(config, "target_parameters", None):
         raise AdapterFileError(f"{folder}: adapters with target_parameters are not supported by lora_nb.load; "
@@ -167,7 +168,7 @@ def _read_tensors(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     if weights.exists():
         try:
             return load_file(str(weights))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        except Exception as exc:
             raise AdapterFileError(f"{weights} is not a readable safetensors file (truncated or corrupt?): "
                                    f"{_first_line(exc)}") from None
     if not pickled.exists():
@@ -177,7 +178,7 @@ def _read_tensors(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
                                "safetensors, or pass allow_pickle=True / --allow-pickle if you trust its source)")
     try:
         tensors = torch.load(str(pickled), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - weights_only refuses unknown globals with various errors
+    except Exception as exc:
         raise AdapterFileError(f"{pickled} is not a plain tensor file (weights_only refused it): "
                                f"{_first_line(exc)}") from None
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
@@ -202,10 +203,10 @@ def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
 
 def _inject(model, session, config, name: str):
     """Add an empty adapter ``name``; returns (session, rollback)."""
-    from .attach import _new_session, detach
+    from .attach import detach, new_session
 
     if session is None:
-        session = _new_session(model, config, name)
+        session = new_session(model, config, name)
         return session, lambda: detach(model)
     switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
     session.peft.add_adapter(name, config)
@@ -245,7 +246,7 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
     session, rollback = _inject(model, session, config, name)
     try:
         _fill(session, name, tensors, folder, checked=expected is not None)
-        switch.enable(session, name)
+        switch.turn_on(session, name)
         if not trainable:  # peft makes the active adapter trainable; frozen was asked for
             session.peft.set_requires_grad(name, requires_grad=False)
     except BaseException:

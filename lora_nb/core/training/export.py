@@ -1,6 +1,6 @@
 """``export``: a notebook run as a folder that ``accelerate launch train.py`` continues anywhere.
 
-The folder holds ``train.py`` (from ``_export_template.py``: the last run's settings, how to rebuild
+The folder holds ``train.py`` (from ``script_template.py``: the last run's settings, how to rebuild
 the model, where the data is), ``adapter/`` (``io.save``: PEFT format), ``base/`` (the base model
 without LoRA: ``save_pretrained`` for transformers models; for a plain ``nn.Module`` a ``torch.save``
 pickle, which the script can load only if the model's classes are importable there) and ``data/``.
@@ -28,9 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from ..errors import AdapterError, AdapterFileError, OptionError
-from . import registry
-from .io import save
+from ...errors import AdapterError, AdapterFileError, OptionError
+from .. import registry
+from ..adapters.io import save
 
 SCRIPT = "train.py"
 _SAFE = (torch.Tensor, str, int, float, bool, type(None))
@@ -88,7 +88,7 @@ def export(model: Any, path: str | os.PathLike, data: Any = None, eval_data: Any
 
 def _settings(session: registry.Session, given: dict | None) -> dict:
     """The last run's settings (``session.run``) for the active adapter, overridden by ``given``."""
-    from .train import TrainSettings
+    from .run import TrainSettings
 
     run = session.run
     base = asdict(run.settings) if run is not None and run.adapter == session.active else {}
@@ -131,10 +131,10 @@ def _save_base(model: nn.Module, folder: Path) -> dict:
     if hasattr(model, "save_pretrained") and hasattr(model, "config"):
         model.save_pretrained(str(folder), state_dict=_base_state(model))
         return {"kind": "transformers", "module": cls.__module__, "class": cls.__name__, "path": "base"}
-    from .attach import _strip_lora
+    from ..adapters.attach import strip_lora
 
     plain = copy.deepcopy(model)
-    _strip_lora(plain)
+    strip_lora(plain)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(plain, folder / "model.pt")
     return {"kind": "torch", "path": "base/model.pt", "class": f"{cls.__module__}.{cls.__qualname__}"}
@@ -189,9 +189,9 @@ def _loss_entry(loss_fn: Any) -> tuple[dict | None, str]:
 
 
 def _write_script(target: Path, session, settings: dict, model: dict, data: dict, tok, loss) -> None:
-    from .. import __version__
+    from ... import __version__
 
-    template = string.Template((Path(__file__).with_name("_export_template.py")).read_text())
+    template = string.Template((Path(__file__).with_name("script_template.py")).read_text())
     text = template.substitute(
         VERSION=__version__, WHEN=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         MODEL_TYPE=type(session.model).__name__, ADAPTER=session.active,
@@ -203,9 +203,9 @@ def _write_script(target: Path, session, settings: dict, model: dict, data: dict
 def launched_run(model: nn.Module, data: Any, eval_data: Any, tokenizer: Any, loss_fn: Any, settings: dict,
                  out: str | os.PathLike) -> None:
     """Inside ``accelerate launch``: train ``model``'s active adapter in this process with lora_nb's loop."""
-    from ._worker import Job, run_worker
     from .data import takes_model
-    from .train import TrainSettings, _max_steps, _plan, _trainable
+    from .run import TrainSettings, _max_steps, _plan, _trainable
+    from .worker import Job, run_worker
 
     s = TrainSettings(**settings)
     session = registry.require(model)

@@ -1,4 +1,6 @@
-"""Fast on / off / switch of adapters: peft's own per-layer state, set without walking the whole model.
+"""Switching adapters: on / off / active adapter, and strength — peft's own per-layer state, written fast.
+
+Fast on / off / switch of adapters: peft's own per-layer state, set without walking the whole model.
 
 peft's ``enable_adapter_layers`` / ``set_adapter`` walk every module of the model and, per LoRA layer,
 every adapter's sub-modules via ``parameters()`` to set ``requires_grad``: ~10 ms for 224 layers of a tiny
@@ -13,10 +15,16 @@ peft's own path.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
+from ...errors import AdapterError, OptionError
+from .. import registry
+
+MAX_STRENGTH = 2.0
 _STRUCTURAL = {"attach", "delete", "load", "combine", "detach"}
 
 
@@ -128,7 +136,7 @@ def peft_unmerge(session) -> None:
                 layer.unmerge()
 
 
-def enable(session, adapter: str | None = None) -> None:
+def turn_on(session, adapter: str | None = None) -> None:
     """Adapters on; with ``adapter``, make it the active one (a merged other adapter is unmerged first)."""
     if adapter is not None and adapter != session.active:
         unmerge_first(session)
@@ -136,7 +144,68 @@ def enable(session, adapter: str | None = None) -> None:
     set_enabled(session, True)
 
 
-def disable(session) -> None:
+def turn_off(session) -> None:
     """Adapters off: a merged adapter is unmerged first, so outputs are exactly the base model's."""
     unmerge_first(session)
     set_enabled(session, False)
+
+def enable(model: Any, adapter: str | None = None) -> None:
+    """Turn adapters on; with ``adapter``, make it the active one."""
+    session = registry.require(model)
+    session.ensure_idle("switch adapters")
+    if adapter is not None:
+        session.check_adapter(adapter)
+    turn_on(session, adapter)
+    session.notify("enable")
+
+
+def disable(model: Any) -> None:
+    """Turn every adapter off: outputs are then exactly the base model's."""
+    session = registry.require(model)
+    session.ensure_idle("switch adapters off")
+    turn_off(session)
+    session.notify("disable")
+
+
+# -- strength: how much of ΔW is applied (1 = as trained, 0 = none, 2 = double) -----------------------
+# Never stored here: read back from peft's per-layer scaling[adapter] divided by the configured scale
+# (alpha / r, or alpha / sqrt(r) with rslora), and written through peft's LoraLayer.set_scale.
+
+
+
+def _layers(session, adapter: str):
+    return [layer for layer, params in layer_index(session).layers if adapter in layer.scaling]
+
+
+def _configured(layer, adapter: str) -> float:
+    r, alpha = layer.r[adapter], layer.lora_alpha[adapter]
+    return alpha / math.sqrt(r) if layer.use_rslora.get(adapter, False) else alpha / r
+
+
+def strength(model: Any, adapter: str | None = None) -> float | None:
+    """The strength of ``adapter`` (default: active) read from peft; ``None`` when its layers disagree."""
+    session = registry.require(model)
+    adapter = session.check_adapter(adapter) if adapter is not None else session.active
+    values = [layer.scaling[adapter] / _configured(layer, adapter) for layer in _layers(session, adapter)]
+    if not values:
+        return None
+    first = values[0]
+    return first if all(math.isclose(v, first, rel_tol=1e-9, abs_tol=1e-12) for v in values) else None
+
+
+def set_strength(model: Any, value: float, adapter: str | None = None) -> None:
+    """Scale ``adapter``'s contribution to ``value`` × its trained update (0 ≤ value ≤ 2)."""
+    session = registry.require(model)
+    session.ensure_idle("change an adapter's strength")
+    adapter = session.check_adapter(adapter) if adapter is not None else session.active
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"strength must be a number between 0 and {MAX_STRENGTH:g}; got `{value}`") from None
+    if not 0.0 <= value <= MAX_STRENGTH:
+        raise OptionError(f"strength must be between 0 and {MAX_STRENGTH:g}; got {value:g}")
+    if adapter in merged_adapters(session):
+        raise AdapterError(f"adapter `{adapter}` is merged; unmerge it before changing its strength")
+    for layer in _layers(session, adapter):
+        layer.set_scale(adapter, value)
+    session.notify("strength")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-SETTINGS = json.loads(r'''$SETTINGS''')  # lora_nb.core.train.TrainSettings; edit freely
+SETTINGS = json.loads(r'''$SETTINGS''')  # lora_nb.core.training.run.TrainSettings; edit freely
 MODEL = json.loads(r'''$MODEL''')  # how the base model is rebuilt from base/
 DATA = json.loads(r'''$DATA''')  # {"train": ..., "eval": ...}: where each part of the data is
 TOKENIZER = json.loads(r'''$TOKENIZER''')  # folder of a saved tokenizer (text data), or None
@@ -58,7 +58,7 @@ def load_loss():
 
 def main() -> None:
     import lora_nb
-    from lora_nb.core.export import launched_run
+    from lora_nb.core.training.export import launched_run
 
     model = load_model()
     lora_nb.load(model, HERE / "adapter", name=MODEL["adapter"])

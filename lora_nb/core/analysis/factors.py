@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import LoraNBError, TargetError, did_you_mean, preview
-from . import registry
+from ...errors import LoraNBError, TargetError, did_you_mean, preview
+from .. import registry
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
 
 def layer_factors(name: str, layer: nn.Module, adapter: str) -> Factors:
     """Copy ``layer``'s factors for ``adapter`` (call under ``session.lock``)."""
-    from .targets import _conv1d_type
+    from ..adapters.targets import conv1d_type
 
     base = layer.get_base_layer()
     if any(p.is_meta for n, p in layer.named_parameters() if f".{adapter}" in f".{n}" and "lora_" in n):
@@ -138,7 +138,7 @@ def layer_factors(name: str, layer: nn.Module, adapter: str) -> Factors:
             raise LoraNBError(f"`{name}` is a grouped convolution (groups={base.groups}); its ΔW is not B·A")
         return Factors(name, "conv", _copy(a).reshape(a.shape[0], -1), _copy(b).reshape(b.shape[0], -1),
                        scaling, False, shape)
-    kind = "conv1d-gpt2" if _conv1d_type() and isinstance(base, _conv1d_type()) else "linear"
+    kind = "conv1d-gpt2" if conv1d_type() and isinstance(base, conv1d_type()) else "linear"
     return Factors(name, kind, _copy(a), _copy(b), scaling, bool(layer.fan_in_fan_out), shape)
 
 
@@ -161,7 +161,7 @@ def _grouped(layer: nn.Module) -> bool:
 
 def base_matrix(layer: nn.Module, f: Factors) -> torch.Tensor:
     """The layer's base weight ``W`` as ``out × in`` float32 on its device, minus any merged adapter."""
-    from .quantized import dequantized, is_quantized
+    from ..adapters.quantized import dequantized, is_quantized
 
     weight = layer.get_base_layer().weight
     if weight.is_meta:

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..errors import TargetError, did_you_mean, preview
+from ...errors import TargetError, did_you_mean, preview
 
 _NAMES = re.compile(r"^[\w.]+$")
 
 
-def _conv1d_type():
+def conv1d_type():
     try:
         from transformers.pytorch_utils import Conv1D
     except ImportError:  # pragma: no cover - transformers is a dependency
@@ -26,18 +26,18 @@ def _conv1d_type():
 
 def supported_types() -> tuple[type, ...]:
     """Module types peft's LoRA adapts exactly (bit-exact when disabled)."""
-    types: tuple[type, ...] = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_conv1d_type())
+    types: tuple[type, ...] = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, *conv1d_type())
     try:  # quantized bases, where bitsandbytes is installed
         import bitsandbytes as bnb  # type: ignore
 
         types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-    except Exception:  # noqa: BLE001 - absent or broken on this machine: not a target type then
+    except Exception:
         pass
     return types
 
 
 def _auto_types() -> tuple[type, ...]:
-    return (nn.Linear, nn.Conv1d, nn.Conv2d, *_conv1d_type())
+    return (nn.Linear, nn.Conv1d, nn.Conv2d, *conv1d_type())
 
 
 def named_modules(model: nn.Module):
@@ -90,7 +90,7 @@ def _short_names(model: nn.Module) -> list[str]:
     return list(seen)
 
 
-def _match_names(model: nn.Module, keys: Sequence[str]) -> list[str]:
+def match_names(model: nn.Module, keys: Sequence[str]) -> list[str]:
     all_names = [n for n, _ in named_modules(model) if n]
     matched: dict[str, None] = {}
     for key in keys:
@@ -137,11 +137,11 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "auto") -> 
                     "pass --targets with module names"
                 )
         elif all(_NAMES.match(part.strip()) for part in text.split(",")):
-            names = _match_names(model, [p.strip() for p in text.split(",") if p.strip()])
+            names = match_names(model, [p.strip() for p in text.split(",") if p.strip()])
         else:
             names = _match_regex(model, text)
     else:
-        names = _match_names(model, [str(t) for t in targets])
+        names = match_names(model, [str(t) for t in targets])
     modules = dict(named_modules(model))
     # A name may match a container (e.g. `attention`): adapt the supported layers inside it.
     leaves: dict[str, None] = {}

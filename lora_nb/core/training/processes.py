@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
-from ..errors import OptionError, TrainingError
-from . import registry
-from ._worker import WEIGHTS, Job, run_worker
+from ...errors import OptionError, TrainingError
+from .. import registry
+from ..adapters.status import adapter_named_parameters
 from .data import takes_model
-from .status import adapter_named_parameters
-from .train import TrainRun, _max_steps, _plan, in_jupyter_kernel
+from .run import TrainRun, _max_steps, _plan, in_jupyter_kernel
+from .worker import WEIGHTS, Job, run_worker
 
 _FORK = multiprocessing.get_context("fork")
 

@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..errors import AdapterFileError, preview
+from ...errors import AdapterFileError, preview
 
 _PROBE = "lora_nb_probe"
 
@@ -35,7 +35,7 @@ def expected_shapes(model: nn.Module, config) -> dict[str, tuple[int, ...]] | No
     probe.init_lora_weights, probe.inference_mode = False, True
     try:
         skeleton = _meta_skeleton(model)
-    except Exception:  # noqa: BLE001 - a model that cannot be deep-copied: checked after injection instead
+    except Exception:
         return None
     try:
         with warnings.catch_warnings(), torch.device("meta"):

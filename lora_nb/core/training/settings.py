@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import OptionError
-from .options import _as_number
+from ...errors import OptionError
+from ..adapters.options import as_number
 
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -37,20 +37,20 @@ class TrainSettings:
                                 ("processes", int, 1)):
             value = getattr(self, name)
             if value is not None:
-                value = _as_number(name, value, kind)
+                value = as_number(name, value, kind)
                 if value < low or (kind is float and value <= 0):
                     raise OptionError(f"{name} must be {'≥ 1' if kind is int else 'positive'}; got {value:g}")
                 setattr(self, name, value)
         if self.steps is not None and self.epochs is not None:
             raise OptionError("give steps or epochs, not both")
-        self.lr = _as_number("lr", self.lr, float)
+        self.lr = as_number("lr", self.lr, float)
         if not self.lr > 0:
             raise OptionError(f"lr must be positive; got {self.lr:g}")
-        self.warmup = _as_number("warmup", self.warmup, float)
-        self.weight_decay = _as_number("weight_decay", self.weight_decay, float)
-        self.max_grad_norm = _as_number("max_grad_norm", self.max_grad_norm or 0, float) or None
+        self.warmup = as_number("warmup", self.warmup, float)
+        self.weight_decay = as_number("weight_decay", self.weight_decay, float)
+        self.max_grad_norm = as_number("max_grad_norm", self.max_grad_norm or 0, float) or None
         if self.seed is not None:
-            self.seed = _as_number("seed", self.seed, int)
+            self.seed = as_number("seed", self.seed, int)
         for name, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
             if str(getattr(self, name)).lower() not in choices:
                 raise OptionError(f"{name} must be one of {', '.join(choices)}; got `{getattr(self, name)}`")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._router import arg
+from .router import arg
 
 DATA_OPTIONS = (
     arg("--data", required=True, help="variable with the training data"),

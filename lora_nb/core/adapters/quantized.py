@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import AdapterError
+from ...errors import AdapterError
 
 
 def is_quantized(layer: nn.Module) -> bool:
