@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     TinyCNN,
     TinyEmbedder,
     make_b_nonzero,

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import run, tiny_mlp
+from helpers import run, tiny_mlp
 
 import lora_nb
 from lora_nb.core import registry

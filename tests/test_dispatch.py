@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import dispatch_model
-from conftest import make_b_nonzero, run, sample_inputs, tiny_llama
+from helpers import make_b_nonzero, run, sample_inputs, tiny_llama
 
 import lora_nb
 from lora_nb.core.adapters.offload import execution_device, offloaded

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 import torch
-from test_train import classification_pairs, mlp_with_lora
+from helpers import classification_pairs, mlp_with_lora
 
 import lora_nb
 from lora_nb.core.training.callbacks import Callback

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_gpt2, tiny_mlp
+from helpers import tiny_gpt2, tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 

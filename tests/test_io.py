@@ -10,7 +10,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import make_b_nonzero, run, sample_inputs, tiny_bert, tiny_gpt2, tiny_llama
+from helpers import make_b_nonzero, run, sample_inputs, tiny_bert, tiny_gpt2, tiny_llama
 from IPython.core.error import UsageError
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file

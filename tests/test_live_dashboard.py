@@ -9,7 +9,7 @@ import comm
 import numpy as np
 import pytest
 import torch
-from test_train import classification_pairs, mlp_with_lora
+from helpers import classification_pairs, mlp_with_lora
 
 import lora_nb
 from lora_nb.core.training.run import TrainRun, TrainSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_b_nonzero, run, sample_inputs, tiny_llama, tiny_mlp
+from helpers import make_b_nonzero, run, sample_inputs, tiny_llama, tiny_mlp
 from IPython.core.error import UsageError
 from peft.tuners.lora import LoraLayer
 

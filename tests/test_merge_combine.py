@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_b_nonzero, run, sample_inputs, tiny_gpt2, tiny_llama
+from helpers import make_b_nonzero, run, sample_inputs, tiny_gpt2, tiny_llama
 from IPython.core.error import UsageError
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer

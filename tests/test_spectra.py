@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import TinyCNN, TinyEmbedder, make_b_nonzero, minilm_dir, tiny_bert, tiny_gpt2, tiny_llama, tiny_mlp
+from helpers import TinyCNN, TinyEmbedder, make_b_nonzero, minilm_dir, tiny_bert, tiny_gpt2, tiny_llama, tiny_mlp
 from torch import nn
 
 import lora_nb

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_b_nonzero, run, sample_inputs, tiny_llama
+from helpers import make_b_nonzero, run, sample_inputs, tiny_llama
 
 import lora_nb
 from lora_nb.core import find

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_bert, tiny_gpt2, tiny_mlp
+from helpers import base_params, classification_pairs, lora_params, mlp_with_lora, tiny_bert, tiny_gpt2
 from IPython.core.error import UsageError
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -39,24 +39,8 @@ def gpt2_with_lora(r=8):
     return model
 
 
-def mlp_with_lora():
-    model = tiny_mlp()
-    lora_nb.attach(model, r=4)
-    return model
 
 
-def classification_pairs(n=64):
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(n, 16, generator=g)
-    return x, (x[:, :5].argmax(1))
-
-
-def base_params(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
-
-
-def lora_params(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
 def mean(values):

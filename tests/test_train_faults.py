@@ -8,8 +8,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import tiny_mlp
-from test_train import classification_pairs, lora_params, mlp_with_lora
+from helpers import classification_pairs, lora_params, mlp_with_lora, tiny_mlp
 from torch.utils.data import Dataset
 
 import lora_nb

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import make_b_nonzero
+from helpers import make_b_nonzero
 from IPython.core.error import UsageError
 from safetensors.torch import save_file
 from torch import nn

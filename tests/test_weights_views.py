@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import TinyCNN, make_b_nonzero, tiny_bert, tiny_gpt2, tiny_llama, tiny_mlp
+from helpers import TinyCNN, make_b_nonzero, tiny_bert, tiny_gpt2, tiny_llama, tiny_mlp
 from IPython.core.error import UsageError
 from plotly.callbacks import Points
 from torch import nn
