@@ -35,6 +35,11 @@ def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     return flags, kwargs
 
 
+UI = arg("--ui", choices=("auto", "widget", "static", "text"), default=None,
+         help="how to show the view: widget (ipywidgets), static (pictures updated in place), text; "
+              "default: auto (widget in Jupyter, static in Colab, text in a terminal)")
+
+
 @dataclass
 class Verb:
     name: str
@@ -76,6 +81,17 @@ class Context:
     def widgets(self) -> bool:
         """True inside a Jupyter kernel (a widget frontend may exist); False in terminal IPython."""
         return getattr(self.shell, "kernel", None) is not None
+
+    @property
+    def ui(self) -> str:
+        """The notebook's preferred view mode: ``auto | widget | static | text``."""
+        return "auto"
+
+    def view_mode(self, args: argparse.Namespace) -> str:
+        """``widget``, ``static`` or ``text``: the verb's ``--ui`` if given, else :attr:`ui`, resolved for this shell."""
+        from ..widgets.ui import resolve_ui
+
+        return resolve_ui(getattr(args, "ui", None) or self.ui, kernel=self.widgets)
 
     def lookup(self, path: str) -> Any:
         """The object at ``path`` (``model`` or ``pipe.model``) in the notebook namespace."""

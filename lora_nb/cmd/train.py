@@ -8,7 +8,7 @@ from ..core import registry
 from ..core.training.run import TrainSettings, settings_dict, train
 from ..errors import TrainingError
 from .data_options import DATA_OPTIONS, data_names, data_objects
-from .router import arg, verb
+from .router import UI, arg, verb
 
 
 def _settings_options():
@@ -24,6 +24,7 @@ def _settings_options():
     *_settings_options(),
     arg("--wait", action="store_true", help="block the cell until the run ends"),
     arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
+    UI,
     examples=["%lora train model --data texts --tokenizer tok --steps 200",
               "%lora train model --data loader --epochs 2 --lr 1e-4 --grad-accum 4 --wait",
               "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50"],
@@ -33,9 +34,10 @@ def _train(ctx, args):
     names, objects = data_names(args), data_objects(ctx, args)
     settings = {f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}
     background = (ctx.widgets or args.background) and not args.wait
-    view = _view(ctx, show_on_begin=not background)
+    mode = ctx.view_mode(args)
+    view = _view(mode, show_on_begin=not background)
     run = train(model, background=background, callbacks=[view], **objects, **settings)
-    if ctx.widgets and background:
+    if mode != "text" and background:
         ctx.display(view)  # from the cell's own thread, so every frontend gets it
     session = registry.find(model)
     if session is not None:
@@ -44,15 +46,15 @@ def _train(ctx, args):
     return run
 
 
-def _view(ctx, show_on_begin: bool):
-    """The live dashboard inside a notebook, text progress elsewhere."""
-    if not ctx.widgets:
+def _view(mode: str, show_on_begin: bool):
+    """The live dashboard (``widget`` / ``static`` mode), or text progress."""
+    if mode == "text":
         from ..core.training.reporting import ConsoleReporter
 
         return ConsoleReporter()
     from ..widgets.live import LiveDashboard
 
-    return LiveDashboard(show_on_begin=show_on_begin)
+    return LiveDashboard(show_on_begin=show_on_begin, ui=mode)
 
 
 def _active_run(ctx, path: str):
