@@ -8,7 +8,7 @@ from ..core.adapters.merge import merge, unmerge
 from ..core.analysis.compare import compare
 from ..core.registry import require
 from ..errors import OptionError
-from .router import arg, verb
+from .router import UI, arg, verb
 
 
 class Text(str):
@@ -18,11 +18,11 @@ class Text(str):
         return str(self)
 
 
-@verb("toggle", "a panel: one toggle per adapter, active adapter, strength slider, merge state",
+@verb("toggle", "a panel: one toggle per adapter, active adapter, strength slider, merge state", UI,
       examples=["%lora toggle model"])
 def _toggle(ctx, args):
     model = ctx.model(args.model)
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.toggle import AdapterPanel
 
         return AdapterPanel(model).widget

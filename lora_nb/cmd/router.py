@@ -88,7 +88,7 @@ class Context:
         return "auto"
 
     def view_mode(self, args: argparse.Namespace) -> str:
-        """``widget``, ``static`` or ``text``: the verb's ``--ui`` if given, else :attr:`ui`, resolved for this shell."""
+        """``widget``, ``static`` or ``text``: the verb's ``--ui`` if given, else :attr:`ui`, resolved here."""
         from ..widgets.ui import resolve_ui
 
         return resolve_ui(getattr(args, "ui", None) or self.ui, kernel=self.widgets)

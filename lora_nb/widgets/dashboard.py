@@ -24,6 +24,7 @@ from ..core.adapters.status import status
 from ..core.training.callbacks import Callback
 from ..core.training.run import TrainSettings, settings_dict, train
 from ..errors import DataError, LoraNBError
+from .ui import close_tree
 
 TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum")
 _NAMES = (("data", "data"), ("eval_data", "eval data"), ("tokenizer", "tokenizer"), ("loss_fn", "loss"))
@@ -43,6 +44,7 @@ class Dashboard(Callback):
     def __init__(self, model: Any, lookup: Callable[[str], Any] | None = None, name: str = "model") -> None:
         self.model, self.lookup, self.name = registry.as_module(model), lookup or _no_namespace, name
         self.views: dict[str, Any] = {}
+        self.live_view = None  # the live training view of the last run started here
         self.run = None
         self.session = None
         self.status_html = W.HTML()
@@ -78,8 +80,9 @@ class Dashboard(Callback):
     def _forget_views(self) -> None:
         for i, title in enumerate(TABS):
             if title in self.views:
-                del self.views[title]
+                view = self.views.pop(title)
                 self.tabs.children[i].children = ()
+                view.close()
 
     # -- attach form ----------------------------------------------------------------------------
     def _build_attach_form(self) -> None:
@@ -154,6 +157,9 @@ class Dashboard(Callback):
             return
         self.run = run
         self.live.children = (live.widget,)
+        if self.live_view is not None:  # the view of the previous run (ended: Start is disabled while one runs)
+            self.live_view.close()
+        self.live_view = live
         names = {key: box.value.strip() for key, box in self.names.items() if box.value.strip()}
         registry.require(self.model).extras["last_train"] = {**names, "model": self.name, **settings_dict(run)}
         self.refresh()
@@ -205,6 +211,17 @@ class Dashboard(Callback):
         self.views[title] = view
         page.children = (getattr(view, "widget", view),)
         return view
+
+    def close(self) -> None:
+        """Close every tab's view and the dashboard's widgets; stop following the model."""
+        if self.session is not None:
+            self.session.listeners.discard(self)
+        for view in self.views.values():
+            view.close()
+        if self.live_view is not None:
+            self.live_view.close()
+        self.views, self.live_view = {}, None
+        close_tree(self.widget)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

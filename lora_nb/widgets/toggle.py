@@ -21,6 +21,7 @@ from ..core.adapters import switch
 from ..core.adapters.merge import merge, unmerge
 from ..core.adapters.switch import set_strength, strength
 from ..errors import LoraNBError
+from .ui import close_tree
 
 
 class AdapterPanel:
@@ -30,6 +31,7 @@ class AdapterPanel:
         self.session = registry.require(model)
         self.model = self.session.model
         self._syncing = False
+        self.closed = False
         self.toggles: dict[str, w.ToggleButton] = {}
         self.toggle_box = w.HBox()
         self.active_label = w.HTML()
@@ -54,6 +56,8 @@ class AdapterPanel:
 
     def refresh(self, message: str | None = None) -> None:
         """Show peft's current state; ``message`` (if any) goes in the status line."""
+        if self.closed:
+            return None
         if registry.find(self.model) is not self.session:
             return self._show_detached()
         session = self.session
@@ -121,6 +125,12 @@ class AdapterPanel:
     def _on_strength(self, change: dict) -> None:
         if not self._syncing:
             self._act(lambda: set_strength(self.model, change["new"]), f"strength {change['new']:.2f}")
+
+    def close(self) -> None:
+        """Close the panel's widgets and stop following the model."""
+        self.session.listeners.discard(self)
+        self.closed = True
+        close_tree(self.widget)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

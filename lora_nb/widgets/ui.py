@@ -10,6 +10,7 @@ ipywidgets, so static and text views never pay for them.
 from __future__ import annotations
 
 import contextvars
+import html
 import sys
 import threading
 from typing import Any
@@ -40,7 +41,7 @@ def resolve_ui(ui: str | None = "auto", kernel: bool | None = None) -> str:
 
 
 def svg_bundle(spec: Any, text: str) -> dict:
-    """A display bundle that shows ``spec`` as SVG anywhere (nbconvert, GitHub, VS Code, Colab), ``text`` in a terminal."""
+    """A display bundle showing ``spec`` as SVG anywhere (nbconvert, GitHub, VS Code, Colab), ``text`` in a terminal."""
     return {"image/svg+xml": render(spec), "text/plain": text}
 
 
@@ -64,8 +65,8 @@ class Slot:
         self.updates += 1
 
 
-class Pictures:
-    """Static pictures of a view (``image/svg+xml``, one output per figure) with its text and HTML table."""
+class Report:
+    """A view's text table (what a terminal shows) with its pictures as specs (``.figures``: plotly figures)."""
 
     def __init__(self, text: str, specs: list[dict], html: str = "") -> None:
         self.text, self.specs, self.html = text, specs, html
@@ -80,10 +81,17 @@ class Pictures:
     def __repr__(self) -> str:
         return self.text
 
+    def _repr_html_(self) -> str:
+        return self.html or f"<pre>{html.escape(self.text)}</pre>"
+
+
+class Pictures(Report):
+    """A report shown as its table and one ``image/svg+xml`` output per picture (no widgets needed)."""
+
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        display({"text/plain": self.text, **({"text/html": self.html} if self.html else {})}, raw=True)
+        display({"text/plain": self.text, "text/html": self._repr_html_()}, raw=True)
         for spec in self.specs:
             display(svg_bundle(spec, "<figure>"), raw=True)
 
