@@ -62,11 +62,15 @@ class LiveView(Callback):
 
     def close(self) -> None:
         """Close every widget of the view and stop following the model and its run."""
-        self.session.listeners.discard(self)
-        if self.live_run is not None:
-            self.live_run.remove_callback(self)
+        session, run = getattr(self, "session", None), getattr(self, "live_run", None)
+        if session is not None:  # (also called by ipywidgets when a half-built view is collected)
+            session.listeners.discard(self)
+        if run is not None:
+            run.remove_callback(self)
             self.live_run = None
-        close_tree(self)
+        for child in (*self.children, self.layout):
+            close_tree(child)
+        W.VBox.close(self)
 
     def follow_run(self) -> None:
         """Attach to the session's run while it trains (``run.add_callback(self)``)."""
