@@ -82,8 +82,9 @@ def scatter_marks(trace: dict, x_axis: Axis, y_axis: Axis, color: str) -> list[s
     if "lines" in mode:
         tx, ty = thin(px, py, int(abs(x_axis.p1 - x_axis.p0)) + 2)
         dash = {"dot": " stroke-dasharray='2,3'", "dash": " stroke-dasharray='6,4'"}.get(line.get("dash", ""), "")
+        points = int(np.sum(np.isfinite(px) & np.isfinite(py)))  # the data's count, before thinning to pixels
         out.append(f"<path d='{_path(tx, ty)}' fill='none' stroke='{color}' stroke-width='{line.get('width', 2)}' "
-                   f"stroke-linejoin='round'{dash}><title>{name}</title></path>")
+                   f"stroke-linejoin='round' data-points='{points}'{dash}><title>{name}</title></path>")
     if "markers" in mode:
         titled = len(px) <= MAX_TITLED
         xs, ys = list(x), list(y)

@@ -31,10 +31,10 @@ def esc(text: Any) -> str:
 
 
 def text_of(value: Any) -> str:
-    """The text of a plotly title (a string or ``{"text": ...}``), without HTML tags."""
+    """The text of a plotly title (a string or ``{"text": ...}``), without plotly's few HTML tags."""
     if isinstance(value, dict):
         value = value.get("text")
-    return re.sub(r"<[^>]+>", " ", str(value)) if value else ""
+    return re.sub(r"</?(b|i|em|sup|sub|span|br)\b[^>]*>", " ", str(value)).strip() if value else ""
 
 
 def decode_array(value: Any) -> Any:
