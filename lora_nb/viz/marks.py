@@ -12,6 +12,7 @@ from .axes import Axis, format_number, numbers
 from .png import heatmap_data_uri, palette
 
 MAX_TITLED = 600  # marks that carry their own hover text at most (per trace)
+MAX_TITLED_CELLS = 256  # heatmap cells likewise (a norm map's layers × module types; not a 64 × 64 matrix)
 
 
 def _esc(text: Any) -> str:
@@ -156,7 +157,7 @@ def heatmap_marks(trace: dict, x_axis: Axis, y_axis: Axis, canvas: Any) -> list[
     w, h = abs(xb - xa), abs(yb - ya)
     out = [f"<image x='{x0:.1f}' y='{y0:.1f}' width='{w:.1f}' height='{h:.1f}' preserveAspectRatio='none' "
            f"style='image-rendering:pixelated' href='{uri}'/>"]
-    if rows * cols <= MAX_TITLED:
+    if rows * cols <= MAX_TITLED_CELLS:
         out += _cell_titles(trace, z, xs, ys, x_axis, y_axis, (dx, dy))
     if trace.get("showscale", True) is not False:
         out += colorbar(trace, lo, hi, canvas)
@@ -164,19 +165,20 @@ def heatmap_marks(trace: dict, x_axis: Axis, y_axis: Axis, canvas: Any) -> list[
 
 
 def _cell_titles(trace, z, xs, ys, x_axis, y_axis, steps) -> list[str]:
+    """A transparent rectangle with hover text over each cell of a small heatmap."""
     custom = trace.get("customdata")
+    cx, cy = x_axis.positions(xs), y_axis.positions(ys)
+    x0, x1 = x_axis.to_px(cx - steps[0] / 2), x_axis.to_px(cx + steps[0] / 2)
+    y0, y1 = y_axis.to_px(cy - steps[1] / 2), y_axis.to_px(cy + steps[1] / 2)
+    left, width = np.minimum(x0, x1), np.abs(x1 - x0)
+    top, height = np.minimum(y0, y1), np.abs(y1 - y0)
+    xs, ys = list(xs), list(ys)
     out = ["<g fill='transparent'>"]
-    for i, yv in enumerate(ys):
-        ya, yb = y_axis.to_px(y_axis.positions([yv]) + np.array([-steps[1] / 2]))[0], \
-            y_axis.to_px(y_axis.positions([yv]) + np.array([steps[1] / 2]))[0]
-        for j, xv in enumerate(xs):
-            if not np.isfinite(z[i, j]):
-                continue
-            xa, xb = x_axis.to_px(x_axis.positions([xv]) + np.array([-steps[0] / 2, steps[0] / 2]))
-            point = {"x": xv, "y": yv, "z": float(z[i, j]),
-                     **({"customdata": custom[i][j]} if custom is not None else {})}
-            out.append(f"<rect x='{min(xa, xb):.1f}' y='{min(ya, yb):.1f}' width='{abs(xb - xa):.1f}' "
-                       f"height='{abs(yb - ya):.1f}'><title>{_esc(hover_text(trace, point))}</title></rect>")
+    for i, j in zip(*np.nonzero(np.isfinite(z))):
+        point = {"x": xs[j], "y": ys[i], "z": float(z[i, j]),
+                 **({"customdata": custom[i][j]} if custom is not None else {})}
+        out.append(f"<rect x='{left[j]:.1f}' y='{top[i]:.1f}' width='{width[j]:.1f}' height='{height[i]:.1f}'>"
+                   f"<title>{_esc(hover_text(trace, point))}</title></rect>")
     return out + ["</g>"]
 
 
