@@ -36,3 +36,16 @@ class Chart(W.HTML):
     def figure(self) -> Any:
         """The chart as a plotly ``go.Figure`` (for further styling or export)."""
         return figure(self.spec) if self.spec is not None else None
+
+
+class ViewBox(W.VBox):
+    """A view's top widget that also carries an HTML picture of its state for tools without widgets."""
+
+    def __init__(self, children: list, fallback: Any, **kwargs: Any) -> None:
+        super().__init__(children, **kwargs)
+        self._fallback = fallback  # () -> HTML of the view's current state
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        bundle["text/html"] = self._fallback()
+        return bundle

@@ -24,6 +24,7 @@ from ..core.adapters.status import status
 from ..core.training.callbacks import Callback
 from ..core.training.run import TrainSettings, settings_dict, train
 from ..errors import DataError, LoraNBError
+from .chart import ViewBox
 from .ui import close_tree
 
 TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum")
@@ -53,7 +54,8 @@ class Dashboard(Callback):
         pages = [W.VBox([self.status_html, self.attach_box]), W.VBox(), self.train_box, W.VBox(), W.VBox()]
         self.tabs = W.Tab(children=pages, titles=TABS)
         self.tabs.observe(self._on_tab, names="selected_index")
-        self.widget = W.VBox([W.HTML(f"<b>LoRA dashboard: <code>{html.escape(name)}</code></b>"), self.tabs])
+        self.widget = ViewBox([W.HTML(f"<b>LoRA dashboard: <code>{html.escape(name)}</code></b>"), self.tabs],
+                              fallback=lambda: self.status_html.value)
         self.widget._lora_dashboard = self  # the shown widget keeps the dashboard (a weak listener) alive
         self.refresh()
 
