@@ -6,7 +6,7 @@ option's help), so a default or a rule lives in exactly one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import OptionError
@@ -98,7 +98,3 @@ def as_number(name: str, value: Any, kind: type) -> Any:
         raise OptionError(f"{name} must be an integer; got `{value}`")
     return number
 
-
-def option_fields():
-    """The fields of ``AttachOptions`` (for building parsers)."""
-    return fields(AttachOptions)
