@@ -88,6 +88,7 @@ class AttachOptions:
 
 
 def as_number(name: str, value: Any, kind: type) -> Any:
+    """``value`` as an ``int`` or ``float`` (``kind``), or a one-line error naming the option ``name``."""
     if isinstance(value, bool):
         raise OptionError(f"{name} must be a number; got {value}")
     try:
