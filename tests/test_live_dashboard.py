@@ -71,7 +71,7 @@ def test_long_history_sends_bounded_throttled_updates(wire):
         if step % 5000 == 0:
             run.evals.append({"step": step, "eval_loss": 2.0, "time": clock.now})
             dash.on_evaluate(run, run.evals[-1])
-    run._finish("finished", "")
+    run.finish("finished", "")
     dash.on_train_end(run)
     updates = chart_updates(wire[start:], dash.chart)
     assert 50 <= len(updates) <= 2 * 100 + 1  # ≤ 2 pictures per simulated second, plus the final one
@@ -99,7 +99,7 @@ def test_updates_are_throttled_by_time_not_steps(wire):
         dash.on_step_end(run, record)
     assert dash.updates == 3
     assert dash.progress.value < 1000  # not flushed at every step…
-    run._finish("finished", "")
+    run.finish("finished", "")
     dash.on_train_end(run)
     assert dash.updates == 4 and dash.progress.value == 1000 and dash.figure.data[0].x[-1] == 1000  # …but at the end
 
@@ -196,7 +196,7 @@ def test_best_eval_and_samples_are_shown_when_the_run_has_them(wire):
         dash.on_step_end(run, record)
     run.best = {"step": 6, "eval_loss": 0.25}
     run.samples = [{"step": 5, "prompt": "Once", "text": "Once upon <a> time"}]
-    run._finish("finished", "")
+    run.finish("finished", "")
     dash.on_train_end(run)
     best = [t for t in dash.spec()["data"] if t["name"] == "best eval"]
     assert best and best[0]["x"] == [6] and best[0]["y"] == [0.25]

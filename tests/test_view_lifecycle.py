@@ -37,7 +37,7 @@ def watch(live: LiveDashboard, run: TrainRun) -> None:
         record = {"step": step, "loss": 1.0 / step, "lr": 1e-3, "samples_per_s": 10.0, "time": step * 0.01}
         run.history.append(record)
         live.on_step_end(run, record)
-    run._finish("finished", "")
+    run.finish("finished", "")
     live.on_train_end(run)
 
 

@@ -9,6 +9,7 @@ what the notebook should show.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import warnings
@@ -38,6 +39,32 @@ def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
 UI = arg("--ui", choices=("auto", "widget", "static", "text"), default=None,
          help="how to show the view: widget (ipywidgets), static (pictures updated in place), text; "
               "default: auto (widget in Jupyter, static in Colab, text in a terminal)")
+
+
+def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str] = (), note: str = "",
+               given_only: bool = False) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    """A verb's options from the fields of dataclass ``cls``: ``--field-name`` (and ``--field_name``), the
+    field's help and default. A ``bool`` field is a flag. ``given_only``: the default is None, so the handler
+    passes on only what the line gave (the callee's defaults apply)."""
+    options = []
+    for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        default = None if f.default is dataclasses.MISSING else f.default
+        flags = tuple(dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"]))
+        text = f.metadata["help"].replace("%", "%%") + note
+        if f.type in (bool, "bool"):
+            options.append(arg(*flags, dest=f.name, action="store_true", default=None if given_only else default,
+                               help=text))
+        else:
+            options.append(arg(*flags, dest=f.name, default=None if given_only else default,
+                               help=f"{text} (default: {default})"))
+    return options
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options of dataclass ``cls`` that the line gave (not None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 @dataclass
@@ -160,13 +187,13 @@ def dispatch(shell, line: str, cell: str | None = None) -> Any:
     except ValueError as exc:
         raise OptionError(f"%lora: cannot parse the line ({exc})") from None
     if not words or words[0] in ("help", "-h", "--help"):
-        return HelpText(help_text())
+        return Text(help_text())
     name, argv = words[0], words[1:]
     spec = VERBS.get(name)
     if spec is None:
         raise OptionError(f"unknown verb `{name}`{did_you_mean(name, VERBS)}; verbs: {', '.join(VERBS)}")
     if "-h" in argv or "--help" in argv:
-        return HelpText(verb_help(spec))
+        return Text(verb_help(spec))
     if cell is not None:
         argv += body_to_argv(cell, spec.parser)
     args = spec.parser.parse_args(argv)
@@ -183,8 +210,8 @@ def dispatch(shell, line: str, cell: str | None = None) -> Any:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-class HelpText(str):
-    """Help shown as plain text in any frontend."""
+class Text(str):
+    """Plain text shown as is in any frontend (help, one-line results)."""
 
     def __repr__(self) -> str:
         return str(self)

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING
-
 from ..core import registry
-from ..core.training.run import TrainSettings, settings_dict, train
+from ..core.training.settings import TrainSettings
+from ..core.training.train import train
 from ..errors import TrainingError
 from .data_options import DATA_OPTIONS, data_names, data_objects
-from .router import UI, arg, verb
-
-
-def _settings_options():
-    for f in TrainSettings.__dataclass_fields__.values():
-        default = f.default if f.default is not MISSING else None
-        yield arg(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
-                  help=f"{f.metadata['help']} (default: {default})")
+from .router import UI, arg, options_of, verb
 
 
 @verb(
     "train", "train the active adapter with a live dashboard (background in a notebook; --wait blocks)",
     *DATA_OPTIONS,
-    *_settings_options(),
+    *options_of(TrainSettings),
     arg("--wait", action="store_true", help="block the cell until the run ends"),
     arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
     UI,
@@ -36,13 +28,10 @@ def _train(ctx, args):
     background = (ctx.widgets or args.background) and not args.wait
     mode = ctx.view_mode(args)
     view = _view(mode, show_on_begin=not background)
-    run = train(model, background=background, callbacks=[view], **objects, **settings)
+    names = {key: name for key, name in names.items() if name}
+    run = train(model, background=background, callbacks=[view], names=names, **objects, **settings)
     if mode != "text" and background:
         ctx.display(view)  # from the cell's own thread, so every frontend gets it
-    session = registry.find(model)
-    if session is not None:
-        session.extras["last_train"] = {**{k: v for k, v in names.items() if v}, "model": args.model,
-                                        **settings_dict(run)}
     return run
 
 

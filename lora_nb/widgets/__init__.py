@@ -1,1 +1,1 @@
-"""Views: core ipywidgets with SVG charts (no custom JavaScript), or static SVG outputs; live views are training callbacks."""
+"""Views: core ipywidgets with SVG charts (no custom JavaScript), or static SVG outputs; live views are callbacks."""

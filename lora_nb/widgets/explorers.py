@@ -11,6 +11,7 @@ Displayed, an explorer also carries an SVG picture of its main chart for tools w
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import time
@@ -66,7 +67,8 @@ class LiveView(Callback):
         if session is not None:  # (also called by ipywidgets when a half-built view is collected)
             session.listeners.discard(self)
         if run is not None:
-            run.remove_callback(self)
+            with contextlib.suppress(ValueError):  # the loop iterates over a copy; list.remove is atomic
+                run.callbacks.remove(self)
             self.live_run = None
         for child in (*self.children, self.layout):
             close_tree(child)

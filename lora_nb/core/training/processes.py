@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import math
 import multiprocessing
 import queue
 import shutil
@@ -36,7 +35,8 @@ from ...errors import OptionError, TrainingError
 from .. import registry
 from ..adapters.status import adapter_named_parameters
 from .data import takes_model
-from .run import TrainRun, _max_steps, _plan, in_jupyter_kernel
+from .device import in_jupyter_kernel
+from .run import TrainRun, plan_run, start_run
 from .worker import WEIGHTS, Job, run_worker
 
 _FORK = multiprocessing.get_context("fork")
@@ -85,7 +85,8 @@ def check_launchable(processes: int, device: str, model: torch.nn.Module) -> boo
                             "launch processes after that: restart the kernel and start the run before creating one")
     if "bitsandbytes" in sys.modules:
         raise TrainingError("bitsandbytes is imported in this kernel, and accelerate will not fork processes after "
-                            "that: train a quantized model in one process, or `%lora export` it and `accelerate launch`")
+                            "that: train a quantized model in one process, or `%lora export` it and "
+                            "`accelerate launch`")
     if len({p.device for p in model.parameters()}) > 1:
         raise OptionError("this model is spread over several devices (device_map): it trains in one process; "
                           "drop --processes")
@@ -105,32 +106,23 @@ def check_launchable(processes: int, device: str, model: torch.nn.Module) -> boo
     return False
 
 
-def launch_processes(session: registry.Session, settings: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: Any,
-           background: bool | None, callbacks: list | None) -> ProcessRun:
+def launch_processes(session: registry.Session, settings: Any, data: Any, eval_data: Any, tokenizer: Any,
+                     loss_fn: Any, background: bool | None, callbacks: list | None,
+                     names: dict[str, str] | None = None) -> ProcessRun:
     """Start a ``settings.processes``-process run of ``session``'s active adapter; returns its ``ProcessRun``."""
     n = settings.processes
     cpu = check_launchable(n, settings.device, session.model)
-    batches, eval_batches = _plan(session.model, data, eval_data, tokenizer, loss_fn, settings)
-    per_process = None if batches.per_epoch is None else math.ceil(batches.per_epoch / n)
-    max_steps = _max_steps(settings, per_process)
-    if eval_batches is not None and settings.eval_every is None:
-        settings.eval_every = max(1, max_steps // 10)
+    plan = plan_run(session, data, eval_data, tokenizer, loss_fn, settings, world=n)
     device = torch.device("cpu") if cpu else torch.device("cuda", 0)
     where = f"{n} processes × {'CPU (gloo)' if cpu else 'GPU (nccl)'}"
     background = in_jupyter_kernel() if background is None else bool(background)
-    run = ProcessRun(session.model, session.active, settings, max_steps, device, where, batches.description,
+    run = ProcessRun(session.model, session.active, settings, plan.max_steps, device, where,
+                     plan.batches.description,
                      background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []),
                      processes=n)
     out = tempfile.mkdtemp(prefix="lora_nb-processes-")
-    job = Job(session, settings, batches, eval_batches, max_steps, cpu, run.custom_loss, out,
-              run._queue, run._shared_stop, run._shared_pause)
-    with session.lock:
-        session.ensure_idle("start another training run")
-        session.run = run
-    driver = _Driver(run, session, job)
-    run._thread = threading.Thread(target=contextvars.copy_context().run, args=(driver,),
-                                   name=f"lora_nb-processes-{run.adapter}", daemon=True)
-    run._thread.start()
+    job = Job(session, plan, cpu, run.custom_loss, out, run._queue, run._shared_stop, run._shared_pause)
+    start_run(session, run, _Driver(run, session, job), background=True, names=names)  # a thread either way
     if not background:
         _wait_interruptibly(run)
     return run
@@ -155,7 +147,6 @@ class _Driver:
         self.ended: tuple | None = None  # rank 0's ("end", state, message)
         self.errors: list[tuple] = []  # ("error", rank, message, traceback) in arrival order
         self.launcher_done = threading.Event()
-        self.callback_failure = ""  # one line, when a view's hook raised
 
     def __call__(self) -> None:
         pump = threading.Thread(target=contextvars.copy_context().run, args=(self._pump,), daemon=True)
@@ -171,11 +162,18 @@ class _Driver:
             pump.join()
         try:
             state, message = self._outcome(failure)
+        except Exception as exc:  # e.g. the returned weights do not fit the adapter: every ending marks the run done
+            self.run.error, self.run.traceback = exc, traceback.format_exc()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            state, message = "failed", (f"the trained weights could not be loaded back ({type(exc).__name__}: "
+                                        f"{first}); the adapter is as it was before the run")
         finally:
             shutil.rmtree(self.job.out, ignore_errors=True)
-        self.run._finish(state, message)
-        self._callbacks("on_train_end", final=True)
-        self.run._done.set()
+        try:
+            self.run.finish(state, message)
+            self._callbacks("on_train_end")
+        finally:
+            self.run._done.set()
 
     def _launch(self) -> None:
         from accelerate import notebook_launcher
@@ -207,17 +205,9 @@ class _Driver:
             elif kind == "error":
                 self.errors.append(message)
 
-    def _callbacks(self, hook: str, *args: Any, final: bool = False) -> None:
+    def _callbacks(self, hook: str, *args: Any) -> None:
         for cb in tuple(self.run.callbacks):
-            try:
-                getattr(cb, hook)(self.run, *args)
-            except Exception as exc:  # as in the one-process loop: a failing view ends the run
-                if self.run.error is None:
-                    first = (str(exc).strip().splitlines() or [""])[0]
-                    self.run.error, self.run.traceback = exc, traceback.format_exc()
-                    self.callback_failure = f"{type(exc).__name__} in callback {type(cb).__name__}.{hook}: {first}"
-                if not final:
-                    self.run.stop()
+            self.run.call_hook(cb, hook, *args)
 
     def _outcome(self, failure: BaseException | None) -> tuple[str, str]:
         """The run's end state and message, after the returned weights (if any) went into the model."""
@@ -228,8 +218,6 @@ class _Driver:
             _, rank, message, tb = self.errors[0]
             run.error, run.traceback = WorkerError(message), tb
             return "failed", f"{message} (in process {rank + 1} of {n}; {kept})"
-        if self.callback_failure:
-            return "failed", self.callback_failure
         if failure is not None or self.ended is None:
             run.error = failure or WorkerError("the worker processes ended without a result")
             run.traceback = "".join(traceback.format_exception(run.error)) if failure is not None else None
@@ -246,9 +234,9 @@ class _Driver:
             return False
         tensors = load_file(str(path))
         params = dict(adapter_named_parameters(self.session.model, self.run.adapter))
-        if set(tensors) != set(params):
-            raise TrainingError(f"the workers returned weights for {len(tensors)} tensors, the adapter has "
-                                f"{len(params)}: not loaded")
+        if set(tensors) != set(params) or any(tensors[n].shape != p.shape for n, p in params.items()):
+            raise TrainingError(f"the workers returned {len(tensors)} tensors that do not match the adapter's "
+                                f"{len(params)} (names or shapes): not loaded")
         with self.session.lock, torch.no_grad():
             for name, p in params.items():
                 p.copy_(tensors[name])
