@@ -33,17 +33,20 @@ CELLS = [("setup", SETUP), ("load_ext", "%load_ext lora_nb"), ("attach", "%lora 
          ("train 1", TRAIN), ("train 2", TRAIN), ("spectrum 1", "%lora spectrum model"),
          ("spectrum 2", "%lora spectrum model"), ("toggle 1", "%lora toggle model"), ("toggle 2", "%lora toggle model")]
 SHOWN = {"display_data", "execute_result", "comm_open"}
+# optional cell before the first %lora train: torch's first forward/backward (one-time kernel set-up), no view
+WARM_TORCH = ("plain train", "import lora_nb\nlora_nb.train(model, data, steps=1, device='cpu');")
 
 
-def measure(repo: str) -> dict[str, dict]:
+def measure(repo: str, warm_torch: bool = False) -> dict[str, dict]:
     """Per cell: seconds to idle, and seconds to its first shown output."""
+    cells = CELLS[:3] + [WARM_TORCH] + CELLS[3:] if warm_torch else CELLS
     from jupyter_client.manager import start_new_kernel
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     km, kc = start_new_kernel(kernel_name="python3", env=env)
     out = {}
     try:
-        for name, code in CELLS:
+        for name, code in cells:
             t0 = time.perf_counter()
             msg_id = kc.execute(code)
             first, error = None, None
@@ -86,13 +89,17 @@ def main() -> int:
     parser.add_argument("--repo", default=str(Path(__file__).resolve().parents[1]), help="lora_nb checkout to measure")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     parser.add_argument("--kernels", type=int, default=3, help="fresh kernels to run; medians are reported")
+    parser.add_argument("--warm-torch", action="store_true",
+                        help="run one plain lora_nb.train step (no view) before the first %%lora train, so the "
+                             "ratio shows what the view layer pays once, not torch's first forward/backward")
     args = parser.parse_args()
-    times = median_times([measure(args.repo) for _ in range(args.kernels)])
+    times = median_times([measure(args.repo, args.warm_torch) for _ in range(args.kernels)])
     r = ratios(times)
     if args.json:
         print(json.dumps({"times": times, "ratios": r}))
         return 0
-    print(f"lora_nb from {args.repo}; median of {args.kernels} fresh kernels")
+    print(f"lora_nb from {args.repo}; median of {args.kernels} fresh kernels"
+          + ("; torch warmed by a plain train step first" if args.warm_torch else ""))
     for name, t in times.items():
         first = f"{t['first_output']:.2f}" if t["first_output"] is not None else "-"
         print(f"  {name:11s} {t['seconds']:6.2f} s  (first output after {first} s)"

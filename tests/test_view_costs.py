@@ -29,8 +29,11 @@ def test_views_cost_kilobytes_and_the_story_notebook_stays_small(tmp_path):
 
 
 def test_first_views_cost_at_most_three_times_the_second():
-    got = last_json_line([str(BENCHMARKS / "first_contact.py"), "--json"], timeout=600)
+    # one plain training step first: torch's own first forward/backward is not the views' to pay
+    got = last_json_line([str(BENCHMARKS / "first_contact.py"), "--json", "--kernels", "2", "--warm-torch"],
+                         timeout=900)
     assert not [t for t in got["times"].values() if t["error"]]
     assert got["ratios"]["train"] <= 3.0, got
     assert got["ratios"]["spectrum"] <= 3.0, got
     assert got["ratios"]["toggle"] <= 3.0, got
+    assert got["times"]["train 1"]["first_output"] <= 1.0  # the first live view is on screen within a second
