@@ -34,7 +34,7 @@ CELLS = [("setup", SETUP), ("load_ext", "%load_ext lora_nb"), ("attach", "%lora 
          ("spectrum 2", "%lora spectrum model"), ("toggle 1", "%lora toggle model"), ("toggle 2", "%lora toggle model")]
 SHOWN = {"display_data", "execute_result", "comm_open"}
 # optional cell before the first %lora train: torch's first forward/backward (one-time kernel set-up), no view
-WARM_TORCH = ("plain train", "import lora_nb\nlora_nb.train(model, data, steps=1, device='cpu');")
+WARM_TORCH = ("plain train", "import lora_nb\nlora_nb.train(model, data, steps=1, device='cpu', background=False);")
 
 
 def measure(repo: str, warm_torch: bool = False) -> dict[str, dict]:
