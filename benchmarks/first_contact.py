@@ -33,8 +33,14 @@ CELLS = [("setup", SETUP), ("load_ext", "%load_ext lora_nb"), ("attach", "%lora 
          ("train 1", TRAIN), ("train 2", TRAIN), ("spectrum 1", "%lora spectrum model"),
          ("spectrum 2", "%lora spectrum model"), ("toggle 1", "%lora toggle model"), ("toggle 2", "%lora toggle model")]
 SHOWN = {"display_data", "execute_result", "comm_open"}
-# optional cell before the first %lora train: torch's first forward/backward (one-time kernel set-up), no view
-WARM_TORCH = ("plain train", "import lora_nb\nlora_nb.train(model, data, steps=1, device='cpu', background=False);")
+# optional cell before the first %lora train: the same one-step training without a view (``--ui text``; a
+# checkout without ``--ui`` trains through the API), so torch's and the loop's first-call costs are paid there
+WARM_TORCH = ("train, no view", """\
+import lora_nb
+try:
+    get_ipython().run_line_magic("lora", "train model --data data --steps 1 --device cpu --wait --ui text")
+except Exception:
+    lora_nb.train(model, data, steps=1, device="cpu", background=False)""")
 
 
 def measure(repo: str, warm_torch: bool = False) -> dict[str, dict]:
@@ -90,8 +96,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     parser.add_argument("--kernels", type=int, default=3, help="fresh kernels to run; medians are reported")
     parser.add_argument("--warm-torch", action="store_true",
-                        help="run one plain lora_nb.train step (no view) before the first %%lora train, so the "
-                             "ratio shows what the view layer pays once, not torch's first forward/backward")
+                        help="train one step without a view before the first %%lora train, so the ratio shows "
+                             "what the view layer pays once, not torch's first forward/backward")
     args = parser.parse_args()
     times = median_times([measure(args.repo, args.warm_torch) for _ in range(args.kernels)])
     r = ratios(times)
