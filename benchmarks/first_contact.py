@@ -105,7 +105,7 @@ def main() -> int:
         print(json.dumps({"times": times, "ratios": r}))
         return 0
     print(f"lora_nb from {args.repo}; median of {args.kernels} fresh kernels"
-          + ("; torch warmed by a plain train step first" if args.warm_torch else ""))
+          + ("; one step trained without a view first" if args.warm_torch else ""))
     for name, t in times.items():
         first = f"{t['first_output']:.2f}" if t["first_output"] is not None else "-"
         print(f"  {name:11s} {t['seconds']:6.2f} s  (first output after {first} s)"
