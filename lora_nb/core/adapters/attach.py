@@ -10,6 +10,7 @@ from torch import nn
 from ...errors import AdapterError, LoraNBWarning
 from .. import registry
 from . import switch
+from .inject import inject, restore_flags, strip_lora
 from .offload import materialize_adapter
 from .options import AttachOptions
 from .targets import match_names, named_modules, resolve_targets, target_regex
@@ -46,22 +47,6 @@ def _stores_transposed(model: nn.Module, names: list[str]) -> bool:
     return bool(conv1d_type()) and any(isinstance(modules[n], conv1d_type()) for n in names)
 
 
-def strip_lora(model: nn.Module) -> None:
-    """Put back the original module of every peft wrapper in ``model`` (LoRA layers, modules_to_save)."""
-    from peft.tuners.lora import LoraLayer
-    from peft.utils import ModulesToSaveWrapper
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, (LoraLayer, ModulesToSaveWrapper)) and name:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if isinstance(getattr(parent, child, None), (LoraLayer, ModulesToSaveWrapper)):
-                original = module.original_module if isinstance(module, ModulesToSaveWrapper) else module
-                setattr(parent, child, original.get_base_layer() if isinstance(original, LoraLayer) else original)
-    if hasattr(model, "peft_config"):
-        del model.peft_config
-
-
 def attach(model: Any, **options: Any) -> "registry.Session":
     """Inject a LoRA adapter into ``model`` in place; the model now runs with it.
 
@@ -90,40 +75,15 @@ def attach(model: Any, **options: Any) -> "registry.Session":
         else:
             delete_adapter(model, opts.name)
     if session is None:
-        session = new_session(model, config, opts.name)
+        session = inject(model, None, config, opts.name, names)
     else:
         switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
-        session.peft.add_adapter(opts.name, config)
+        inject(model, session, config, opts.name, names)
         switch.turn_on(session, opts.name)  # active and on
     session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
     materialize_adapter(session, opts.name)  # offloaded layers (device_map): factors off `meta`, see core.dispatch
     session.notify("attach")
     return session
-
-
-def new_session(model: nn.Module, config, name: str) -> "registry.Session":
-    from peft import get_peft_model
-
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*already.*modified.*")
-            # transformers deprecates the attribute peft reads while wrapping; nothing the user can act on
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            wrapper = get_peft_model(model, config, adapter_name=name)
-    except BaseException:
-        strip_lora(model)
-        _restore_flags(model, flags)
-        raise
-    session = registry.Session(model, wrapper, flags)
-    registry.register(session)
-    return session
-
-
-def _restore_flags(model: nn.Module, flags: dict[str, bool]) -> None:
-    for n, p in model.named_parameters():
-        if n in flags:
-            p.requires_grad_(flags[n])
 
 
 def detach(model: Any) -> nn.Module:
@@ -134,7 +94,7 @@ def detach(model: Any) -> nn.Module:
     if restore is not None:
         restore()
     strip_lora(session.model)  # peft's unload would keep the *trained* copy of modules_to_save
-    _restore_flags(session.model, session.requires_grad)
+    restore_flags(session.model, session.requires_grad)
     registry.forget(session.model)
     session.notify("detach")
     return session.model

@@ -26,7 +26,10 @@ import torch
 from ...errors import AdapterError, AdapterFileError
 from .. import registry
 from . import switch
+from .inject import inject
+from .keys import adapter_parameters_by_key, adapter_state_dict
 from .options import AttachOptions
+from .targets import named_modules
 from .verify import expected_shapes, mismatch
 
 CONFIG, WEIGHTS, PICKLE, RECORD = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
@@ -81,13 +84,17 @@ def run_record(session, adapter: str) -> dict:
 
 
 def _write(session, adapter: str, staging: Path) -> None:
-    """peft's files (moved up from the sub-folder peft uses for non-default names) and the run record."""
+    """peft's config (moved up from the sub-folder peft uses for non-default names), the adapter's tensors
+    selected by exact name segments (peft's own selection mixes up names like `lora` and `lora_A`), the record."""
+    from safetensors.torch import save_file
+
     out = staging / ".peft"
     session.peft.save_pretrained(str(out), selected_adapters=[adapter], save_embedding_layers=False)
     src = out if adapter == "default" else out / adapter
-    for name in (CONFIG, WEIGHTS):
-        os.replace(src / name, staging / name)
+    os.replace(src / CONFIG, staging / CONFIG)
     shutil.rmtree(out)
+    tensors = {PREFIX + k: v for k, v in adapter_state_dict(session.model, adapter).items()}
+    save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt"})
     (staging / RECORD).write_text(json.dumps(run_record(session, adapter), indent=2))
 
 
@@ -203,13 +210,16 @@ def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
 
 def _inject(model, session, config, name: str):
     """Add an empty adapter ``name``; returns (session, rollback)."""
-    from .attach import detach, new_session
+    from peft.tuners.tuners_utils import check_target_module_exists
 
+    from .attach import detach
+
+    targets = [n for n, _ in named_modules(model) if n and check_target_module_exists(config, n)]
     if session is None:
-        session = new_session(model, config, name)
+        session = inject(model, None, config, name, targets)
         return session, lambda: detach(model)
     switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
-    session.peft.add_adapter(name, config)
+    inject(model, session, config, name, targets)
     return session, lambda: session.peft.delete_adapter(name)
 
 
@@ -245,7 +255,7 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
     config.inference_mode = not trainable
     session, rollback = _inject(model, session, config, name)
     try:
-        _fill(session, name, tensors, folder, checked=expected is not None)
+        _fill(session, name, tensors, folder)
         switch.turn_on(session, name)
         if not trainable:  # peft makes the active adapter trainable; frozen was asked for
             session.peft.set_requires_grad(name, requires_grad=False)
@@ -257,13 +267,12 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
     return name
 
 
-def _fill(session, name: str, tensors: dict[str, torch.Tensor], folder: Path, checked: bool) -> None:
-    """Copy the verified tensors into the new adapter through peft's own state-dict loader."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
-    if not checked:  # the skeleton could not be built: check against the injected adapter instead
-        injected = get_peft_model_state_dict(session.peft, adapter_name=name)
-        problem = mismatch(tensors, {k.removeprefix(PREFIX): tuple(v.shape) for k, v in injected.items()})
-        if problem:
-            raise AdapterFileError(f"{folder} does not fit this model: {problem}")
-    set_peft_model_state_dict(session.peft, {PREFIX + k: v for k, v in tensors.items()}, adapter_name=name)
+def _fill(session, name: str, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Copy the tensors into the new adapter ``name``, each to the parameter whose file key it has."""
+    params = adapter_parameters_by_key(session.model, name)
+    problem = mismatch(tensors, {k: tuple(p.shape) for k, p in params.items()})
+    if problem:
+        raise AdapterFileError(f"{folder} does not fit this model: {problem}")
+    with torch.no_grad():
+        for key, p in params.items():
+            p.copy_(tensors[key])

@@ -1,0 +1,132 @@
+"""Put an adapter's LoRA layers into a model through peft, all or nothing.
+
+peft replaces target modules one by one; an exception half-way (a layer it cannot build, a rank it
+refuses) would leave some layers wrapped and a traceback from deep inside peft. Here such a failure is
+rolled back — every new wrapper replaced by its original module, the partial adapter removed from
+wrappers that already existed, ``requires_grad`` flags restored, no session — and reported as one
+:class:`InjectionError` naming the module, its class and peft's reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from torch import nn
+
+from ...errors import InjectionError
+from .. import registry
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence peft's notes that do not apply to lora_nb's use of it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*already.*modified.*")
+        # transformers deprecates the attribute peft reads while wrapping; nothing the user can act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # peft selects state-dict keys by substring; lora_nb selects them by exact name segments (adapters.keys)
+        warnings.filterwarnings("ignore", message=".*should not be contained in the prefix.*")
+        yield
+
+
+def strip_lora(model: nn.Module) -> None:
+    """Put back the original module of every peft wrapper in ``model`` (LoRA layers, modules_to_save)."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (LoraLayer, ModulesToSaveWrapper)) and name:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            if isinstance(getattr(parent, child, None), (LoraLayer, ModulesToSaveWrapper)):
+                original = module.original_module if isinstance(module, ModulesToSaveWrapper) else module
+                setattr(parent, child, original.get_base_layer() if isinstance(original, LoraLayer) else original)
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+
+
+def restore_flags(model: nn.Module, flags: dict[str, bool]) -> None:
+    """Set ``requires_grad`` of every parameter named in ``flags`` back to its recorded value."""
+    for n, p in model.named_parameters():
+        if n in flags:
+            p.requires_grad_(flags[n])
+
+
+def _wrappers(model: nn.Module) -> dict[str, nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))}
+
+
+def _undo_add(model: nn.Module, before: dict[str, nn.Module], name: str) -> None:
+    """Remove what a failed ``add_adapter(name)`` left: new wrappers and ``name`` in the old ones."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for qualified, module in _wrappers(model).items():
+        if before.get(qualified) is module:
+            if isinstance(module, BaseTunerLayer) and name in module._get_available_adapters():
+                module.delete_adapter(name)
+            continue
+        parent_name, _, child = qualified.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if getattr(parent, child, None) is module:
+            original = getattr(module, "original_module", module)
+            setattr(parent, child, original.get_base_layer() if hasattr(original, "get_base_layer") else original)
+
+
+def _failed_module(model: nn.Module, targets: Sequence[str], name: str) -> tuple[str, str]:
+    """The first target (in model order) that did not get adapter ``name``: its name and class."""
+    from .targets import named_modules
+
+    wanted = set(targets)
+    for qualified, module in model.named_modules():
+        if qualified in wanted and name not in getattr(module, "_get_available_adapters", set)():
+            base = dict(named_modules(model)).get(qualified, module)
+            return qualified, type(base).__name__
+    return (targets[0], "?") if targets else ("?", "?")
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def inject(model: nn.Module, session, config, name: str, targets: Sequence[str]) -> "registry.Session":
+    """Add adapter ``name`` (peft ``config``) to ``model`` — a new session when ``session`` is None.
+
+    On any exception inside peft the model is left as it was and :class:`InjectionError` is raised.
+    """
+    from peft import get_peft_model
+
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = _wrappers(model)
+    try:
+        with quiet_peft():
+            if session is None:
+                wrapper = get_peft_model(model, config, adapter_name=name)
+            else:
+                session.peft.add_adapter(name, config)
+    except Exception as exc:
+        where, kind = _failed_module(model, targets, name)
+        _roll_back(model, session, before, name, flags)
+        raise InjectionError(f"peft cannot adapt `{where}` ({kind}): {_reason(exc)}; the model is unchanged "
+                             "(leave it out of --targets)") from None
+    except BaseException:  # Ctrl-C: undo, then let it through
+        _roll_back(model, session, before, name, flags)
+        raise
+    if session is None:
+        session = registry.Session(model, wrapper, flags)
+        registry.register(session)
+    return session
+
+
+def _roll_back(model: nn.Module, session, before: dict[str, nn.Module], name: str, flags: dict[str, bool]) -> None:
+    if session is None:
+        strip_lora(model)
+    else:
+        _undo_add(model, before, name)
+        session.peft.peft_config.pop(name, None)
+    restore_flags(model, flags)
