@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ...errors import AdapterError, LoraNBWarning
+from ...errors import AdapterError, LoraNBWarning, OptionError
 from .. import registry
 from . import switch
 from .inject import inject, restore_flags, strip_lora
@@ -47,6 +47,20 @@ def _stores_transposed(model: nn.Module, names: list[str]) -> bool:
     return bool(conv1d_type()) and any(isinstance(modules[n], conv1d_type()) for n in names)
 
 
+def _peft_config(opts: AttachOptions, model: nn.Module, names: list[str]):
+    """peft's ``LoraConfig`` for exactly these targets; Linear/Conv subclasses get lora_nb's LoRA layers."""
+    from .custom_layers import own_forward, register
+
+    modules = dict(named_modules(model))
+    routed = [n for n in names if own_forward(modules[n])]
+    if opts.dora and routed:
+        raise OptionError(f"--dora cannot adapt `{routed[0]}` ({type(modules[routed[0]]).__name__}), a layer with its "
+                          "own forward; leave it out of --targets or drop --dora")
+    config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
+    register(config, [modules[n] for n in names])
+    return config
+
+
 def attach(model: Any, **options: Any) -> "registry.Session":
     """Inject a LoRA adapter into ``model`` in place; the model now runs with it.
 
@@ -67,7 +81,7 @@ def attach(model: Any, **options: Any) -> "registry.Session":
     if opts.modules_to_save:
         match_names(model, opts.modules_to_save)  # one-line error (with candidates) if one matches nothing
     _warn_rank(model, names, opts.r)
-    config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
+    config = _peft_config(opts, model, names)
     if session is not None and opts.name in session.adapters:
         if session.adapters == [opts.name]:
             detach(model)

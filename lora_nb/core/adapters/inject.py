@@ -91,7 +91,7 @@ def _failed_module(model: nn.Module, targets: Sequence[str], name: str) -> tuple
 
 def _reason(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return lines[0].rstrip(".") if lines else type(exc).__name__
 
 
 def inject(model: nn.Module, session, config, name: str, targets: Sequence[str]) -> "registry.Session":

@@ -200,8 +200,11 @@ def _check_finite(tensors: dict[str, torch.Tensor], folder: Path) -> None:
 
 
 def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
+    from .custom_layers import register
+
     name = name or "default"
     AttachOptions(name=name)  # the same naming rules as attach
+    register(config, [m for _, m in named_modules(model)])  # Linear/Conv subclasses: lora_nb's LoRA layers
     if session is not None and name in session.adapters:
         raise AdapterError(f"adapter `{name}` already exists on this model; load it under another name (--name)")
     config.init_lora_weights = False  # the file's weights replace the init; pissa/olora inits would edit the base

@@ -7,11 +7,12 @@ mid-injection on an unsupported module and leaves earlier layers wrapped.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 
 from torch import nn
 
-from ...errors import TargetError, did_you_mean, preview
+from ...errors import LoraNBWarning, TargetError, did_you_mean, preview
 
 _NAMES = re.compile(r"^[\w.]+$")
 
@@ -164,7 +165,27 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "auto") -> 
             "LoRA cannot adapt " + preview(bad, 4) + "; supported: Linear, Conv1d/2d/3d, Embedding, "
             "transformers Conv1D"
         )
-    return list(leaves)
+    return _exact_only(modules, list(leaves), named=set(names) if targets not in ("", "auto") else set())
+
+
+def _exact_only(modules: dict[str, nn.Module], leaves: list[str], named: set[str]) -> list[str]:
+    """``leaves`` without the layer subclasses LoRA cannot adapt exactly: an error for a layer named
+    explicitly, one note for those found by ``auto`` or inside a named container."""
+    from .custom_layers import plain_class, unsupported_reason
+
+    reasons = {n: r for n in leaves if plain_class(modules[n]) is not None and (r := unsupported_reason(modules[n]))}
+    named_bad = [n for n in reasons if n in named]
+    if named_bad:
+        n = named_bad[0]
+        raise TargetError(f"LoRA cannot adapt `{n}` ({type(modules[n]).__name__}) exactly: {reasons[n]}")
+    if reasons:
+        classes = dict.fromkeys(type(modules[n]).__name__ for n in reasons)
+        warnings.warn(f"skipped {len(reasons)} layer(s) of class {', '.join(classes)}: "
+                      f"{next(iter(reasons.values()))}, so LoRA on it would not be exact", LoraNBWarning, stacklevel=4)
+    kept = [n for n in leaves if n not in reasons]
+    if not kept:
+        raise TargetError(f"no layer left to adapt: {len(reasons)} layer(s) skipped ({next(iter(reasons.values()))})")
+    return kept
 
 
 def target_regex(names: Sequence[str]) -> str:

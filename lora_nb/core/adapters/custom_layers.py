@@ -1,0 +1,171 @@
+"""LoRA on subclasses of ``nn.Linear`` / ``nn.Conv1d/2d/3d`` that have their own constructor or forward.
+
+peft builds a conv layer's LoRA factors with the base layer's own class (``type(base)(in, r, k, …)``),
+which fails for a subclass whose constructor takes other arguments, and it feeds the factors the raw
+input, which is wrong for a subclass whose forward changes what its weight sees (e.g. "same" padding:
+``F.pad`` then a conv with ``padding=0``). Here such layers get LoRA layers whose factors are plain
+``nn.Conv2d`` / ``nn.Linear`` modules, and — for a subclass with its own forward — whose input factor
+``A`` runs the subclass's own forward with ``A``'s weight in place of the base weight (no bias, no hooks).
+The factors then see exactly the input the base weight sees, so ``base(x) + s·B(A(x))`` equals the
+subclass's forward with ``W + ΔW``: merging is consistent and spectra of ``ΔW = s·B·A`` are those of the
+update. This holds when the forward is linear in ``self.weight``; :func:`unsupported_reason` checks that
+on a small probe input, and layers that fail it (e.g. a forward that standardizes its weight) are not
+adapted. (peft is imported here: import this module only where peft is needed.)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from peft.tuners.lora import layer as lora
+from torch import nn
+from torch.func import functional_call
+
+PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def plain_class(module: nn.Module) -> type | None:
+    """The torch class a user-defined subclass of Linear/ConvNd extends; ``None`` for anything else."""
+    cls = type(module)
+    if cls in PLAIN or cls.__module__.split(".")[0] in ("torch", "bitsandbytes"):
+        return None  # torch's own subclasses (MultiheadAttention's out_proj) and quantized layers: peft's path
+    return next((p for p in PLAIN if isinstance(module, p)), None)
+
+
+def own_forward(module: nn.Module) -> bool:
+    """True when the subclass replaces the forward (or the conv call) of its torch class."""
+    plain = plain_class(module)
+    names = ("forward", "_conv_forward") if plain is not nn.Linear else ("forward",)
+    return plain is not None and any(getattr(type(module), n) is not getattr(plain, n) for n in names)
+
+
+class _Detour(nn.Module):
+    """Runs ``base``'s own forward without its hooks (``functional_call`` swaps the weight in)."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self.base).forward(self.base, x)
+
+
+def run_with_weight(base: nn.Module, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``base``'s forward on ``x`` with ``weight`` for its weight and no bias; ``base`` is not changed."""
+    params: dict[str, torch.Tensor | None] = {"base.weight": weight}
+    if getattr(base, "bias", None) is not None:
+        params["base.bias"] = None
+    return functional_call(_Detour(base), params, (x,))
+
+
+def _probe_input(base: nn.Module) -> torch.Tensor:
+    weight = base.weight
+    if isinstance(base, nn.Linear):
+        return torch.randn(2, base.in_features, dtype=weight.dtype, device=weight.device)
+    sizes = [max(8, d * (k - 1) + 1 + s) for k, d, s in zip(base.kernel_size, base.dilation, base.stride)]
+    return torch.randn(1, base.in_channels, *sizes, dtype=weight.dtype, device=weight.device)
+
+
+def unsupported_reason(module: nn.Module) -> str | None:
+    """Why LoRA cannot adapt this subclass exactly, or ``None`` when it can (see the module docstring)."""
+    if not own_forward(module):
+        return None
+    if getattr(module, "groups", 1) > 1:
+        return "a grouped convolution with its own forward"
+    if module.weight.is_meta:
+        return "its own forward cannot be checked on meta weights"
+    g = torch.Generator(device=module.weight.device).manual_seed(0)
+    w1, w2 = (torch.randn(module.weight.shape, generator=g, device=module.weight.device).to(module.weight.dtype)
+              for _ in range(2))
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            x = _probe_input(module)
+            y1, y2, y12 = (run_with_weight(module, w, x) for w in (w1, w2, w1 + w2))
+            y_r = run_with_weight(module, w1[:1], x)  # one output channel, as a rank-1 factor would be
+    except Exception as exc:
+        return f"its own forward fails on a probe input ({type(exc).__name__})"
+    tol = {"rtol": 1e-3, "atol": 1e-4} if module.weight.dtype == torch.float32 else {"rtol": 5e-2, "atol": 5e-2}
+    if not torch.allclose(y12, y1 + y2, **tol) or not torch.allclose(y_r.float(), y1[:, :1].float(), **tol):
+        return "its own forward is not linear in its weight (e.g. it standardizes the weight)"
+    return None
+
+
+@contextmanager
+def as_plain(module: nn.Module):
+    """Let ``module`` look like its torch class for a moment (peft builds factors with ``type(base)``)."""
+    cls = type(module)
+    module.__class__ = plain_class(module)
+    try:
+        yield
+    finally:
+        module.__class__ = cls
+
+
+class _Routed:
+    """A factor ``A`` that computes through its base layer's own forward (set as ``route``, not a child)."""
+
+    route: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_with_weight(self.route, self.weight, x)
+
+
+class RoutedLinear(_Routed, nn.Linear):
+    """``nn.Linear`` factor routed through a Linear subclass's forward."""
+
+
+class RoutedConv1d(_Routed, nn.Conv1d):
+    """``nn.Conv1d`` factor routed through a Conv1d subclass's forward."""
+
+
+class RoutedConv2d(_Routed, nn.Conv2d):
+    """``nn.Conv2d`` factor routed through a Conv2d subclass's forward."""
+
+
+class RoutedConv3d(_Routed, nn.Conv3d):
+    """``nn.Conv3d`` factor routed through a Conv3d subclass's forward."""
+
+
+ROUTED = {nn.Linear: RoutedLinear, nn.Conv1d: RoutedConv1d, nn.Conv2d: RoutedConv2d, nn.Conv3d: RoutedConv3d}
+
+
+class _SubclassLayer:
+    """Builds the factors with the torch class, and routes ``A`` through a custom forward."""
+
+    def update_layer(self, adapter_name: str, *args, **kwargs) -> None:
+        base = self.get_base_layer()
+        with as_plain(base):
+            super().update_layer(adapter_name, *args, **kwargs)
+        if own_forward(base) and adapter_name in self.lora_A:
+            factor = self.lora_A[adapter_name]
+            factor.__class__ = ROUTED[plain_class(base)]
+            object.__setattr__(factor, "route", base)  # a plain attribute: no module cycle
+
+
+class SubclassLinear(_SubclassLayer, lora.Linear):
+    """peft's LoRA Linear for a Linear subclass."""
+
+
+class SubclassConv1d(_SubclassLayer, lora.Conv1d):
+    """peft's LoRA Conv1d for a Conv1d subclass."""
+
+
+class SubclassConv2d(_SubclassLayer, lora.Conv2d):
+    """peft's LoRA Conv2d for a Conv2d subclass."""
+
+
+class SubclassConv3d(_SubclassLayer, lora.Conv3d):
+    """peft's LoRA Conv3d for a Conv3d subclass."""
+
+
+LORA_CLASSES = {nn.Linear: SubclassLinear, nn.Conv1d: SubclassConv1d, nn.Conv2d: SubclassConv2d,
+                nn.Conv3d: SubclassConv3d}
+
+
+def register(config, modules) -> None:
+    """Map each Linear/ConvNd subclass among ``modules`` to its LoRA class in peft ``config``."""
+    mapping = {type(m): LORA_CLASSES[plain] for m in modules if (plain := plain_class(m)) is not None}
+    if mapping:
+        config._register_custom_module(mapping)  # peft's (experimental) hook for custom LoRA layers
