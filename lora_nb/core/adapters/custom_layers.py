@@ -22,6 +22,8 @@ from peft.tuners.lora import layer as lora
 from torch import nn
 from torch.func import functional_call
 
+from . import mha
+
 PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -59,16 +61,19 @@ def run_with_weight(base: nn.Module, weight: torch.Tensor, x: torch.Tensor) -> t
     return functional_call(_Detour(base), params, (x,))
 
 
-def _probe_input(base: nn.Module) -> torch.Tensor:
-    weight = base.weight
+def _probe_input(base: nn.Module, g: torch.Generator) -> torch.Tensor:
     if isinstance(base, nn.Linear):
-        return torch.randn(2, base.in_features, dtype=weight.dtype, device=weight.device)
-    sizes = [max(8, d * (k - 1) + 1 + s) for k, d, s in zip(base.kernel_size, base.dilation, base.stride)]
-    return torch.randn(1, base.in_channels, *sizes, dtype=weight.dtype, device=weight.device)
+        shape = [2, base.in_features]
+    else:
+        shape = [1, base.in_channels] + [max(8, d * (k - 1) + 1 + s)
+                                         for k, d, s in zip(base.kernel_size, base.dilation, base.stride)]
+    return torch.randn(shape, generator=g, device=base.weight.device).to(base.weight.dtype)
 
 
 def unsupported_reason(module: nn.Module) -> str | None:
-    """Why LoRA cannot adapt this subclass exactly, or ``None`` when it can (see the module docstring)."""
+    """Why LoRA cannot adapt ``module`` exactly, or ``None`` when it can (see the module docstring)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return mha.unsupported_reason(module)
     if not own_forward(module):
         return None
     if getattr(module, "groups", 1) > 1:
@@ -79,9 +84,8 @@ def unsupported_reason(module: nn.Module) -> str | None:
     w1, w2 = (torch.randn(module.weight.shape, generator=g, device=module.weight.device).to(module.weight.dtype)
               for _ in range(2))
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            x = _probe_input(module)
+        with torch.no_grad():
+            x = _probe_input(module, g)
             y1, y2, y12 = (run_with_weight(module, w, x) for w in (w1, w2, w1 + w2))
             y_r = run_with_weight(module, w1[:1], x)  # one output channel, as a rank-1 factor would be
     except Exception as exc:
@@ -165,7 +169,9 @@ LORA_CLASSES = {nn.Linear: SubclassLinear, nn.Conv1d: SubclassConv1d, nn.Conv2d:
 
 
 def register(config, modules) -> None:
-    """Map each Linear/ConvNd subclass among ``modules`` to its LoRA class in peft ``config``."""
+    """In peft ``config``, map the Linear/ConvNd subclasses and MultiheadAttention layers among ``modules``
+    to lora_nb's LoRA classes."""
     mapping = {type(m): LORA_CLASSES[plain] for m in modules if (plain := plain_class(m)) is not None}
+    mapping.update({type(m): mha.ExactMultiheadAttention for m in modules if isinstance(m, nn.MultiheadAttention)})
     if mapping:
         config._register_custom_module(mapping)  # peft's (experimental) hook for custom LoRA layers

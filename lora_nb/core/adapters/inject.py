@@ -36,7 +36,7 @@ def strip_lora(model: nn.Module) -> None:
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
 
-    for name, module in list(model.named_modules()):
+    for name, module in reversed(list(model.named_modules())):  # inner wrappers first (MHA's out_proj)
         if isinstance(module, (LoraLayer, ModulesToSaveWrapper)) and name:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
