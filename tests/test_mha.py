@@ -10,7 +10,7 @@ from torch import nn
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.errors import LoraNBWarning, TargetError
+from lora_nb.errors import InjectionError, LoraNBWarning, OptionError, TargetError
 
 
 class Toy(nn.Module):
@@ -135,13 +135,38 @@ def test_multihead_attention_adapters_save_load_and_stack(tmp_path):
             assert torch.equal(fresh(X), model(X))
 
 
-def test_out_proj_alone_is_refused_and_attention_with_other_key_size_is_skipped_with_one_note():
+def test_out_proj_alone_dora_and_attention_with_other_key_size_are_refused_or_skipped_with_one_note():
     model = toy(kdim=8)
     with pytest.raises(TargetError, match=r"^`attn.out_proj` is the output projection of nn.MultiheadAttention "
                                           r"`attn`, which reads its weight directly"):
         lora_nb.attach(model, targets="attn.out_proj")
     with pytest.raises(TargetError, match=r"^LoRA cannot adapt `cross` \(MultiheadAttention\) exactly: separate"):
         lora_nb.attach(model, targets="cross")
+    with pytest.raises(OptionError, match=r"^--dora cannot adapt `attn` \(MultiheadAttention\)"):
+        lora_nb.attach(model, targets="attn", dora=True)
     with pytest.warns(LoraNBWarning, match=r"^skipped 1 layer\(s\) of class MultiheadAttention") as notes:
         lora_nb.attach(model, r=2)
     assert len(notes) == 1 and find(model).records["default"]["options"]["targets"] == ["emb", "attn", "head"]
+
+
+def test_peft_failing_inside_multihead_attention_unwraps_its_out_proj_too(monkeypatch):
+    from lora_nb.core.adapters.mha import ExactMultiheadAttention
+
+    model = toy()
+    params = dict(model.named_parameters())
+    originals = {n: p.detach().clone() for n, p in params.items()}
+    lora_nb.attach(model, r=2, targets="emb")
+
+    def no_room(self, *args, **kwargs):  # fails after peft already wrapped attn.out_proj
+        raise RuntimeError("no room for the factors")
+
+    monkeypatch.setattr(ExactMultiheadAttention, "update_layer", no_room)
+    with pytest.raises(InjectionError, match=r"^peft cannot adapt `attn` \(MultiheadAttention\): no room"):
+        lora_nb.attach(model, r=2, targets="attn,head", name="second")
+    assert type(model.attn) is nn.MultiheadAttention and type(model.attn.out_proj).__name__.startswith("NonDynamic")
+    assert find(model).adapters == ["default"] and list(model.emb.lora_A) == ["default"]
+    lora_nb.detach(model)
+    with pytest.raises(InjectionError, match=r"^peft cannot adapt `attn`"):
+        lora_nb.attach(model, r=2)  # a new session: nothing is left either
+    assert find(model) is None and untouched(model, params, originals)
+    assert type(model.attn.out_proj).__name__.startswith("NonDynamic")

@@ -52,10 +52,10 @@ def _peft_config(opts: AttachOptions, model: nn.Module, names: list[str]):
     from .custom_layers import own_forward, register
 
     modules = dict(named_modules(model))
-    routed = [n for n in names if own_forward(modules[n])]
-    if opts.dora and routed:
-        raise OptionError(f"--dora cannot adapt `{routed[0]}` ({type(modules[routed[0]]).__name__}), a layer with its "
-                          "own forward; leave it out of --targets or drop --dora")
+    no_dora = [n for n in names if own_forward(modules[n]) or isinstance(modules[n], nn.MultiheadAttention)]
+    if opts.dora and no_dora:
+        raise OptionError(f"--dora cannot adapt `{no_dora[0]}` ({type(modules[no_dora[0]]).__name__}); leave it out "
+                          "of --targets or drop --dora")
     config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
     register(config, [modules[n] for n in names])
     return config

@@ -61,13 +61,18 @@ def _wrappers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))}
 
 
+def has_adapter(module: nn.Module, name: str) -> bool:
+    """True when the peft layer ``module`` holds weights of adapter ``name``."""
+    return any(name in getattr(module, attr, {}) for attr in getattr(module, "adapter_layer_names", ()))
+
+
 def _undo_add(model: nn.Module, before: dict[str, nn.Module], name: str) -> None:
     """Remove what a failed ``add_adapter(name)`` left: new wrappers and ``name`` in the old ones."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for qualified, module in _wrappers(model).items():
+    for qualified, module in reversed(_wrappers(model).items()):  # inner wrappers first (MHA's out_proj)
         if before.get(qualified) is module:
-            if isinstance(module, BaseTunerLayer) and name in module._get_available_adapters():
+            if isinstance(module, BaseTunerLayer) and has_adapter(module, name):
                 module.delete_adapter(name)
             continue
         parent_name, _, child = qualified.rpartition(".")
@@ -83,7 +88,7 @@ def _failed_module(model: nn.Module, targets: Sequence[str], name: str) -> tuple
 
     wanted = set(targets)
     for qualified, module in model.named_modules():
-        if qualified in wanted and name not in getattr(module, "_get_available_adapters", set)():
+        if qualified in wanted and not has_adapter(module, name):
             base = dict(named_modules(model)).get(qualified, module)
             return qualified, type(base).__name__
     return (targets[0], "?") if targets else ("?", "?")
