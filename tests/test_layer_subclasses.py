@@ -161,3 +161,24 @@ def test_peft_failing_mid_injection_is_one_line_and_leaves_the_model_unchanged(i
     with pytest.raises(UsageError, match=r"^peft cannot adapt `conv2` \(Conv2d\)") as error:
         ip.run_line_magic("lora", "attach model --r 3 --targets conv1,conv2 --name third")
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("options", [{"dilation": 2, "padding": 2}, {"padding": 1, "padding_mode": "reflect"},
+                                     {"padding": 1, "padding_mode": "circular"}],
+                         ids=["dilated", "reflect", "circular"])
+def test_convs_whose_dilation_or_padding_mode_peft_factors_ignore_get_factors_that_see_the_weights_input(options):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, **options), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    before = snapshot(model)
+    with torch.no_grad():
+        base_out = model(IMAGES)
+    lora_nb.attach(model, r=2)
+    randomize_b(model)
+    with torch.no_grad():
+        adapted = model(IMAGES)  # peft's own factors: a shape error (dilated) or zero-padded input (reflect, circular)
+        lora_nb.merge(model)
+        torch.testing.assert_close(model(IMAGES), adapted, rtol=1e-5, atol=1e-5)  # = the conv with W + ΔW
+        lora_nb.disable(model)
+        assert torch.equal(model(IMAGES), base_out)
+    lora_nb.detach(model)
+    assert unchanged(model, before) and type(model[0]) is nn.Conv2d

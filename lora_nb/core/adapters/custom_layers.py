@@ -1,4 +1,4 @@
-"""LoRA on subclasses of ``nn.Linear`` / ``nn.Conv1d/2d/3d`` that have their own constructor or forward.
+"""LoRA on ``nn.Linear`` / ``nn.Conv1d/2d/3d`` layers whose input peft's factors would not see as the weight does.
 
 peft builds a conv layer's LoRA factors with the base layer's own class (``type(base)(in, r, k, …)``),
 which fails for a subclass whose constructor takes other arguments, and it feeds the factors the raw
@@ -10,7 +10,9 @@ The factors then see exactly the input the base weight sees, so ``base(x) + s·B
 subclass's forward with ``W + ΔW``: merging is consistent and spectra of ``ΔW = s·B·A`` are those of the
 update. This holds when the forward is linear in ``self.weight``; :func:`unsupported_reason` checks that
 on a small probe input, and layers that fail it (e.g. a forward that standardizes its weight) are not
-adapted. (peft is imported here: import this module only where peft is needed.)
+adapted. Plain convolutions are routed the same way when peft's factors would ignore how the layer reads
+its input: a dilation (peft's ``A`` has none, so its output does not even fit) or a ``padding_mode`` other
+than zeros (peft's ``A`` zero-pads). (peft is imported here: import this module only where peft is needed.)
 """
 
 from __future__ import annotations
@@ -32,7 +34,20 @@ def plain_class(module: nn.Module) -> type | None:
     cls = type(module)
     if cls in PLAIN or cls.__module__.split(".")[0] in ("torch", "bitsandbytes"):
         return None  # torch's own subclasses (MultiheadAttention's out_proj) and quantized layers: peft's path
+    return torch_class(module)
+
+
+def torch_class(module: nn.Module) -> type | None:
+    """``nn.Linear`` / ``nn.Conv1d/2d/3d`` when ``module`` is one (or a subclass of one)."""
     return next((p for p in PLAIN if isinstance(module, p)), None)
+
+
+def needs_route(module: nn.Module) -> bool:
+    """True when ``A`` must run through the layer's own forward to see the input its weight sees."""
+    if own_forward(module):
+        return True
+    conv = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups == 1
+    return conv and (any(d != 1 for d in module.dilation) or module.padding_mode != "zeros")
 
 
 def own_forward(module: nn.Module) -> bool:
@@ -98,9 +113,12 @@ def unsupported_reason(module: nn.Module) -> str | None:
 
 @contextmanager
 def as_plain(module: nn.Module):
-    """Let ``module`` look like its torch class for a moment (peft builds factors with ``type(base)``)."""
-    cls = type(module)
-    module.__class__ = plain_class(module)
+    """Let a subclass look like its torch class for a moment (peft builds factors with ``type(base)``)."""
+    cls, plain = type(module), plain_class(module)
+    if plain is None:
+        yield
+        return
+    module.__class__ = plain
     try:
         yield
     finally:
@@ -135,43 +153,42 @@ class RoutedConv3d(_Routed, nn.Conv3d):
 ROUTED = {nn.Linear: RoutedLinear, nn.Conv1d: RoutedConv1d, nn.Conv2d: RoutedConv2d, nn.Conv3d: RoutedConv3d}
 
 
-class _SubclassLayer:
-    """Builds the factors with the torch class, and routes ``A`` through a custom forward."""
+class _ExactLayer:
+    """Builds the factors with the torch class, and routes ``A`` through the layer's forward where needed."""
 
     def update_layer(self, adapter_name: str, *args, **kwargs) -> None:
         base = self.get_base_layer()
         with as_plain(base):
             super().update_layer(adapter_name, *args, **kwargs)
-        if own_forward(base) and adapter_name in self.lora_A:
+        if needs_route(base) and adapter_name in self.lora_A:
             factor = self.lora_A[adapter_name]
-            factor.__class__ = ROUTED[plain_class(base)]
+            factor.__class__ = ROUTED[torch_class(base)]
             object.__setattr__(factor, "route", base)  # a plain attribute: no module cycle
 
 
-class SubclassLinear(_SubclassLayer, lora.Linear):
-    """peft's LoRA Linear for a Linear subclass."""
+class ExactLinear(_ExactLayer, lora.Linear):
+    """peft's LoRA Linear, for a Linear subclass."""
 
 
-class SubclassConv1d(_SubclassLayer, lora.Conv1d):
-    """peft's LoRA Conv1d for a Conv1d subclass."""
+class ExactConv1d(_ExactLayer, lora.Conv1d):
+    """peft's LoRA Conv1d, for a Conv1d subclass or a conv whose input peft's factors would misread."""
 
 
-class SubclassConv2d(_SubclassLayer, lora.Conv2d):
-    """peft's LoRA Conv2d for a Conv2d subclass."""
+class ExactConv2d(_ExactLayer, lora.Conv2d):
+    """peft's LoRA Conv2d, for a Conv2d subclass or a conv whose input peft's factors would misread."""
 
 
-class SubclassConv3d(_SubclassLayer, lora.Conv3d):
-    """peft's LoRA Conv3d for a Conv3d subclass."""
+class ExactConv3d(_ExactLayer, lora.Conv3d):
+    """peft's LoRA Conv3d, for a Conv3d subclass or a conv whose input peft's factors would misread."""
 
 
-LORA_CLASSES = {nn.Linear: SubclassLinear, nn.Conv1d: SubclassConv1d, nn.Conv2d: SubclassConv2d,
-                nn.Conv3d: SubclassConv3d}
+LORA_CLASSES = {nn.Linear: ExactLinear, nn.Conv1d: ExactConv1d, nn.Conv2d: ExactConv2d, nn.Conv3d: ExactConv3d}
 
 
 def register(config, modules) -> None:
-    """In peft ``config``, map the Linear/ConvNd subclasses and MultiheadAttention layers among ``modules``
-    to lora_nb's LoRA classes."""
-    mapping = {type(m): LORA_CLASSES[plain] for m in modules if (plain := plain_class(m)) is not None}
+    """In peft ``config``, map the Linear/ConvNd subclasses, the convs whose input peft's factors would misread
+    and the MultiheadAttention layers among ``modules`` to lora_nb's LoRA classes (by class, as peft maps)."""
+    mapping = {type(m): LORA_CLASSES[torch_class(m)] for m in modules if plain_class(m) or needs_route(m)}
     mapping.update({type(m): mha.ExactMultiheadAttention for m in modules if isinstance(m, nn.MultiheadAttention)})
     if mapping:
         config._register_custom_module(mapping)  # peft's (experimental) hook for custom LoRA layers
