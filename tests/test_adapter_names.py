@@ -106,3 +106,15 @@ def test_combining_into_a_name_inside_the_active_adapters_name_keeps_it_trainabl
     assert {n for n, (_, flag) in own(model, "default").items() if flag} == trainable
     assert len(own(model, "fault")) == 6 and not any(flag for _, flag in own(model, "fault").values())
     assert lora_nb.core.find(model).adapters == ["default", "lo", "fault"]
+
+
+def test_one_letter_adapter_names_through_the_magics(ip, tmp_path):
+    ip.user_ns["model"] = two_adapters(["lo", "a"])
+    ip.run_line_magic("lora", f"save model {tmp_path / 'a'} --adapter a")
+    ip.user_ns["fresh"] = base()
+    ip.run_line_magic("lora", f"load fresh {tmp_path / 'a'} --name a")
+    ip.run_line_magic("lora", "attach fresh --r 2 --name lo")
+    ip.run_line_magic("lora", "delete fresh --adapter lo")
+    assert lora_nb.core.find(ip.user_ns["fresh"]).adapters == ["a"]
+    loaded = own(ip.user_ns["fresh"], "a")
+    assert all(torch.equal(t, loaded[n][0]) for n, (t, _) in own(ip.user_ns["model"], "a").items())

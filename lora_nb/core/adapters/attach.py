@@ -10,7 +10,7 @@ from torch import nn
 from ...errors import AdapterError, LoraNBWarning, OptionError
 from .. import registry
 from . import switch
-from .inject import inject, restore_flags, strip_lora
+from .inject import inject, quiet_peft, restore_flags, strip_lora
 from .offload import materialize_adapter
 from .options import AttachOptions
 from .targets import match_names, named_modules, resolve_targets, target_regex
@@ -123,7 +123,8 @@ def delete_adapter(model: Any, adapter: str) -> None:
         detach(model)
         return
     switch.unmerge_first(session, {adapter})
-    session.peft.delete_adapter(adapter)
+    with quiet_peft():
+        session.peft.delete_adapter(adapter)
     session.records.pop(adapter, None)
     session.notify("delete")
 

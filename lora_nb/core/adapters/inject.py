@@ -28,6 +28,8 @@ def quiet_peft() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         # peft selects state-dict keys by substring; lora_nb selects them by exact name segments (adapters.keys)
         warnings.filterwarnings("ignore", message=".*should not be contained in the prefix.*")
+        # deleting the active adapter: peft makes another one active, as `status` shows
+        warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
         yield
 
 
