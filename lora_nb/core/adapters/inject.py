@@ -10,7 +10,7 @@ wrappers that already existed, ``requires_grad`` flags restored, no session — 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
@@ -84,16 +84,18 @@ def _undo_add(model: nn.Module, before: dict[str, nn.Module], name: str) -> None
             setattr(parent, child, original.get_base_layer() if hasattr(original, "get_base_layer") else original)
 
 
-def _failed_module(model: nn.Module, targets: Sequence[str], name: str) -> tuple[str, str]:
-    """The first target (in model order) that did not get adapter ``name``: its name and class."""
+def _failed_module(model: nn.Module, config, name: str) -> tuple[str, str]:
+    """The first module (in model order) that ``config`` targets and that did not get adapter ``name``."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
     from .targets import named_modules
 
-    wanted = set(targets)
-    for qualified, module in model.named_modules():
-        if qualified in wanted and not has_adapter(module, name):
-            base = dict(named_modules(model)).get(qualified, module)
-            return qualified, type(base).__name__
-    return (targets[0], "?") if targets else ("?", "?")
+    for qualified, module in named_modules(model):
+        if qualified and check_target_module_exists(config, qualified):
+            wrapper = model.get_submodule(qualified) if qualified else model
+            if not has_adapter(wrapper, name):
+                return qualified, type(module).__name__
+    return "?", "?"
 
 
 def _reason(exc: BaseException) -> str:
@@ -101,7 +103,7 @@ def _reason(exc: BaseException) -> str:
     return lines[0].rstrip(".") if lines else type(exc).__name__
 
 
-def inject(model: nn.Module, session, config, name: str, targets: Sequence[str]) -> "registry.Session":
+def inject(model: nn.Module, session, config, name: str) -> "registry.Session":
     """Add adapter ``name`` (peft ``config``) to ``model`` — a new session when ``session`` is None.
 
     On any exception inside peft the model is left as it was and :class:`InjectionError` is raised.
@@ -117,7 +119,7 @@ def inject(model: nn.Module, session, config, name: str, targets: Sequence[str])
             else:
                 session.peft.add_adapter(name, config)
     except Exception as exc:
-        where, kind = _failed_module(model, targets, name)
+        where, kind = _failed_module(model, config, name)
         _roll_back(model, session, before, name, flags)
         raise InjectionError(f"peft cannot adapt `{where}` ({kind}): {_reason(exc)}; the model is unchanged "
                              "(leave it out of --targets)") from None

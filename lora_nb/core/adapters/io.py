@@ -27,7 +27,7 @@ from ...errors import AdapterError, AdapterFileError
 from .. import registry
 from . import switch
 from .inject import inject
-from .keys import adapter_parameters_by_key, adapter_state_dict
+from .keys import adapter_state_dict, fill_adapter
 from .options import AttachOptions
 from .targets import named_modules
 from .verify import expected_shapes, mismatch
@@ -68,7 +68,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
 
 def run_record(session, adapter: str) -> dict:
     """What ``lora_nb_record.json`` holds for ``adapter``."""
-    from ... import __version__
+    from ...version import __version__
     from .switch import strength
 
     record = session.records.get(adapter, {})
@@ -213,20 +213,17 @@ def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
 
 def _inject(model, session, config, name: str):
     """Add an empty adapter ``name``; returns (session, rollback)."""
-    from peft.tuners.tuners_utils import check_target_module_exists
-
     from .attach import detach
 
-    targets = [n for n, _ in named_modules(model) if n and check_target_module_exists(config, n)]
     if session is None:
-        session = inject(model, None, config, name, targets)
+        session = inject(model, None, config, name)
         return session, lambda: detach(model)
     switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
-    inject(model, session, config, name, targets)
+    inject(model, session, config, name)
     return session, lambda: session.peft.delete_adapter(name)
 
 
-def _record(folder: Path, name: str) -> dict:
+def _record(folder: Path) -> dict:
     try:
         saved = json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
@@ -265,17 +262,13 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
     except BaseException:
         rollback()
         raise
-    session.records[name] = _record(folder, name)
+    session.records[name] = _record(folder)
     session.notify("load")
     return name
 
 
 def _fill(session, name: str, tensors: dict[str, torch.Tensor], folder: Path) -> None:
     """Copy the tensors into the new adapter ``name``, each to the parameter whose file key it has."""
-    params = adapter_parameters_by_key(session.model, name)
-    problem = mismatch(tensors, {k: tuple(p.shape) for k, p in params.items()})
+    problem = fill_adapter(session.model, name, tensors)
     if problem:
         raise AdapterFileError(f"{folder} does not fit this model: {problem}")
-    with torch.no_grad():
-        for key, p in params.items():
-            p.copy_(tensors[key])

@@ -38,3 +38,17 @@ def adapter_parameters_by_key(model: nn.Module, adapter: str) -> dict[str, nn.Pa
 def adapter_state_dict(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
     """``adapter``'s tensors keyed as in its file (without peft's ``base_model.model.`` prefix), on the CPU."""
     return {k: p.detach().to("cpu").contiguous() for k, p in adapter_parameters_by_key(model, adapter).items()}
+
+
+def fill_adapter(model: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> str:
+    """Copy ``tensors`` (keyed as in a file) into ``adapter``'s parameters; if the keys or shapes do not fit,
+    copy nothing and return what is wrong in one line (else ``""``)."""
+    from .verify import mismatch
+
+    params = adapter_parameters_by_key(model, adapter)
+    problem = mismatch(tensors, {k: tuple(p.shape) for k, p in params.items()})
+    if not problem:
+        with torch.no_grad():
+            for key, p in params.items():
+                p.copy_(tensors[key])
+    return problem
