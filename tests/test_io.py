@@ -190,7 +190,7 @@ def test_injection_failure_after_checks_rolls_back(tmp_path, monkeypatch):  # pe
     def boom(*args, **kwargs):
         raise RuntimeError("disk went away")
 
-    monkeypatch.setattr("lora_nb.core.adapters.io.adapter_parameters_by_key", boom)
+    monkeypatch.setattr("lora_nb.core.adapters.io.fill_adapter", boom)
     with pytest.raises(RuntimeError, match="disk went away"):
         lora_nb.load(model, path, name="other")
     assert same_state(model, state)

@@ -27,10 +27,10 @@ from ...errors import AdapterError, AdapterFileError
 from .. import registry
 from . import switch
 from .inject import inject
-from .keys import adapter_state_dict, fill_adapter
+from .keys import adapter_state_dict, fill_adapter, mismatch
 from .options import AttachOptions
 from .targets import named_modules
-from .verify import expected_shapes, mismatch
+from .verify import expected_shapes
 
 CONFIG, WEIGHTS, PICKLE, RECORD = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
                                    "lora_nb_record.json")

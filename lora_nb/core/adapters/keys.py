@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...errors import preview
 from .status import adapter_named_parameters
 
 
@@ -43,8 +44,6 @@ def adapter_state_dict(model: nn.Module, adapter: str) -> dict[str, torch.Tensor
 def fill_adapter(model: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> str:
     """Copy ``tensors`` (keyed as in a file) into ``adapter``'s parameters; if the keys or shapes do not fit,
     copy nothing and return what is wrong in one line (else ``""``)."""
-    from .verify import mismatch
-
     params = adapter_parameters_by_key(model, adapter)
     problem = mismatch(tensors, {k: tuple(p.shape) for k, p in params.items()})
     if not problem:
@@ -52,3 +51,19 @@ def fill_adapter(model: nn.Module, adapter: str, tensors: dict[str, torch.Tensor
             for key, p in params.items():
                 p.copy_(tensors[key])
     return problem
+
+
+def mismatch(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> str:
+    """A one-line description of missing, unexpected and wrongly shaped keys, or ``""``."""
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [f"{k} {tuple(tensors[k].shape)} != {expected[k]}" for k in expected
+             if k in tensors and tuple(tensors[k].shape) != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {preview(missing, 2)}")
+    if wrong:
+        parts.append(f"{len(wrong)} wrong shape(s): {preview(wrong, 2)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {preview(unexpected, 2)}")
+    return "; ".join(parts)

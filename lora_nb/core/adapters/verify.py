@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import nn
 
-from ...errors import AdapterFileError, preview
+from ...errors import AdapterFileError
 from .keys import adapter_parameters_by_key
 
 _PROBE = "lora_nb_probe"
@@ -45,19 +45,3 @@ def expected_shapes(model: nn.Module, config) -> dict[str, tuple[int, ...]] | No
     except ValueError as exc:
         raise AdapterFileError(f"the adapter's targets do not fit this model: {str(exc).splitlines()[0]}") from None
     return {k: tuple(p.shape) for k, p in adapter_parameters_by_key(skeleton, _PROBE).items()}
-
-
-def mismatch(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> str:
-    """A one-line description of missing, unexpected and wrongly shaped keys, or ``""``."""
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [f"{k} {tuple(tensors[k].shape)} != {expected[k]}" for k in expected
-             if k in tensors and tuple(tensors[k].shape) != expected[k]]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {preview(missing, 2)}")
-    if wrong:
-        parts.append(f"{len(wrong)} wrong shape(s): {preview(wrong, 2)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {preview(unexpected, 2)}")
-    return "; ".join(parts)
