@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 def unsupported_reason(module: nn.MultiheadAttention) -> str | None:
     """Why peft's LoRA cannot adapt this attention layer, or ``None``."""
-    if not module._qkv_same_embed_dim:
+    if module.kdim != module.embed_dim or module.vdim != module.embed_dim:
         return "separate q/k/v projection weights (kdim or vdim differ from embed_dim)"
     return None
 
