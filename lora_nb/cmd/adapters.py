@@ -19,7 +19,7 @@ class Text(str):
 
 
 @verb("toggle", "a panel: one toggle per adapter, active adapter, strength slider, merge state",
-      examples=["%lora toggle model"])
+      view=True, examples=["%lora toggle model"])
 def _toggle(ctx, args):
     model = ctx.model(args.model)
     if ctx.widgets:
@@ -37,6 +37,7 @@ def _toggle(ctx, args):
       arg("--inputs", help="notebook variable holding model inputs (a tensor or a dict of tensors)"),
       arg("--max-new-tokens", type=int, default=20, help="tokens to generate (default: 20)"),
       arg("--top-k", type=int, default=3, help="classes shown per example for classifiers (default: 3)"),
+      view=True,
       examples=["%lora compare gpt --prompt 'Once upon a time' --tokenizer tok",
                 "%lora compare clf --inputs batch"])
 def _compare(ctx, args):

@@ -29,7 +29,8 @@ _HELP = {
 
 def _options():
     for name, text in _HELP.items():
-        yield arg(f"--{name.replace('_', '-')}", dest=name, help=f"{text} (default: {_DEFAULTS[name]})")
+        default = "%%config LoraMagics.device" if name == "device" else _DEFAULTS[name]
+        yield arg(f"--{name.replace('_', '-')}", dest=name, help=f"{text} (default: {default})")
     for name in _EXTRAS:
         text = TrainSettings.__dataclass_fields__[name].metadata["help"].replace("%", "%%")
         yield arg(f"--{name.replace('_', '-')}", dest=name, help=f"{text} (both arms)")
@@ -63,6 +64,7 @@ class ArmLines(VsFullCallback):
     "vs-full", "LoRA and full fine-tuning from the same weights on the same data, measured side by side",
     *DATA_OPTIONS,
     *_options(),
+    view=True,
     examples=["%lora vs-full model --data train --eval test",
               "%lora vs-full model --data train --eval test --r 4 --targets 0,2 --sizes 25,50,100,200",
               "%lora vs-full gpt --data texts --tokenizer tok --steps 100 --lr-lora 1e-3 --lr-full 1e-4"],
@@ -71,10 +73,11 @@ def _vs_full(ctx, args):
     model = ctx.model(args.model)
     objects = data_objects(ctx, args)
     options = {k: getattr(args, k) for k in (*_HELP, *_EXTRAS) if getattr(args, k) is not None}
+    options.setdefault("device", ctx.settings.device)
     if ctx.widgets:
         from ..widgets.vs_full import VsFullLive
 
-        view = VsFullLive(show_table=False)  # the returned result shows the table
+        view = VsFullLive(show_table=False, interval=1 / ctx.refresh_rate)  # the returned result shows the table
         ctx.display(view)
     else:
         view = ArmLines()
@@ -82,7 +85,7 @@ def _vs_full(ctx, args):
 
 
 @verb("dashboard", "one widget for a model: status, adapters, training, weights and spectrum in tabs",
-      examples=["%lora dashboard model"])
+      view=True, examples=["%lora dashboard model"])
 def _dashboard(ctx, args):
     model = ctx.model(args.model)
     if ctx.widgets:

@@ -40,7 +40,7 @@ def _text_progress(done: int, total: int, name: str) -> None:
     print(f"\rW, W+ΔW spectra: {done}/{total} modules ({name})".ljust(100), end=end, file=sys.stderr, flush=True)
 
 
-@verb("weights", "A, B and ΔW heatmaps and a layer × module norm map", _ADAPTER, _LAYERS,
+@verb("weights", "A, B and ΔW heatmaps and a layer × module norm map", _ADAPTER, _LAYERS, view=True,
       examples=["%lora weights model", "%lora weights model --adapter second --layers 'layers\\.0\\.'"])
 def _weights(ctx, args):
     model = ctx.model(args.model)
@@ -57,7 +57,7 @@ def _weights(ctx, args):
 
 
 @verb("spectrum", "singular values of ΔW per module; with --base, W and W+ΔW too", _ADAPTER, _LAYERS,
-      arg("--base", action="store_true", help="also the spectra of W and W+ΔW (dense SVDs, cached)"),
+      arg("--base", action="store_true", help="also the spectra of W and W+ΔW (dense SVDs, cached)"), view=True,
       examples=["%lora spectrum model", "%lora spectrum model --layers q_proj --base"])
 def _spectrum(ctx, args):
     model = ctx.model(args.model)
@@ -78,7 +78,7 @@ def _spectrum(ctx, args):
 
 @verb("similarity", "LoRA-paper subspace similarity φ(i, j) between two adapters",
       arg("--adapter", required=True, help="first adapter"),
-      arg("--other", required=True, help="second adapter"), _LAYERS,
+      arg("--other", required=True, help="second adapter"), _LAYERS, view=True,
       examples=["%lora similarity model --adapter r8 --other r64"])
 def _similarity(ctx, args):
     model = ctx.model(args.model)

@@ -16,7 +16,35 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.adapters.options import AttachOptions
+from ..core.training.settings import TrainSettings
 from ..errors import LoraNBError, LoraNBWarning, NotAModelError, OptionError, did_you_mean
+
+UI_MODES = ("auto", "widget", "static", "text")
+
+
+@dataclass(frozen=True)
+class NotebookSettings:
+    """What a user sets once per notebook (``%config LoraMagics``); the defaults here are the only ones."""
+
+    ui: str = field(default="auto", metadata={
+        "help": "how verbs show results: auto (widgets in Jupyter, text in a terminal) | widget | static | text"})
+    refresh_rate: float = field(default=4.0, metadata={
+        "help": "live view updates per second while training (0.2 to 5)"})
+    device: str = field(default=TrainSettings.device, metadata={
+        "help": "device %lora train uses when the line gives no --device: "
+                + TrainSettings.__dataclass_fields__["device"].metadata["help"]})
+    default_r: int = field(default=AttachOptions.r, metadata={
+        "help": "rank %lora attach uses when the line gives no --r"})
+    default_alpha: float = field(default=AttachOptions.alpha, metadata={
+        "help": "alpha %lora attach uses when the line gives no --alpha"})
+    background: bool = field(default=True, metadata={
+        "help": "in a notebook, %lora train runs in the background (False: the cell waits, as with --wait)"})
+
+
+def setting_help(name: str) -> str:
+    """The help text of one ``NotebookSettings`` field."""
+    return NotebookSettings.__dataclass_fields__[name].metadata["help"]
 
 
 class UnknownVariableError(LoraNBError):
@@ -47,14 +75,17 @@ class Verb:
 VERBS: dict[str, Verb] = {}
 
 
-def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model: bool = True):
-    """Register ``handler`` as ``%lora NAME``; ``options`` are :func:`arg` tuples."""
+UI_OPTION = arg("--ui", choices=UI_MODES, help="how to show the result here (default: %%config LoraMagics.ui)")
+
+
+def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model: bool = True, view: bool = False):
+    """Register ``handler`` as ``%lora NAME``; ``options`` are :func:`arg` tuples; a ``view`` verb gets ``--ui``."""
 
     def register(handler):
         parser = _Parser(prog=f"%lora {name}", add_help=False, description=summary, allow_abbrev=False)
         if model:
             parser.add_argument("model", help="notebook variable holding the model (dotted paths work)")
-        for flags, kwargs in options:
+        for flags, kwargs in (*options, *([UI_OPTION] if view else [])):
             parser.add_argument(*flags, **kwargs)
         VERBS[name] = Verb(name, summary, handler, parser, tuple(examples))
         return handler
@@ -62,36 +93,59 @@ def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model:
     return register
 
 
-class Context:
-    """What a handler may ask of the notebook: variables, and whether widgets can render."""
+def lookup(namespace: dict[str, Any], path: str) -> Any:
+    """The object at ``path`` (``model`` or ``pipe.model``) in ``namespace``; one-line error for a typo."""
+    head, *rest = path.split(".")
+    if head not in namespace:
+        visible = [k for k in namespace if not k.startswith("_")]
+        raise UnknownVariableError(f"no variable `{head}`{did_you_mean(head, visible)}")
+    obj = namespace[head]
+    for i, part in enumerate(rest):
+        if not hasattr(obj, part):
+            where = ".".join([head, *rest[:i]])
+            attrs = [a for a in dir(obj) if not a.startswith("_")]
+            raise UnknownVariableError(f"`{where}` has no attribute `{part}`{did_you_mean(part, attrs)}")
+        obj = getattr(obj, part)
+    return obj
 
-    def __init__(self, shell) -> None:
+
+class Context:
+    """What a handler may ask of the notebook: variables, the user's settings, and how to show results."""
+
+    def __init__(self, shell, settings: NotebookSettings | None = None, ui: str | None = None) -> None:
         self.shell = shell
+        self.settings = settings or NotebookSettings()
+        self.ui_choice = ui or self.settings.ui  # the line's --ui, else the setting: auto | widget | static | text
 
     @property
     def namespace(self) -> dict[str, Any]:
         return self.shell.user_ns
 
     @property
-    def widgets(self) -> bool:
+    def notebook(self) -> bool:
         """True inside a Jupyter kernel (a widget frontend may exist); False in terminal IPython."""
         return getattr(self.shell, "kernel", None) is not None
 
+    @property
+    def ui(self) -> str:
+        """How to show a view here: widget, static or text (``auto``: widget in a notebook, text elsewhere)."""
+        if self.ui_choice == "auto":
+            return "widget" if self.notebook else "text"
+        return self.ui_choice
+
+    @property
+    def widgets(self) -> bool:
+        """True when views are shown as widgets (by default: inside a Jupyter kernel)."""
+        return self.ui == "widget"
+
+    @property
+    def refresh_rate(self) -> float:
+        """Live view updates per second."""
+        return self.settings.refresh_rate
+
     def lookup(self, path: str) -> Any:
         """The object at ``path`` (``model`` or ``pipe.model``) in the notebook namespace."""
-        head, *rest = path.split(".")
-        ns = self.namespace
-        if head not in ns:
-            visible = [k for k in ns if not k.startswith("_")]
-            raise UnknownVariableError(f"no variable `{head}`{did_you_mean(head, visible)}")
-        obj = ns[head]
-        for i, part in enumerate(rest):
-            if not hasattr(obj, part):
-                where = ".".join([head, *rest[:i]])
-                attrs = [a for a in dir(obj) if not a.startswith("_")]
-                raise UnknownVariableError(f"`{where}` has no attribute `{part}`{did_you_mean(part, attrs)}")
-            obj = getattr(obj, part)
-        return obj
+        return lookup(self.namespace, path)
 
     def model(self, path: str):
         """The ``nn.Module`` at ``path``, with an error naming what was found instead."""
@@ -137,8 +191,8 @@ def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
     return argv
 
 
-def dispatch(shell, line: str, cell: str | None = None) -> Any:
-    """Run ``%lora LINE`` (or ``%%lora LINE`` with a cell body)."""
+def dispatch(shell, line: str, cell: str | None = None, settings: NotebookSettings | None = None) -> Any:
+    """Run ``%lora LINE`` (or ``%%lora LINE`` with a cell body) under the notebook's ``settings``."""
     try:
         words = shlex.split(line)
     except ValueError as exc:
@@ -158,7 +212,7 @@ def dispatch(shell, line: str, cell: str | None = None) -> Any:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LoraNBWarning)
-            return spec.handler(Context(shell), args)
+            return spec.handler(Context(shell, settings, getattr(args, "ui", None)), args)
     finally:  # outside the `with`: there, showwarning would append to `caught` while we iterate it
         for w in caught:  # lora_nb's notes as one line; anything else goes on as a normal warning
             if issubclass(w.category, LoraNBWarning):

@@ -14,6 +14,9 @@ from .router import arg, verb
 def _settings_options():
     for f in TrainSettings.__dataclass_fields__.values():
         default = f.default if f.default is not MISSING else None
+        if f.name == "device":  # its default is the notebook's setting
+            yield arg("--device", default=None, help=f"{f.metadata['help']} (default: %%config LoraMagics.device)")
+            continue
         yield arg(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
                   help=f"{f.metadata['help']} (default: {default})")
 
@@ -24,6 +27,7 @@ def _settings_options():
     *_settings_options(),
     arg("--wait", action="store_true", help="block the cell until the run ends"),
     arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
+    view=True,
     examples=["%lora train model --data texts --tokenizer tok --steps 200",
               "%lora train model --data loader --epochs 2 --lr 1e-4 --grad-accum 4 --wait",
               "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50"],
@@ -32,7 +36,8 @@ def _train(ctx, args):
     model = ctx.model(args.model)
     names, objects = data_names(args), data_objects(ctx, args)
     settings = {f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}
-    background = (ctx.widgets or args.background) and not args.wait
+    settings["device"] = args.device or ctx.settings.device
+    background = ((ctx.notebook and ctx.settings.background) or args.background) and not args.wait
     view = _view(ctx, show_on_begin=not background)
     run = train(model, background=background, callbacks=[view], **objects, **settings)
     if ctx.widgets and background:
@@ -52,7 +57,7 @@ def _view(ctx, show_on_begin: bool):
         return ConsoleReporter()
     from ..widgets.live import LiveDashboard
 
-    return LiveDashboard(show_on_begin=show_on_begin)
+    return LiveDashboard(show_on_begin=show_on_begin, interval=1 / ctx.refresh_rate)
 
 
 def _active_run(ctx, path: str):
