@@ -105,3 +105,25 @@ def test_paths_are_left_to_the_file_completer(ip, tmp_path):
     ip.user_ns["model"] = tiny_mlp()
     text = f"%lora save model {tmp_path}/ada"
     assert f"{tmp_path}/adapter_one/" in complete(ip, text)
+
+
+@pytest.mark.slow
+def test_a_jupyter_kernel_answers_tab_with_lora_completions():
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        setup = ("%load_ext lora_nb\nimport torch\nmodel = torch.nn.Sequential(torch.nn.Linear(3, 3))\n"
+                 "pairs = [(torch.zeros(3), 0)]\n%lora attach model --name first")
+        client.execute_interactive(setup, timeout=120)
+        answers = {}
+        for code in ["%lora tr", "%lora train model --data p", "%%lora attach model\nr: 4\nalp",
+                     "%lora on model --adapter "]:
+            client.complete(code, len(code))
+            reply = client.get_shell_msg(timeout=60)["content"]
+            answers[code] = (reply["matches"], len(code) - reply["cursor_start"])
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert answers == {"%lora tr": (["train"], 2), "%lora train model --data p": (["pairs"], 1),
+                       "%%lora attach model\nr: 4\nalp": (["alpha: "], 3), "%lora on model --adapter ": (["first"], 0)}
