@@ -108,7 +108,7 @@ def _adapter_names(namespace: Mapping[str, Any], model_path: str | None) -> list
     from ..core.registry import find
 
     try:
-        session = find(lookup(dict(namespace), model_path))
+        session = find(lookup(namespace, model_path))
     except LoraNBError:
         return []
     return list(session.adapters) if session is not None else []
@@ -137,7 +137,7 @@ def _walk(parser: argparse.ArgumentParser, words: list[str]) -> _Position:
 def _value(namespace, hidden, action: argparse.Action, model: str | None, fragment: str) -> Suggestions | None:
     """Values for ``action`` that start with ``fragment`` (None: no opinion, e.g. a path)."""
     if action.choices:
-        return Suggestions(fragment, [(c, "choice") for c in action.choices if c.startswith(fragment)])
+        return Suggestions(fragment, [(str(c), "choice") for c in action.choices if str(c).startswith(fragment)])
     if action.nargs == 0:  # a true/false key in a cell body
         return Suggestions(fragment, [(c, "choice") for c in ("true", "false") if c.startswith(fragment)])
     if action.dest in _ADAPTER_DESTS:
@@ -170,7 +170,7 @@ def _line(namespace, hidden, rest: str) -> Suggestions | None:
     if fragment.startswith("-"):
         flag, eq, value = fragment.partition("=")
         action = next((a for a in spec.parser._actions if flag in a.option_strings), None)
-        if eq and action is not None:
+        if eq and action is not None and action.nargs != 0:
             return _value(namespace, hidden, action, at.model, value)
         return _options(spec.parser, at.used, fragment)
     positionals = [a for a in spec.parser._actions if not a.option_strings]
