@@ -9,7 +9,7 @@ from ..core.adapters.status import status
 from ..core.analysis.vs_full import VsFullCallback, vs_full
 from ..core.training.run import TrainSettings
 from .data_options import DATA_OPTIONS, data_objects
-from .router import arg, verb
+from .router import UI, arg, verb
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(vs_full).parameters.items()
              if p.default is not inspect.Parameter.empty}
@@ -64,7 +64,7 @@ class ArmLines(VsFullCallback):
     "vs-full", "LoRA and full fine-tuning from the same weights on the same data, measured side by side",
     *DATA_OPTIONS,
     *_options(),
-    view=True,
+    UI,
     examples=["%lora vs-full model --data train --eval test",
               "%lora vs-full model --data train --eval test --r 4 --targets 0,2 --sizes 25,50,100,200",
               "%lora vs-full gpt --data texts --tokenizer tok --steps 100 --lr-lora 1e-3 --lr-full 1e-4"],
@@ -74,7 +74,7 @@ def _vs_full(ctx, args):
     objects = data_objects(ctx, args)
     options = {k: getattr(args, k) for k in (*_HELP, *_EXTRAS) if getattr(args, k) is not None}
     options.setdefault("device", ctx.settings.device)
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.vs_full import VsFullLive
 
         view = VsFullLive(show_table=False, interval=1 / ctx.refresh_rate)  # the returned result shows the table
@@ -85,10 +85,10 @@ def _vs_full(ctx, args):
 
 
 @verb("dashboard", "one widget for a model: status, adapters, training, weights and spectrum in tabs",
-      view=True, examples=["%lora dashboard model"])
+      UI, examples=["%lora dashboard model"])
 def _dashboard(ctx, args):
     model = ctx.model(args.model)
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.dashboard import Dashboard
 
         return Dashboard(model, lookup=ctx.lookup, name=args.model).widget

@@ -75,17 +75,19 @@ class Verb:
 VERBS: dict[str, Verb] = {}
 
 
-UI_OPTION = arg("--ui", choices=UI_MODES, help="how to show the result here (default: %%config LoraMagics.ui)")
+UI = arg("--ui", choices=UI_MODES, default=None,
+         help="how to show the view: widget, static or text (default: %%config LoraMagics.ui, auto: widget in "
+              "Jupyter, text in a terminal)")
 
 
-def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model: bool = True, view: bool = False):
-    """Register ``handler`` as ``%lora NAME``; ``options`` are :func:`arg` tuples; a ``view`` verb gets ``--ui``."""
+def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model: bool = True):
+    """Register ``handler`` as ``%lora NAME``; ``options`` are :func:`arg` tuples."""
 
     def register(handler):
         parser = _Parser(prog=f"%lora {name}", add_help=False, description=summary, allow_abbrev=False)
         if model:
             parser.add_argument("model", help="notebook variable holding the model (dotted paths work)")
-        for flags, kwargs in (*options, *([UI_OPTION] if view else [])):
+        for flags, kwargs in options:
             parser.add_argument(*flags, **kwargs)
         VERBS[name] = Verb(name, summary, handler, parser, tuple(examples))
         return handler
@@ -112,31 +114,30 @@ def lookup(namespace: dict[str, Any], path: str) -> Any:
 class Context:
     """What a handler may ask of the notebook: variables, the user's settings, and how to show results."""
 
-    def __init__(self, shell, settings: NotebookSettings | None = None, ui: str | None = None) -> None:
+    def __init__(self, shell, settings: NotebookSettings | None = None) -> None:
         self.shell = shell
         self.settings = settings or NotebookSettings()
-        self.ui_choice = ui or self.settings.ui  # the line's --ui, else the setting: auto | widget | static | text
 
     @property
     def namespace(self) -> dict[str, Any]:
         return self.shell.user_ns
 
     @property
-    def notebook(self) -> bool:
+    def widgets(self) -> bool:
         """True inside a Jupyter kernel (a widget frontend may exist); False in terminal IPython."""
         return getattr(self.shell, "kernel", None) is not None
 
     @property
     def ui(self) -> str:
-        """How to show a view here: widget, static or text (``auto``: widget in a notebook, text elsewhere)."""
-        if self.ui_choice == "auto":
-            return "widget" if self.notebook else "text"
-        return self.ui_choice
+        """The notebook's preferred view mode (``%config LoraMagics.ui``): ``auto | widget | static | text``."""
+        return self.settings.ui
 
-    @property
-    def widgets(self) -> bool:
-        """True when views are shown as widgets (by default: inside a Jupyter kernel)."""
-        return self.ui == "widget"
+    def view_mode(self, args: argparse.Namespace | None = None) -> str:
+        """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell."""
+        mode = getattr(args, "ui", None) or self.ui
+        if mode == "auto":
+            return "widget" if self.widgets else "text"
+        return mode
 
     @property
     def refresh_rate(self) -> float:
@@ -212,7 +213,7 @@ def dispatch(shell, line: str, cell: str | None = None, settings: NotebookSettin
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LoraNBWarning)
-            return spec.handler(Context(shell, settings, getattr(args, "ui", None)), args)
+            return spec.handler(Context(shell, settings), args)
     finally:  # outside the `with`: there, showwarning would append to `caught` while we iterate it
         for w in caught:  # lora_nb's notes as one line; anything else goes on as a normal warning
             if issubclass(w.category, LoraNBWarning):
