@@ -10,6 +10,7 @@ import ipywidgets
 import pytest
 import torch
 from helpers import classification_pairs, tiny_mlp
+from IPython.core.completer import provisionalcompleter
 from IPython.core.error import UsageError
 
 import lora_nb
@@ -49,6 +50,10 @@ def test_config_lists_every_setting_with_its_help(notebook, capsys):
     assert "rank %lora attach uses when the line gives no --r" in shown
     assert "Choices: any of ['auto', 'widget', 'static', 'text']" in shown
     assert config(notebook, "LoraMagics.default_r") == 8 and config(notebook, "LoraMagics.refresh_rate") == 4.0
+    text = "%config LoraMagics.de"
+    with provisionalcompleter():  # IPython's own %config completion knows the settings
+        offered = [c.text for c in notebook.Completer.completions(text, len(text))]
+    assert offered == ["LoraMagics.default_alpha", "LoraMagics.default_r", "LoraMagics.device"]
 
 
 def test_default_rank_and_alpha_apply_when_the_line_gives_none(notebook):
@@ -106,6 +111,8 @@ def test_device_setting_is_trains_default(notebook):
         notebook.run_line_magic("lora", "train model --data pairs --steps 2")
     run = notebook.run_line_magic("lora", "train model --data pairs --steps 2 --device cpu")
     assert run.done and run.step == 2 and run.device.type == "cpu"
+    with pytest.raises(UsageError, match="device `cuda` is not available here"):  # vs-full trains with it too
+        notebook.run_line_magic("lora", "vs-full model --data pairs --steps 2")
 
 
 def test_background_and_refresh_rate_in_a_notebook(notebook, monkeypatch):
