@@ -54,6 +54,7 @@ def test_config_lists_every_setting_with_its_help(notebook, capsys):
     with provisionalcompleter():  # IPython's own %config completion knows the settings
         offered = [c.text for c in notebook.Completer.completions(text, len(text))]
     assert offered == ["LoraMagics.default_alpha", "LoraMagics.default_r", "LoraMagics.device"]
+    assert "default_r, default_alpha, background): %config LoraMagics" in notebook.run_line_magic("lora", "")
 
 
 def test_default_rank_and_alpha_apply_when_the_line_gives_none(notebook):

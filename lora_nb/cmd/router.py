@@ -247,5 +247,8 @@ def help_text() -> str:
         "  %%lora attach model",
         "  r: 16",
         "  targets: q_proj, v_proj",
+        "",
+        f"settings for the whole notebook ({', '.join(NotebookSettings.__dataclass_fields__)}): %config LoraMagics",
+        "Tab completes verbs, options, adapter names and fitting variables.",
     ]
     return "\n".join(lines)
