@@ -127,3 +127,10 @@ def test_background_and_refresh_rate_in_a_notebook(notebook, monkeypatch):
     config(notebook, "LoraMagics.background = False")
     run = notebook.run_line_magic("lora", "train model --data pairs --steps 3")
     assert not run.background and run.done and run.step == 3  # the cell waited, as with --wait
+
+
+@pytest.mark.parametrize("verb", ["train", "toggle", "spectrum", "weights", "similarity", "compare", "vs-full",
+                                  "dashboard"])
+def test_every_view_verb_takes_ui(notebook, verb):
+    with pytest.raises(UsageError, match=r"argument --ui: invalid choice: 'fancy' \(choose from"):
+        notebook.run_line_magic("lora", f"{verb} model --ui fancy")
