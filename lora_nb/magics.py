@@ -79,7 +79,8 @@ def drop_invalid_settings(config) -> None:
 
 
 def register(shell) -> LoraMagics:
-    """Add the magics, their settings and their completer to ``shell``."""
+    """Add the magics, their settings and their completer to ``shell`` (once, however often it is called)."""
+    unregister(shell)
     drop_invalid_settings(getattr(shell, "config", None))
     magics = LoraMagics(shell=shell)  # a Magics joins shell.configurables, so `%config LoraMagics` sees it
     shell.register_magics(magics)

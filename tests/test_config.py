@@ -90,6 +90,9 @@ def test_settings_survive_reloading_the_extension(notebook):
     assert lora_magics(notebook).default_r == 2
     notebook.run_line_magic("lora", "attach model --targets 0")
     assert lora_config(notebook).r == 2
+    lora_nb.load_ipython_extension(notebook)  # loading again by hand adds nothing twice
+    assert sum(isinstance(c, LoraMagics) for c in notebook.configurables) == 1
+    assert len(notebook.Completer.custom_matchers) == 1 and lora_magics(notebook).default_r == 2
 
 
 def test_ui_setting_and_the_lines_ui_option(notebook):
