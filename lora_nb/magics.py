@@ -15,7 +15,7 @@ from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
 from .cmd import dispatch, help_text
 from .cmd.complete import suggest
-from .cmd.router import UI_MODES, NotebookSettings, setting_help
+from .cmd.settings import UI_MODES, NotebookSettings, setting_help
 from .errors import LoraNBError
 
 _DEFAULTS = NotebookSettings()

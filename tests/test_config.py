@@ -14,7 +14,7 @@ from IPython.core.completer import provisionalcompleter
 from IPython.core.error import UsageError
 
 import lora_nb
-from lora_nb.cmd.router import NotebookSettings
+from lora_nb.cmd.settings import NotebookSettings
 from lora_nb.magics import LoraMagics
 
 

@@ -9,42 +9,16 @@ what the notebook should show.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.adapters.options import AttachOptions
-from ..core.training.settings import TrainSettings
 from ..errors import LoraNBError, LoraNBWarning, NotAModelError, OptionError, did_you_mean
-
-UI_MODES = ("auto", "widget", "static", "text")
-
-
-@dataclass(frozen=True)
-class NotebookSettings:
-    """What a user sets once per notebook (``%config LoraMagics``); the defaults here are the only ones."""
-
-    ui: str = field(default="auto", metadata={
-        "help": "how verbs show results: auto (widgets in Jupyter, text in a terminal) | widget | static | text"})
-    refresh_rate: float = field(default=4.0, metadata={
-        "help": "live view updates per second while training (0.2 to 5)"})
-    device: str = field(default=TrainSettings.device, metadata={
-        "help": "device %lora train uses when the line gives no --device: "
-                + TrainSettings.__dataclass_fields__["device"].metadata["help"]})
-    default_r: int = field(default=AttachOptions.r, metadata={
-        "help": "rank %lora attach uses when the line gives no --r"})
-    default_alpha: float = field(default=AttachOptions.alpha, metadata={
-        "help": "alpha %lora attach uses when the line gives no --alpha"})
-    background: bool = field(default=True, metadata={
-        "help": "in a notebook, %lora train runs in the background (False: the cell waits, as with --wait)"})
-
-
-def setting_help(name: str) -> str:
-    """The help text of one ``NotebookSettings`` field."""
-    return NotebookSettings.__dataclass_fields__[name].metadata["help"]
+from .settings import UI_MODES, NotebookSettings
 
 
 class UnknownVariableError(LoraNBError):
@@ -61,6 +35,40 @@ class _Parser(argparse.ArgumentParser):
 def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     """One option of a verb, as for ``ArgumentParser.add_argument``."""
     return flags, kwargs
+
+
+def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str] = (), note: str = "",
+               given_only: bool = False, notebook: Mapping[str, str] | None = None,
+               ) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    """A verb's options from the fields of dataclass ``cls``: ``--field-name`` (and ``--field_name``), the
+    field's help and default. A ``bool`` field is a flag. ``given_only``: the default is None, so the handler
+    passes on only what the line gave (the callee's defaults apply). ``notebook`` maps fields whose default is
+    a notebook setting to its name: their default is None, filled in by :func:`with_settings`."""
+    notebook = notebook or {}
+    options = []
+    for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        default = None if f.default is dataclasses.MISSING else f.default
+        shown = f"%%config LoraMagics.{notebook[f.name]}" if f.name in notebook else default
+        default = None if given_only or f.name in notebook else default
+        flags = tuple(dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"]))
+        text = f.metadata["help"].replace("%", "%%") + note
+        if f.type in (bool, "bool"):
+            options.append(arg(*flags, dest=f.name, action="store_true", default=default, help=text))
+        else:
+            options.append(arg(*flags, dest=f.name, default=default, help=f"{text} (default: {shown})"))
+    return options
+
+
+def with_settings(options: dict[str, Any], settings: NotebookSettings, notebook: Mapping[str, str]) -> dict[str, Any]:
+    """``options`` with each entry of ``notebook`` (field → setting name) that is missing or None from ``settings``."""
+    return {**options, **{k: getattr(settings, name) for k, name in notebook.items() if options.get(k) is None}}
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options of dataclass ``cls`` that the line gave (not None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 @dataclass

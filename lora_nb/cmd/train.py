@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING
-
 from ..core import registry
 from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import TrainingError
 from .data_options import DATA_OPTIONS, data_names, data_objects
-from .router import UI, arg, verb
+from .router import UI, arg, options_of, verb, with_settings
 
-
-def _settings_options():
-    for f in TrainSettings.__dataclass_fields__.values():
-        default = f.default if f.default is not MISSING else None
-        if f.name == "device":  # its default is the notebook's setting
-            yield arg("--device", default=None, help=f"{f.metadata['help']} (default: %%config LoraMagics.device)")
-            continue
-        yield arg(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
-                  help=f"{f.metadata['help']} (default: {default})")
+_NOTEBOOK = {"device": "device"}  # train's options whose default is a notebook setting (`%config LoraMagics`)
 
 
 @verb(
     "train", "train the active adapter with a live dashboard (background in a notebook; --wait blocks)",
     *DATA_OPTIONS,
-    *_settings_options(),
+    *options_of(TrainSettings, notebook=_NOTEBOOK),
     arg("--wait", action="store_true", help="block the cell until the run ends"),
     arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
     UI,
@@ -36,8 +26,8 @@ def _settings_options():
 def _train(ctx, args):
     model = ctx.model(args.model)
     names, objects = data_names(args), data_objects(ctx, args)
-    settings = {f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}
-    settings["device"] = args.device or ctx.settings.device
+    settings = with_settings({f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}, ctx.settings,
+                             _NOTEBOOK)
     background = ((ctx.widgets and ctx.settings.background) or args.background) and not args.wait
     mode = ctx.view_mode(args)
     view = _view(ctx, mode, show_on_begin=not background)
