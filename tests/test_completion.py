@@ -54,6 +54,13 @@ def test_adapter_names_after_adapter_options(notebook):
     assert complete(notebook, "%lora spectrum model --adapter=d") == ["default"]
 
 
+def test_adapter_names_of_a_model_built_with_peft(notebook):
+    from peft import LoraConfig, get_peft_model
+
+    notebook.user_ns["peft_model"] = get_peft_model(tiny_mlp(), LoraConfig(r=2, target_modules=["0"]), "mine")
+    assert complete(notebook, "%lora on peft_model --adapter ") == ["mine"]
+
+
 def test_model_position_offers_models_only(notebook):
     assert complete(notebook, "%lora attach ") == ["model"]  # not the list, the loss module or the tensor
     assert complete(notebook, "%lora status m") == ["model"]

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from ..errors import LoraNBError
 from .router import VERBS, lookup
 
 _LINE = re.compile(r"\s*(?:[\w.,\[\]\s]+=\s*)?%lora\s(?P<rest>.*)$")  # `%lora …` or `run = %lora …`
@@ -103,15 +102,18 @@ def variables(namespace: Mapping[str, Any], hidden: Collection[str], prefix: str
 
 
 def _adapter_names(namespace: Mapping[str, Any], model_path: str | None) -> list[str]:
+    """Adapter names of the model at ``model_path`` (none if it is no model); never registers anything."""
     if not model_path or _torch() is None:
         return []
     from ..core.registry import find
 
     try:
-        session = find(lookup(namespace, model_path))
-    except LoraNBError:
+        model = lookup(namespace, model_path)
+        config = getattr(model, "peft_config", None)  # a PeftModel: read it as is, without adopting it
+        session = find(model) if config is None else None
+    except Exception:  # a typo or an odd object: nothing to offer
         return []
-    return list(session.adapters) if session is not None else []
+    return list(config) if config is not None else list(session.adapters) if session is not None else []
 
 
 def _walk(parser: argparse.ArgumentParser, words: list[str]) -> _Position:
