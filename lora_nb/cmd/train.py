@@ -7,13 +7,15 @@ from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import TrainingError
 from .data_options import DATA_OPTIONS, data_names, data_objects
-from .router import UI, arg, options_of, verb
+from .router import UI, arg, options_of, verb, with_settings
+
+_NOTEBOOK = {"device": "device"}  # train's options whose default is a notebook setting (`%config LoraMagics`)
 
 
 @verb(
     "train", "train the active adapter with a live dashboard (background in a notebook; --wait blocks)",
     *DATA_OPTIONS,
-    *options_of(TrainSettings),
+    *options_of(TrainSettings, notebook=_NOTEBOOK),
     arg("--wait", action="store_true", help="block the cell until the run ends"),
     arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
     UI,
@@ -24,10 +26,11 @@ from .router import UI, arg, options_of, verb
 def _train(ctx, args):
     model = ctx.model(args.model)
     names, objects = data_names(args), data_objects(ctx, args)
-    settings = {f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}
-    background = (ctx.widgets or args.background) and not args.wait
+    settings = with_settings({f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}, ctx.settings,
+                             _NOTEBOOK)
+    background = ((ctx.widgets and ctx.settings.background) or args.background) and not args.wait
     mode = ctx.view_mode(args)
-    view = _view(mode, show_on_begin=not background)
+    view = _view(ctx, mode, show_on_begin=not background)
     names = {key: name for key, name in names.items() if name}
     run = train(model, background=background, callbacks=[view], names=names, **objects, **settings)
     if mode != "text" and background:
@@ -35,7 +38,7 @@ def _train(ctx, args):
     return run
 
 
-def _view(mode: str, show_on_begin: bool):
+def _view(ctx, mode: str, show_on_begin: bool):
     """The live dashboard (``widget`` / ``static`` mode), or text progress."""
     if mode == "text":
         from ..core.training.reporting import ConsoleReporter
@@ -43,7 +46,9 @@ def _view(mode: str, show_on_begin: bool):
         return ConsoleReporter()
     from ..widgets.live import LiveDashboard
 
-    return LiveDashboard(show_on_begin=show_on_begin, ui=mode)
+    interval = 1 / ctx.refresh_rate  # the progress line; the curves also keep to their byte rate
+    return LiveDashboard(show_on_begin=show_on_begin, interval=interval, chart_interval=max(0.5, interval),
+                         ui=mode)
 
 
 def _active_run(ctx, path: str):
