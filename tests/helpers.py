@@ -126,3 +126,21 @@ def base_params(model):
 
 def lora_params(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def gpt2_lora(r=4, dropout=0.1, seed=0):
+    """A seeded tiny GPT-2 with a LoRA adapter (dropout on, so a run also depends on the RNG)."""
+    torch.manual_seed(seed)
+    model = tiny_gpt2()
+    lora_nb.attach(model, r=r, dropout=dropout)
+    return model
+
+
+def token_items(n=10):
+    """``n`` causal-LM samples of 8–12 random tokens (dicts with input_ids and labels)."""
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        ids = torch.randint(1, 100, (8 + i % 5,), generator=g)
+        items.append({"input_ids": ids, "labels": ids})
+    return items

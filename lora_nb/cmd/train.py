@@ -15,6 +15,9 @@ from .router import arg, verb
 def _settings_options():
     for f in TrainSettings.__dataclass_fields__.values():
         default = f.default if f.default is not MISSING else None
+        if isinstance(default, bool):
+            yield arg(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true", help=f.metadata["help"])
+            continue
         yield arg(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
                   help=f"{f.metadata['help']} (default: {default})")
 
@@ -27,12 +30,18 @@ def _settings_options():
     arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
     examples=["%lora train model --data texts --tokenizer tok --steps 200",
               "%lora train model --data loader --epochs 2 --lr 1e-4 --grad-accum 4 --wait",
-              "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50"],
+              "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50",
+              "%lora train model --data texts --tokenizer tok --steps 5000 --save-every 500 --save-dir ckpt",
+              "%lora train model --data texts --tokenizer tok --steps 5000 --resume ckpt",
+              "%lora train model --data texts --tokenizer tok --eval val --patience 3 --restore-best",
+              "%lora train model --data texts --tokenizer tok --sample-prompts prompts --lr-ratio 16"],
 )
 def _train(ctx, args):
     model = ctx.model(args.model)
     names, objects = data_names(args), data_objects(ctx, args)
     settings = {f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}
+    if args.sample_prompts:  # a variable holding the prompts (a list of str, or one str)
+        settings["sample_prompts"] = ctx.lookup(args.sample_prompts)
     background = (ctx.widgets or args.background) and not args.wait
     view = _view(ctx, show_on_begin=not background)
     names = {key: name for key, name in names.items() if name}

@@ -165,8 +165,9 @@ class Checkpointer(Callback):
 class Resume(Callback):
     """Puts a checkpoint back into a run before its first step (read and checked when the run is planned)."""
 
-    def __init__(self, loop: Any, session: Any, path: str, max_steps: int) -> None:
-        self.loop, self.session = loop, session
+    def __init__(self, session: Any, path: str, max_steps: int, settings: Any) -> None:
+        self.loop: Any = None  # the run's loop, set when the run is built
+        self.session = session
         self.folder, self.state, self.tensors, self.weights = read_checkpoint(path)
         step = self.state["step"]
         if step >= max_steps:
@@ -174,7 +175,7 @@ class Resume(Callback):
                                   "give more --steps")
         self._check_weights()
         saved = self.state["settings"]
-        changed = [f"{k} {saved.get(k)} → {v}" for k, v in settings_json(loop.settings).items()
+        changed = [f"{k} {saved.get(k)} → {v}" for k, v in settings_json(settings).items()
                    if k in REPEATABLE and saved.get(k) != v]
         if changed or self.state["max_steps"] != max_steps:
             changed += [f"steps {self.state['max_steps']} → {max_steps}"] * (self.state["max_steps"] != max_steps)

@@ -13,7 +13,7 @@ statistics) and the RNG state are put back.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,10 +190,11 @@ def measurement_guard(model: torch.nn.Module, params: list[torch.nn.Parameter]) 
             m.training = mode
 
 
-def activation_peak(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Batches, batch: Any,
-                    autocast: Any = contextlib.nullcontext) -> tuple[int, int]:
+def activation_peak(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_fn: Any, batch: Any,
+                    autocast: Any = contextlib.nullcontext, quick: bool = False) -> tuple[int, int]:
     """Peak bytes of one forward + backward on ``batch`` beyond the weights (minus the gradients it leaves),
-    and the bytes autograd saved for backward."""
+    and the bytes autograd saved for backward. ``quick`` (CPU): a forward only, counting saved bytes
+    (no allocation tracking; the backward's temporaries are then not seen)."""
     device = params[0].device
     batch = to_device(batch, device)
     grads = sum(p.numel() * p.element_size() for p in params)
@@ -205,37 +206,67 @@ def activation_peak(model: torch.nn.Module, params: list[torch.nn.Parameter], ba
             torch.cuda.synchronize(device)
             start = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-            _forward_backward(model, batches, batch, autocast, saved)
+            _forward_backward(model, loss_fn, batch, autocast, saved)
             torch.cuda.synchronize(device)
             peak = torch.cuda.max_memory_allocated(device) - start
+        elif quick:
+            with autocast(), saved:
+                loss_fn(model, batch)
+            return saved.bytes, saved.bytes
         else:
             with TrackedAllocations() as tracked:
-                _forward_backward(model, batches, batch, autocast, saved)
+                _forward_backward(model, loss_fn, batch, autocast, saved)
             peak = tracked.peak
     return max(0, peak - grads), saved.bytes
 
 
-def _forward_backward(model: torch.nn.Module, batches: Batches, batch: Any, autocast: Any,
+def _forward_backward(model: torch.nn.Module, loss_fn: Any, batch: Any, autocast: Any,
                       saved: SavedTensorBytes) -> None:
     with autocast(), saved:
-        loss = batches.loss(model, batch)
+        loss = loss_fn(model, batch)
     loss.backward()
 
 
+def model_only_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """A loss that runs no user code: the model's own loss for dict batches, else the outputs' mean square
+    (which keeps one float copy of the outputs for backward, as a cross-entropy's softmax does)."""
+    if isinstance(batch, Mapping):
+        out = model(**batch)
+        loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
+        if loss is not None:
+            return loss
+    else:
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    out = getattr(out, "logits", out)
+    return out.float().square().mean()
+
+
 def make_plan(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Batches, settings: Any,
-              device: torch.device, autocast: Any = contextlib.nullcontext) -> MemoryPlan:
-    """The memory plan of training ``params`` of ``model`` on ``batches`` with ``settings`` on ``device``."""
+              device: torch.device, autocast: Any = contextlib.nullcontext, loss_fn: Any = None,
+              measure: bool = True, quick: bool = False) -> MemoryPlan:
+    """The memory plan of training ``params`` of ``model`` on ``batches`` with ``settings`` on ``device``.
+
+    ``loss_fn(model, batch)`` drives the measured backward; by default ``model_only_loss``, which
+    calls no user function (a user's loss may have side effects). ``quick``: the cheaper measure of
+    ``activation_peak`` (what a run uses at its start; ``%lora plan`` measures fully).
+    """
     state = trainable_state_bytes(params)
     grads = sum(p.numel() * p.element_size() for p in params)
     plan = MemoryPlan(str(device), settings.batch_size, settings.grad_accum, weight_bytes(model), grads,
                       state - grads, None, "nothing (no measurable batch)", free_bytes(device),
                       resident_bytes(model, device), bool(settings.grad_checkpointing),
                       supports_grad_checkpointing(model))
+    if not measure:
+        plan.notes.append("activations not measured (a loss_fn(model, batch) runs only when asked: `%lora plan`, "
+                          "plan_memory)")
+        return plan
     size = min(settings.batch_size, _length(batches) or settings.batch_size)
     checkpointing = settings.grad_checkpointing and supports_grad_checkpointing(model)
     undo = enable_grad_checkpointing(model) if checkpointing else (lambda: None)
     try:
-        plan.activations, plan.measured_on = activations_at(model, params, batches, size, autocast)
+        plan.activations, plan.measured_on = activations_at(model, params, batches, size, autocast,
+                                                            loss_fn or model_only_loss, quick)
     except Exception as exc:  # the run's first step reports a real failure; the plan only says it could not measure
         plan.notes.append(f"activations not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
     finally:
@@ -244,7 +275,7 @@ def make_plan(model: torch.nn.Module, params: list[torch.nn.Parameter], batches:
 
 
 def activations_at(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Batches, size: int,
-                   autocast: Any) -> tuple[int | None, str]:
+                   autocast: Any, loss_fn: Any, quick: bool = False) -> tuple[int | None, str]:
     """Activation bytes at micro-batch ``size``: measured on 1 and 2 samples, extended along that line.
 
     The growth per sample is the larger of the peak's and the saved tensors' (at 1–2 samples the
@@ -253,13 +284,14 @@ def activations_at(model: torch.nn.Module, params: list[torch.nn.Parameter], bat
     one = measuring_batch(batches, 1)
     if one is None:
         return None, "nothing (the data has no indexable dataset)"
-    peak_one, saved_one = activation_peak(model, params, batches, one[0], autocast)
+    peak_one, saved_one = activation_peak(model, params, loss_fn, one[0], autocast, quick)
     width = _width(one[0])
     where = f" of {width} tokens (the longest)" if width else ""
+    where += " (forward only: saved tensors, no backward temporaries)" if quick else ""
     if size == 1:
         return peak_one, f"1 sample{where}"
     two, n = measuring_batch(batches, 2)
-    peak_two, saved_two = activation_peak(model, params, batches, two, autocast)
+    peak_two, saved_two = activation_peak(model, params, loss_fn, two, autocast, quick)
     if n < 2:
         return int(peak_two * size), f"1 sample{where}"
     per_sample = max(0, peak_two - peak_one, saved_two - saved_one)
