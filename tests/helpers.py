@@ -144,3 +144,16 @@ def token_items(n=10):
         ids = torch.randint(1, 100, (8 + i % 5,), generator=g)
         items.append({"input_ids": ids, "labels": ids})
     return items
+
+
+WORDS = ["[PAD]", "[UNK]", *"the cat sat on mat dog ran to a park and big red ball".split()]
+
+
+def word_tokenizer():
+    """A real fast tokenizer built offline: word-level over a tiny vocabulary, [PAD] = 0."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")
