@@ -57,7 +57,8 @@ def test_samples_show_the_adapter_learning_and_their_time_is_kept_apart(monkeypa
 def test_chat_template_wraps_the_prompt_when_the_tokenizer_has_one():
     tok = word_tokenizer()
     plain = samples.prompt_inputs(tok, "the cat", torch.device("cpu"))["input_ids"].tolist()
-    tok.chat_template = "{% for m in messages %}a {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} sat{% endif %}"
+    tok.chat_template = ("{% for m in messages %}a {{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %} sat{% endif %}")
     wrapped = samples.prompt_inputs(tok, "the cat", torch.device("cpu"))["input_ids"].tolist()
     vocab = tok.get_vocab()
     assert plain == [[vocab["the"], vocab["cat"]]]
