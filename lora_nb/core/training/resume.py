@@ -174,6 +174,9 @@ class Resume(Callback):
             raise CheckpointError(f"{self.folder} is at step {step} of {max_steps}: nothing left to train; "
                                   "give more --steps")
         self._check_weights()
+        if (self.state["settings"].get("lr_ratio") is None) != (settings.lr_ratio is None):
+            raise CheckpointError(f"{self.folder} was trained {'without' if settings.lr_ratio else 'with'} LoRA+ "
+                                  "(lr_ratio); resume it the same way")
         saved = self.state["settings"]
         changed = [f"{k} {saved.get(k)} → {v}" for k, v in settings_json(settings).items()
                    if k in REPEATABLE and saved.get(k) != v]
