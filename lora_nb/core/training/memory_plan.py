@@ -2,9 +2,9 @@
 
 Weights, gradients and AdamW's state are counted exactly from the parameters (AdamW keeps two
 moments per trainable parameter in its dtype, fp32 for LoRA). Activations are measured, not
-guessed: one real forward and backward on the 1–2 longest samples of the data, on the model's
+guessed: real forwards and backwards on the longest 1 and (up to) 4 samples of the data, on the model's
 device, counting every tensor storage alive at once (CUDA: the allocator's peak; elsewhere
-``TrackedAllocations``), minus the gradients; scaled linearly to the batch size. The samples
+``TrackedAllocations``), minus the gradients; extended linearly to the batch size. The samples
 are the longest, so the estimate holds for the widest batch. Nothing the measurement touches
 stays changed: gradients, train/eval modes, ``requires_grad`` flags, buffers (BatchNorm
 statistics) and the RNG state are put back.
@@ -26,6 +26,7 @@ from .recompute import enable as enable_grad_checkpointing
 from .recompute import supports_grad_checkpointing
 
 MB = 2**20
+MEASURE_MAX = 4  # samples in the larger measuring batch
 
 
 @dataclass
@@ -198,7 +199,7 @@ def activation_peak(model: torch.nn.Module, params: list[torch.nn.Parameter], lo
     device = params[0].device
     batch = to_device(batch, device)
     grads = sum(p.numel() * p.element_size() for p in params)
-    saved = SavedTensorBytes(storage_keys([*model.parameters(), *model.buffers()]))
+    saved = SavedTensorBytes(storage_keys([*model.parameters(), *model.buffers()]), keep=not quick)
     with measurement_guard(model, params):
         for p in params:
             p.grad = None
@@ -276,9 +277,10 @@ def make_plan(model: torch.nn.Module, params: list[torch.nn.Parameter], batches:
 
 def activations_at(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Batches, size: int,
                    autocast: Any, loss_fn: Any, quick: bool = False) -> tuple[int | None, str]:
-    """Activation bytes at micro-batch ``size``: measured on 1 and 2 samples, extended along that line.
+    """Activation bytes (and the batch's own tensors) at micro-batch ``size``: measured on 1 sample and
+    on up to 4, extended along that line.
 
-    The growth per sample is the larger of the peak's and the saved tensors' (at 1–2 samples the
+    The growth per sample is the larger of the peak's and the saved tensors' (on a few samples the
     peak can sit in a batch-independent moment of backward, while saved activations always grow).
     """
     one = measuring_batch(batches, 1)
@@ -288,14 +290,23 @@ def activations_at(model: torch.nn.Module, params: list[torch.nn.Parameter], bat
     width = _width(one[0])
     where = f" of {width} tokens (the longest)" if width else ""
     where += " (forward only: saved tensors, no backward temporaries)" if quick else ""
+    inputs = tensor_bytes(one[0])
     if size == 1:
-        return peak_one, f"1 sample{where}"
-    two, n = measuring_batch(batches, 2)
-    peak_two, saved_two = activation_peak(model, params, loss_fn, two, autocast, quick)
+        return peak_one + inputs, f"1 sample{where}"
+    more, n = measuring_batch(batches, min(size, MEASURE_MAX))
     if n < 2:
-        return int(peak_two * size), f"1 sample{where}"
-    per_sample = max(0, peak_two - peak_one, saved_two - saved_one)
-    return int(peak_one + per_sample * (size - 1)), f"1 and 2 samples{where}, extended linearly to {size}"
+        return int((peak_one + inputs) * size), f"1 sample{where}"
+    peak_more, saved_more = activation_peak(model, params, loss_fn, more, autocast, quick)
+    per_sample = max(0, peak_more - peak_one, saved_more - saved_one) / (n - 1)
+    inputs = tensor_bytes(more) / n * size
+    return int(peak_one + per_sample * (size - 1) + inputs), f"1 and {n} samples{where}, extended to {size}"
+
+
+def tensor_bytes(batch: Any) -> int:
+    """Bytes of the tensors in a (nested) batch."""
+    from torch.utils._pytree import tree_leaves
+
+    return sum(t.numel() * t.element_size() for t in tree_leaves(batch) if isinstance(t, torch.Tensor))
 
 
 def _length(batches: Batches) -> int | None:

@@ -28,8 +28,9 @@ def check_grad_checkpointing(model: torch.nn.Module) -> None:
 
 
 def is_checkpointing(model: torch.nn.Module) -> bool:
-    return bool(getattr(model, "is_activation_checkpointing", None) or getattr(model, "is_gradient_checkpointing",
-                                                                             False))
+    if hasattr(type(model), "is_activation_checkpointing"):  # the newer name; the older one warns there
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def enable(model: Any) -> Callable[[], None]:
@@ -37,18 +38,18 @@ def enable(model: Any) -> Callable[[], None]:
     if is_checkpointing(model):
         return lambda: None
     kwargs = {"use_reentrant": False}
+    had_hooks = bool(getattr(model, "_require_grads_hooks", None))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the older name is deprecated in newer transformers
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    added_hooks = not getattr(model, "_require_grads_hooks", None) and not hasattr(model, "_require_grads_hook")
-    if added_hooks:
+    if not getattr(model, "_require_grads_hooks", None):  # older transformers leave this to the caller
         model.enable_input_require_grads()
 
     def undo() -> None:
-        if added_hooks:
+        if not had_hooks:
             model.disable_input_require_grads()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
