@@ -1,11 +1,12 @@
 """Exact tensor memory of a block of code on any device: every storage an op creates, counted while it lives.
 
 ``TrackedAllocations`` is a ``TorchDispatchMode``: each tensor an op returns in new storage (not
-an input's: in-place ops and views allocate nothing) has that storage counted once (in bytes) until it is freed (a weakref finalizer; torch keeps one Python
-object per live storage). ``peak`` is the most bytes alive at once above what existed before the
-block — activations, gradients, optimizer state, temporaries — without the allocator's caching
-or anything else the process does. It sees what runs on the calling thread (CPU autograd does).
-``saved_tensor_bytes`` counts what autograd keeps for backward (``saved_tensors_hooks``).
+an input's: in-place ops and views allocate nothing) has that storage counted once, in bytes,
+until it is freed (a weakref finalizer; torch keeps one Python object per live storage). ``peak``
+is the most bytes alive at once above what existed before the block — activations, gradients,
+optimizer state, temporaries — without the allocator's caching or anything else the process
+does. It sees what runs on the calling thread (CPU autograd does). ``SavedTensorBytes`` counts
+what autograd keeps for backward (``saved_tensors_hooks``).
 """
 
 from __future__ import annotations
