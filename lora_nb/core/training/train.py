@@ -62,7 +62,7 @@ def plan_memory(model: Any, data: Any, tokenizer: Any = None, loss_fn: Any = Non
     if settings.grad_checkpointing:
         check_grad_checkpointing(session.model)
     plan = plan_run(session, data, None, tokenizer, loss_fn, settings)
-    target = resolve_device(settings.device, session.model)
+    target = resolve_device(settings.device)
     here = plan.params[0].device
     autocast = contextlib.nullcontext
     if uses_bf16(target, settings.precision) and here.type == target.type:
