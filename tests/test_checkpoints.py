@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import gpt2_lora, tiny_gpt2, token_items
+from helpers import classification_pairs, gpt2_lora, mlp_with_lora, tiny_mlp, token_items
 from IPython.core.error import UsageError
 
 import lora_nb
@@ -20,6 +20,8 @@ from lora_nb.errors import CheckpointError, LoraNBWarning, OptionError
 TESTS = Path(__file__).parent
 SETUP = "import torch, lora_nb\nfrom helpers import gpt2_lora, token_items\n"
 OPTIONS = dict(steps=12, batch_size=4, lr=1e-2, background=False)
+PAIRS = classification_pairs(40)  # 5 batches of 8 an epoch
+MLP = dict(steps=12, batch_size=8, lr=1e-2, background=False)
 
 
 class StopAt(lora_nb.Callback):
@@ -54,9 +56,9 @@ def test_resumed_run_repeats_the_uninterrupted_one_and_keeps_the_newest(tmp_path
 
 
 def test_checkpoints_keep_the_newest_and_a_named_checkpoint_resumes_from_its_step(tmp_path):
-    run = lora_nb.train(gpt2_lora(), token_items(), save_every=2, save_dir=tmp_path, keep=2, **OPTIONS)
+    run = lora_nb.train(mlp_with_lora(), PAIRS, save_every=2, save_dir=tmp_path, keep=2, **MLP)
     assert [s for s, _ in checkpoint.complete_checkpoints(tmp_path)] == [10, 12]
-    again = lora_nb.train(gpt2_lora(), token_items(), resume=tmp_path / "checkpoint-000010", **OPTIONS)
+    again = lora_nb.train(mlp_with_lora(), PAIRS, resume=tmp_path / "checkpoint-000010", **MLP)
     assert again.step == 12 and losses(again)[:10] == losses(run)[:10]
     assert abs(losses(again)[-1] - losses(run)[-1]) <= 1e-6
 
@@ -68,13 +70,13 @@ def test_a_failing_write_leaves_the_last_checkpoint_intact_and_the_run_going(tmp
         calls.append(args[1])
         raise OSError(28, "No space left on device")
 
-    lora_nb.train(gpt2_lora(), token_items(), save_every=3, save_dir=tmp_path, **{**OPTIONS, "steps": 3})
+    lora_nb.train(mlp_with_lora(), PAIRS, save_every=3, save_dir=tmp_path, **{**MLP, "steps": 3})
     before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     import safetensors.torch
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
     with pytest.warns(LoraNBWarning, match="could not write the checkpoint at step 1 .*No space left") as caught:
-        run = lora_nb.train(gpt2_lora(), token_items(), save_every=1, save_dir=tmp_path, **{**OPTIONS, "steps": 5})
+        run = lora_nb.train(mlp_with_lora(), PAIRS, save_every=1, save_dir=tmp_path, **{**MLP, "steps": 5})
     assert run.state == "finished" and run.step == 5 and len(calls) >= 5  # every write failed ...
     assert len([w for w in caught if issubclass(w.category, LoraNBWarning)]) == 1  # ... one warning per run
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -83,28 +85,28 @@ def test_a_failing_write_leaves_the_last_checkpoint_intact_and_the_run_going(tmp
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path, ip):
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        lora_nb.train(gpt2_lora(), token_items(), resume=tmp_path / "nowhere", **OPTIONS)
+        lora_nb.train(mlp_with_lora(), PAIRS, resume=tmp_path / "nowhere", **MLP)
     (tmp_path / "checkpoint-000004").mkdir()  # an interrupted write: no state.json
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
-        lora_nb.train(gpt2_lora(), token_items(), resume=tmp_path, **OPTIONS)
-    lora_nb.train(gpt2_lora(), token_items(), save_every=12, save_dir=tmp_path, **OPTIONS)
+        lora_nb.train(mlp_with_lora(), PAIRS, resume=tmp_path, **MLP)
+    lora_nb.train(mlp_with_lora(), PAIRS, save_every=12, save_dir=tmp_path, **MLP)
     with pytest.raises(CheckpointError, match="step 12 of 12: nothing left"):
-        lora_nb.train(gpt2_lora(), token_items(), resume=tmp_path, **OPTIONS)
-    other = tiny_gpt2()
-    lora_nb.attach(other, r=8)
+        lora_nb.train(mlp_with_lora(), PAIRS, resume=tmp_path, **MLP)
+    other = tiny_mlp()
+    lora_nb.attach(other, r=2)
     with pytest.raises(CheckpointError, match="does not fit adapter `default`.*wrong shape"):
-        lora_nb.train(other, token_items(), resume=tmp_path, **{**OPTIONS, "steps": 20})
+        lora_nb.train(other, PAIRS, resume=tmp_path, **{**MLP, "steps": 20})
     with pytest.raises(OptionError, match="both save_every and save_dir"):
-        lora_nb.train(gpt2_lora(), token_items(), save_every=3, **OPTIONS)
-    ip.user_ns.update(model=gpt2_lora(), items=token_items())
+        lora_nb.train(mlp_with_lora(), PAIRS, save_every=3, **MLP)
+    ip.user_ns.update(model=mlp_with_lora(), pairs=PAIRS)
     with pytest.raises(UsageError, match="nothing left to train"):
-        ip.run_line_magic("lora", f"train model --data items --steps 12 --resume {tmp_path}")
+        ip.run_line_magic("lora", f"train model --data pairs --steps 12 --resume {tmp_path}")
 
 
 def test_resume_with_other_settings_warns_that_it_will_not_repeat(tmp_path):
-    lora_nb.train(gpt2_lora(), token_items(), save_every=4, save_dir=tmp_path, **{**OPTIONS, "steps": 4})
-    with pytest.warns(LoraNBWarning, match=r"batch_size 4 → 2.*will not repeat"):
-        run = lora_nb.train(gpt2_lora(), token_items(), resume=tmp_path, **{**OPTIONS, "batch_size": 2})
+    lora_nb.train(mlp_with_lora(), PAIRS, save_every=4, save_dir=tmp_path, **{**MLP, "steps": 4})
+    with pytest.warns(LoraNBWarning, match=r"batch_size 8 → 4.*will not repeat"):
+        run = lora_nb.train(mlp_with_lora(), PAIRS, resume=tmp_path, **{**MLP, "batch_size": 4})
     assert run.state == "finished" and run.step == 12
 
 

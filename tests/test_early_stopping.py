@@ -50,13 +50,15 @@ def test_eval_loss_that_stops_improving_ends_the_run_and_the_best_adapter_comes_
     assert eval_loss(model, misleading) == pytest.approx(evals[best_step], rel=1e-5)
 
 
-def test_min_delta_counts_only_real_gains_and_without_restore_the_last_weights_stay():
+def test_min_delta_counts_only_real_gains_and_without_restore_the_last_weights_stay(tmp_path):
     model = mlp_with_lora()
     pairs = classification_pairs(64)
     seen = Snapshots(model)
     run = lora_nb.train(model, pairs, eval_data=pairs, steps=40, batch_size=16, lr=1e-2, eval_every=2, patience=2,
-                        min_delta=10.0, callbacks=[seen], background=False)  # no gain is ever > 10
+                        min_delta=10.0, save_every=100, save_dir=tmp_path, callbacks=[seen],
+                        background=False)  # no gain is ever > 10
     assert run.state == "stopped" and run.step == 6 and run.best["step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-000006"]  # the stop wrote a checkpoint
     assert [e["step"] for e in run.evals] == [2, 4, 6]
     assert all(torch.equal(p, seen.at_eval[6][n]) for n, p in lora_params(model).items())
 

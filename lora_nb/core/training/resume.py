@@ -1,7 +1,7 @@
 """Save a run every N steps and continue it later, exactly: the two callbacks and what they capture.
 
 ``Checkpointer`` writes a checkpoint (see ``checkpoint.py``) every ``save_every`` steps, at the last
-step and when the run is stopped; a failing write (full disk, lost mount) leaves earlier
+step and when the run is stopped (Stop, ``%lora stop``, early stopping); a failing write (full disk, lost mount) leaves earlier
 checkpoints intact and the run going, with one ``LoraNBWarning`` per run. ``Resume`` puts a
 checkpoint back before the first step: adapter weights, AdamW state, step and history (so the lr
 schedule continues), the data position (epoch, batches drawn, the shuffling generator's state
@@ -120,10 +120,15 @@ class Checkpointer(Callback):
         self.loop, self.every, self.keep = loop, s.save_every, s.keep
         self.save_dir = Path(s.save_dir).expanduser().absolute()
         self.failures = 0
+        self.saved_step = -1
 
     def on_step_end(self, run: Any, record: dict) -> None:
         step = record["step"]
         if step % self.every == 0 or step == run.max_steps or run._stop.is_set():
+            self.save(run)
+
+    def on_evaluate(self, run: Any, record: dict) -> None:
+        if run._stop.is_set() and self.saved_step != run.step:  # stopped by an evaluation (early stopping)
             self.save(run)
 
     def save(self, run: Any) -> Path | None:
@@ -132,6 +137,7 @@ class Checkpointer(Callback):
             folder = write_checkpoint(run.model, run.adapter, self.save_dir / checkpoint_name(run.step), tensors,
                                       state)
             prune(self.save_dir, self.keep)
+            self.saved_step = run.step
             return folder
         except (OSError, AdapterFileError) as exc:
             self.failures += 1

@@ -96,6 +96,9 @@ class TrainSettings:
                 if value < low:
                     raise OptionError(f"{name} must be ≥ {low}; got {value}")
                 setattr(self, name, value)
+        for name in ("save_dir", "resume"):  # paths as text: settings are saved as JSON with checkpoints and exports
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
         if (self.save_every is None) != (self.save_dir is None):
             raise OptionError("checkpoints need both save_every and save_dir (`--save-every N --save-dir PATH`)")
         self.min_delta = as_number("min_delta", self.min_delta, float)
