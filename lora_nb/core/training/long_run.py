@@ -29,9 +29,10 @@ class MemoryPlanner(Callback):
     def on_train_begin(self, run: Any) -> None:
         loop = self.loop
         autocast = getattr(loop, "autocast", contextlib.nullcontext)
-        # a loss_fn(model, batch) is the user's code, which the measurement does not call unasked
+        # a loss_fn(model, batch) is the user's code, which the measurement does not call unasked; a forward-only
+        # count cannot see what gradient checkpointing recomputes in backward, so that case measures fully
         plan = make_plan(loop.model, loop.params, loop.batches, loop.settings, run.device, autocast,
-                         measure=not run.custom_loss, quick=True)
+                         measure=not run.custom_loss, quick=not loop.settings.grad_checkpointing)
         run.memory_plan = plan
 
 

@@ -1,12 +1,13 @@
 """Save a run every N steps and continue it later, exactly: the two callbacks and what they capture.
 
 ``Checkpointer`` writes a checkpoint (see ``checkpoint.py``) every ``save_every`` steps, at the last
-step and when the run is stopped (Stop, ``%lora stop``, early stopping); a failing write (full disk, lost mount) leaves earlier
-checkpoints intact and the run going, with one ``LoraNBWarning`` per run. ``Resume`` puts a
-checkpoint back before the first step: adapter weights, AdamW state, step and history (so the lr
-schedule continues), the data position (epoch, batches drawn, the shuffling generator's state
-when the epoch began) and every RNG state (torch CPU/CUDA, python ``random``, numpy). On CPU a
-resumed run's per-step losses equal those of the run that was never interrupted.
+step and when the run is stopped (Stop, ``%lora stop``, early stopping); a failing write (full
+disk, lost mount) leaves earlier checkpoints intact and the run going, with one ``LoraNBWarning``
+per run. ``Resume`` puts a checkpoint back before the first step: adapter weights, AdamW state,
+step and history (so the lr schedule continues), the data position (epoch, batches drawn, the
+shuffling generator's state when the epoch began) and every RNG state (torch CPU/CUDA, python
+``random``, numpy). On CPU a resumed run's per-step losses equal those of the run that was never
+interrupted.
 """
 
 from __future__ import annotations

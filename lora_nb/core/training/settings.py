@@ -11,6 +11,11 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+# options the in-process run implements with its own callbacks (not the multi-process worker or an exported script)
+IN_PROCESS_ONLY = ("save_every", "save_dir", "keep", "resume", "patience", "min_delta", "restore_best",
+                   "sample_prompts", "sample_every", "sample_tokens", "grad_checkpointing", "lr_ratio")
+
+
 def as_flag(name: str, value: object) -> bool:
     """A boolean option given as a bool or as true/false text (``%%lora`` cells, argparse)."""
     if isinstance(value, bool):
@@ -119,8 +124,8 @@ class TrainSettings:
     @property
     def uses_long_run_options(self) -> bool:
         """True when checkpoints, resume, early stopping, samples, LoRA+ or gradient checkpointing are asked for."""
-        return bool(self.save_every or self.resume or self.patience or self.restore_best or self.sample_prompts
-                    or self.lr_ratio or self.grad_checkpointing)
+        return any(getattr(self, name) != TrainSettings.__dataclass_fields__[name].default
+                   for name in IN_PROCESS_ONLY)
 
     def warmup_steps(self, total: int) -> int:
         return int(self.warmup) if self.warmup >= 1 else round(self.warmup * total)
