@@ -197,7 +197,7 @@ class Resume(Callback):
         from peft import get_peft_model_state_dict
 
         from ..adapters.io import PREFIX
-        from ..adapters.verify import mismatch
+        from ..adapters.keys import mismatch
 
         own = get_peft_model_state_dict(self.session.peft, adapter_name=self.session.active)
         problem = mismatch(self.weights, {k.removeprefix(PREFIX): tuple(v.shape) for k, v in own.items()})
