@@ -21,13 +21,19 @@ _NOTEBOOK = {"device": "device"}  # train's options whose default is a notebook 
     UI,
     examples=["%lora train model --data texts --tokenizer tok --steps 200",
               "%lora train model --data loader --epochs 2 --lr 1e-4 --grad-accum 4 --wait",
-              "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50"],
+              "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50",
+              "%lora train model --data texts --tokenizer tok --steps 5000 --save-every 500 --save-dir ckpt",
+              "%lora train model --data texts --tokenizer tok --steps 5000 --resume ckpt",
+              "%lora train model --data texts --tokenizer tok --eval val --patience 3 --restore-best",
+              "%lora train model --data texts --tokenizer tok --sample-prompts prompts --lr-ratio 16"],
 )
 def _train(ctx, args):
     model = ctx.model(args.model)
     names, objects = data_names(args), data_objects(ctx, args)
     settings = with_settings({f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}, ctx.settings,
                              _NOTEBOOK)
+    if args.sample_prompts:  # a variable holding the prompts (a list of str, or one str)
+        settings["sample_prompts"] = ctx.lookup(args.sample_prompts)
     background = ((ctx.widgets and ctx.settings.background) or args.background) and not args.wait
     mode = ctx.view_mode(args)
     view = _view(ctx, mode, show_on_begin=not background)
