@@ -1,0 +1,98 @@
+"""Singular values of many LoRA updates ΔW = s·B·A at once, exact, without forming ΔW (torch only).
+
+The singular values of s·B·A depend on B only through its Gram matrix BᵀB and on A only through
+AAᵀ (both r × r). Same-shaped modules go through one batched pass: their factors are copied chunk
+by chunk into one reusable float64 buffer and the Grams accumulate with one ``baddbmm`` per chunk;
+then, with BᵀB = V_B Λ_B V_Bᵀ and AAᵀ = V_A Λ_A V_Aᵀ (batched r × r ``eigh``), ΔW's singular values
+are s × those of Λ_B^½ V_Bᵀ V_A Λ_A^½. A singular value σᵢ is exact to about 1e-16·(σ₁/σᵢ)² relative.
+
+Training imports this module (to record spectra over a run), so it knows no analysis and no peft:
+it reads a LoRA layer's factors by their attribute names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..errors import LoraNBError
+
+CHUNK = 512  # rows of a factor converted to float64 at a time: the buffer stays in cache
+
+
+class Pair(NamedTuple):
+    """One module's factors as matrices, ΔW = scaling · B @ A (views of the live parameters, not copies)."""
+
+    A: torch.Tensor  # r × in
+    B: torch.Tensor  # out × r
+    scaling: float
+
+
+def layer_pair(layer: nn.Module, adapter: str, name: str = "") -> Pair | None:
+    """``layer``'s factors for ``adapter`` as matrices; None where it has none or ΔW is not B·A."""
+    if adapter in getattr(layer, "lora_embedding_A", {}):
+        a, b = layer.lora_embedding_A[adapter], layer.lora_embedding_B[adapter]
+    elif adapter in getattr(layer, "lora_A", {}):
+        if getattr(layer.get_base_layer(), "groups", 1) > 1:
+            return None
+        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    else:
+        return None
+    if a.is_meta or b.is_meta:
+        raise LoraNBError(f"the `{adapter}` factors of `{name}` are on the meta device (never materialized)")
+    return Pair(a.detach().reshape(a.shape[0], -1), b.detach().reshape(b.shape[0], -1), float(layer.scaling[adapter]))
+
+
+def work_device(t: torch.Tensor) -> torch.device:
+    """Where float64 linear algebra on ``t`` runs (MPS has neither float64 nor a full eigensolver)."""
+    return torch.device("cpu") if t.device.type == "mps" else t.device
+
+
+def _grams(mats: Sequence[torch.Tensor], rows_first: bool) -> torch.Tensor:
+    """Batched float64 Grams: MᵀM for out × r matrices (``rows_first``), else MMᵀ for r × in ones."""
+    n, dev = len(mats), work_device(mats[0])
+    r, length = (mats[0].shape[1], mats[0].shape[0]) if rows_first else mats[0].shape
+    gram = torch.zeros(n, r, r, dtype=torch.float64, device=dev)
+    step = min(CHUNK, length)
+    buf = torch.empty((n, step, r) if rows_first else (n, r, step), dtype=torch.float64, device=dev)
+    for start in range(0, length, step):
+        stop = min(length, start + step)
+        x = buf[:, : stop - start] if rows_first else buf[:, :, : stop - start]
+        for k, m in enumerate(mats):
+            x[k].copy_(m[start:stop] if rows_first else m[:, start:stop])
+        if rows_first:
+            gram.baddbmm_(x.mT, x)
+        else:
+            gram.baddbmm_(x, x.mT)
+    return gram
+
+
+def _root(gram: torch.Tensor) -> torch.Tensor:
+    """R with RᵀR = ``gram`` (batched, PSD; tiny negative eigenvalues from rounding count as 0)."""
+    values, vectors = torch.linalg.eigh(gram)
+    return values.clamp_min(0).sqrt()[..., :, None] * vectors.mT
+
+
+def _group_values(pairs: Sequence[Pair]) -> torch.Tensor:
+    """Singular values (n × r, descending, float64) of same-shaped pairs."""
+    root_b = _root(_grams([p.B for p in pairs], rows_first=True))
+    root_a = _root(_grams([p.A for p in pairs], rows_first=False))
+    scale = torch.tensor([abs(p.scaling) for p in pairs], dtype=torch.float64, device=root_b.device)
+    return torch.linalg.svdvals(root_b @ root_a.mT) * scale[:, None]
+
+
+def svdvals_many(pairs: Sequence[Pair]) -> list[torch.Tensor]:
+    """ΔW's singular values per pair (descending, float64 on the CPU, length min(r, out, in)), in order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault((tuple(p.A.shape), tuple(p.B.shape), work_device(p.A)), []).append(i)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(pairs)
+    for (a_shape, b_shape, _), idx in groups.items():
+        values = _group_values([pairs[i] for i in idx]).cpu()
+        keep = min(a_shape[0], a_shape[1], b_shape[0])
+        for k, i in enumerate(idx):
+            out[i] = values[k, :keep]
+    return out
