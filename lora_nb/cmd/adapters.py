@@ -8,14 +8,7 @@ from ..core.adapters.merge import merge, unmerge
 from ..core.analysis.compare import compare
 from ..core.registry import require
 from ..errors import OptionError
-from .router import arg, verb
-
-
-class Text(str):
-    """Plain text shown as is in any frontend."""
-
-    def __repr__(self) -> str:
-        return str(self)
+from .router import Text, arg, verb
 
 
 @verb("toggle", "a panel: one toggle per adapter, active adapter, strength slider, merge state",

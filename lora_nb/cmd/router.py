@@ -144,13 +144,13 @@ def dispatch(shell, line: str, cell: str | None = None) -> Any:
     except ValueError as exc:
         raise OptionError(f"%lora: cannot parse the line ({exc})") from None
     if not words or words[0] in ("help", "-h", "--help"):
-        return HelpText(help_text())
+        return Text(help_text())
     name, argv = words[0], words[1:]
     spec = VERBS.get(name)
     if spec is None:
         raise OptionError(f"unknown verb `{name}`{did_you_mean(name, VERBS)}; verbs: {', '.join(VERBS)}")
     if "-h" in argv or "--help" in argv:
-        return HelpText(verb_help(spec))
+        return Text(verb_help(spec))
     if cell is not None:
         argv += body_to_argv(cell, spec.parser)
     args = spec.parser.parse_args(argv)
@@ -167,8 +167,8 @@ def dispatch(shell, line: str, cell: str | None = None) -> Any:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-class HelpText(str):
-    """Help shown as plain text in any frontend."""
+class Text(str):
+    """Plain text shown as is in any frontend (help, one-line results)."""
 
     def __repr__(self) -> str:
         return str(self)

@@ -1,13 +1,12 @@
-"""Classroom verbs: ``vs-full`` (LoRA vs full fine-tuning, measured) and ``dashboard`` (one widget for a model)."""
+"""``vs-full``: LoRA and full fine-tuning from the same weights on the same data, measured side by side."""
 
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
-from ..core.adapters.status import status
 from ..core.analysis.vs_full import VsFullCallback, vs_full
-from ..core.training.run import TrainSettings
+from ..core.training.settings import TrainSettings
 from .data_options import DATA_OPTIONS, data_objects
 from .router import arg, verb
 
@@ -34,12 +33,6 @@ def _options():
         text = TrainSettings.__dataclass_fields__[name].metadata["help"].replace("%", "%%")
         yield arg(f"--{name.replace('_', '-')}", dest=name, help=f"{text} (both arms)")
 
-
-class Text(str):
-    """Plain text shown as is in any frontend."""
-
-    def __repr__(self) -> str:
-        return str(self)
 
 
 class ArmLines(VsFullCallback):
@@ -79,18 +72,3 @@ def _vs_full(ctx, args):
     else:
         view = ArmLines()
     return vs_full(model, callbacks=[view], **objects, **options)
-
-
-@verb("dashboard", "one widget for a model: status, adapters, training, weights and spectrum in tabs",
-      examples=["%lora dashboard model"])
-def _dashboard(ctx, args):
-    model = ctx.model(args.model)
-    if ctx.widgets:
-        from ..widgets.dashboard import Dashboard
-
-        return Dashboard(model, lookup=ctx.lookup, name=args.model).widget
-    from ..core import registry
-
-    head = str(status(model)) if registry.find(model) is not None else f"`{args.model}` has no LoRA adapter yet"
-    return Text(f"{head}\n(the dashboard is a widget and needs Jupyter: open this notebook in JupyterLab; "
-                "here, use the other %lora verbs)")
