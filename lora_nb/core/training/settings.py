@@ -30,16 +30,18 @@ class TrainSettings:
     max_length: int = field(default=512, metadata={"help": "tokens per text at most (text data)"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on capable GPUs) | bf16 | fp32"})
     processes: int = field(default=1, metadata={"help": "data-parallel processes: N GPUs, or N CPU processes (gloo)"})
+    spectra_every: int | None = field(default=None, metadata={
+        "help": "steps between ΔW spectra kept in run.spectra_history (default: adaptive, ≤ 1/50 of the step time; 0: off)"})
 
     def __post_init__(self) -> None:
         for name, kind, low in (("steps", int, 1), ("batch_size", int, 1), ("grad_accum", int, 1),
                                 ("eval_every", int, 1), ("max_length", int, 1), ("epochs", float, 0),
-                                ("processes", int, 1)):
+                                ("processes", int, 1), ("spectra_every", int, 0)):
             value = getattr(self, name)
             if value is not None:
                 value = as_number(name, value, kind)
                 if value < low or (kind is float and value <= 0):
-                    raise OptionError(f"{name} must be {'≥ 1' if kind is int else 'positive'}; got {value:g}")
+                    raise OptionError(f"{name} must be {f'≥ {low}' if kind is int else 'positive'}; got {value:g}")
                 setattr(self, name, value)
         if self.steps is not None and self.epochs is not None:
             raise OptionError("give steps or epochs, not both")
