@@ -59,3 +59,24 @@ def test_rank_at_energy_counts_the_top_values_holding_the_share():
     assert rank_at_energy(np.array([3.0, 1.0, 0.1]), 0.95) == 2
     assert rank_at_energy(np.zeros(3)) == 0
     assert rank_at_energy(torch.ones(2).numpy(), 0.5) == 1
+
+
+def test_history_view_follows_a_background_run_and_switches_module_and_measure():
+    from lora_nb.widgets.history import HistoryView
+
+    model = tiny_mlp()
+    lora_nb.attach(model, r=4)
+    run = lora_nb.train(model, classification_pairs(), steps=40, lr=5e-2, batch_size=8, background=True,
+                        spectra_every=4)
+    view = HistoryView(run, interval=0.0)
+    run.wait()
+    assert view.heatmap.figure.data[0].z.shape == (3, 10)  # 3 modules × steps 4, 8, …, 40
+    assert list(view.heatmap.figure.data[0].x) == list(range(4, 41, 4))
+    view.module.value = "4"
+    lines = view.lines.figure.data
+    assert len(lines) == 4 and lines[0].name == "σ1"
+    np.testing.assert_allclose(lines[0].y[-1], lora_nb.spectra(model)["4"][0], rtol=1e-9)
+    view.measure.value = "energy"
+    z = view.heatmap.figure.data[0].z
+    assert set(np.unique(z)) <= {1.0, 2.0, 3.0, 4.0} and "90%" in view.heatmap.figure.layout.title.text
+    assert "10 recorded steps" in view.note.value

@@ -1,0 +1,29 @@
+"""Figures of how LoRA learns: ranks over a run, rank advice, directions vs full FT, interference, intruders."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from ..core.analysis.history import RankMap
+from .spectra import _short
+
+
+def rank_map_figure(ranks: RankMap) -> go.Figure:
+    """Heatmap module × recorded step of a rank measure."""
+    fig = go.Figure(go.Heatmap(
+        z=ranks.ranks, x=ranks.steps, y=_short(ranks.modules), colorscale="Viridis", colorbar=dict(title="rank"),
+        hovertemplate="%{y}<br>step %{x}: %{z:.2f}<extra></extra>"))
+    fig.update_layout(title=f"{ranks.label} of ΔW over the run", xaxis_title="step", yaxis_title="module",
+                      height=max(260, 24 * len(ranks.modules) + 120), margin=dict(t=50, b=40))
+    return fig
+
+
+def values_over_steps_figure(steps: list[int], values: np.ndarray, module: str) -> go.Figure:
+    """σ₁…σᵣ of one module (``values``: steps × r) as lines over the recorded steps."""
+    fig = go.Figure([go.Scatter(x=steps, y=values[:, i], mode="lines", name=f"σ{i + 1}",
+                                hovertemplate=f"σ{i + 1} at step %{{x}}: %{{y:.4g}}<extra></extra>")
+                     for i in range(values.shape[1])])
+    fig.update_layout(title=f"{module}: singular values of ΔW over the run", xaxis_title="step",
+                      yaxis_title="singular value", height=340, margin=dict(t=50, b=40))
+    return fig
