@@ -11,8 +11,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.analysis.interference import interference
 from ..core.analysis.spectra import similarity, spectra
 from ..core.analysis.weights import matrices, weights
+from ..errors import OptionError
 from .router import arg, verb
 
 _ADAPTER = arg("--adapter", help="adapter to inspect (default: the active one)")
@@ -76,12 +78,22 @@ def _spectrum(ctx, args):
     return Report(repr(result), figures, result._repr_html_())
 
 
-@verb("similarity", "LoRA-paper subspace similarity φ(i, j) between two adapters",
-      arg("--adapter", required=True, help="first adapter"),
-      arg("--other", required=True, help="second adapter"), _LAYERS,
-      examples=["%lora similarity model --adapter r8 --other r64"])
+@verb("similarity", "subspace similarity φ(i, j) of two adapters, or the overlap map of two or more (--adapters)",
+      arg("--adapter", help="first adapter"),
+      arg("--other", help="second adapter"),
+      arg("--adapters", help="two or more adapters, comma-separated: per module cos(ΔWᵢ, ΔWⱼ) and mean φ"), _LAYERS,
+      examples=["%lora similarity model --adapter r8 --other r64", "%lora similarity model --adapters a,b,c"])
 def _similarity(ctx, args):
     model = ctx.model(args.model)
+    if args.adapters:
+        if args.adapter or args.other:
+            raise OptionError("%lora similarity: give --adapters a,b,… or --adapter A --other B, not both")
+        from ..viz.analysis import interference_figure
+
+        result = interference(model, args.adapters, args.layers)
+        return Report(repr(result), [interference_figure(result)], result._repr_html_())
+    if not (args.adapter and args.other):
+        raise OptionError("%lora similarity: give --adapter A --other B, or --adapters a,b,…")
     if ctx.widgets:
         from ..widgets.explorers import SimilarityView
 

@@ -115,3 +115,48 @@ def svdvals_many(pairs: Sequence[Pair]) -> list[torch.Tensor]:
         for k, i in enumerate(idx):
             out[i] = values[k, :keep]
     return out
+
+
+def inner(p: Pair, q: Pair) -> float:
+    """⟨ΔW_p, ΔW_q⟩_F = s_p·s_q·tr((B_pᵀB_q)(A_qA_pᵀ)), from r × r products only (never the dense ΔWs)."""
+    dev = work_device(p.A)
+    ap, bp = p.A.to(dev, torch.float64), p.B.to(dev, torch.float64)
+    aq, bq = q.A.to(dev, torch.float64), q.B.to(dev, torch.float64)
+    return float(p.scaling * q.scaling * torch.trace((bp.T @ bq) @ (aq @ ap.T)))
+
+
+def gram_of_updates(pairs: Sequence[Pair]) -> torch.Tensor:
+    """The matrix of ⟨ΔWᵢ, ΔWⱼ⟩_F for ΔWs of the same shape (float64, n × n)."""
+    n = len(pairs)
+    g = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i, n):
+            g[i, j] = g[j, i] = inner(pairs[i], pairs[j])
+    return g
+
+
+def cosines(pairs: Sequence[Pair]) -> torch.Tensor:
+    """cos(ΔWᵢ, ΔWⱼ) = ⟨ΔWᵢ, ΔWⱼ⟩ / (‖ΔWᵢ‖‖ΔWⱼ‖) (0 where an update is zero)."""
+    g = gram_of_updates(pairs)
+    norms = g.diagonal().clamp_min(0).sqrt()
+    denom = norms[:, None] * norms[None, :]
+    return torch.where(denom > 0, g / denom.where(denom > 0, torch.ones_like(denom)), torch.zeros_like(g))
+
+
+def relative_error(approx: Pair, parts: Sequence[Pair], weights: Sequence[float]) -> float:
+    """‖ΔW_approx − Σ wᵢ ΔWᵢ‖_F / ‖Σ wᵢ ΔWᵢ‖_F, exactly, from low-rank traces."""
+    coef = torch.tensor([*weights, -1.0], dtype=torch.float64)
+    g = gram_of_updates([*parts, approx])
+    target = coef[:-1] @ g[:-1, :-1] @ coef[:-1]
+    diff = coef @ g @ coef
+    return float(diff.clamp_min(0).sqrt() / target.sqrt()) if target > 0 else float(diff.clamp_min(0).sqrt())
+
+
+def shared_pairs(modules, adapters: Sequence[str]) -> dict[str, list[Pair]]:
+    """``{module name: [Pair per adapter]}`` for the ``(name, layer)`` modules where every adapter has a ΔW."""
+    found = {}
+    for name, layer in modules:
+        pairs = [layer_pair(layer, a, name) for a in adapters] if hasattr(layer, "lora_A") else [None]
+        if all(p is not None for p in pairs):
+            found[name] = pairs
+    return found

@@ -27,3 +27,17 @@ def values_over_steps_figure(steps: list[int], values: np.ndarray, module: str) 
     fig.update_layout(title=f"{module}: singular values of ΔW over the run", xaxis_title="step",
                       yaxis_title="singular value", height=340, margin=dict(t=50, b=40))
     return fig
+
+
+def interference_figure(result) -> go.Figure:
+    """Heatmap module × adapter pair of cos(ΔWᵢ, ΔWⱼ) (−1 … 1), with the mean φ in the hover text."""
+    modules, pairs = list(result), result.pairs
+    z = [[float(result[m][p]) for p in pairs] for m in modules]
+    phis = [[result.phi[m][p] for p in pairs] for m in modules]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[result.pair_label(p) for p in pairs], y=_short(modules), customdata=phis, zmin=-1, zmax=1,
+        colorscale="RdBu", reversescale=True, colorbar=dict(title="cos ΔW"),
+        hovertemplate="%{y}, %{x}<br>cos ΔW = %{z:.3f}<br>mean φ = %{customdata:.3f}<extra></extra>"))
+    fig.update_layout(title="overlap of adapters per module: cosine between their updates", xaxis_title="pair",
+                      yaxis_title="module", height=max(260, 24 * len(modules) + 120), margin=dict(t=50, b=40))
+    return fig

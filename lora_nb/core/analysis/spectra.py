@@ -215,9 +215,9 @@ class Similarity(TableResult):
         return f"subspace similarity φ of adapters `{self.a}` and `{self.b}` ({len(self)} modules)"
 
 
-def _right_vectors(f: F.Factors) -> torch.Tensor:
-    """Right singular vectors of A as rows (k × in), float64."""
-    return torch.linalg.svd(f.A.to(_work(f.A), torch.float64), full_matrices=False)[2]
+def right_vectors(a: torch.Tensor) -> torch.Tensor:
+    """Right singular vectors of the factor ``a`` (r × in) as rows (k × in), float64."""
+    return torch.linalg.svd(a.to(_work(a), torch.float64), full_matrices=False)[2]
 
 
 def phi(va: torch.Tensor, vb: torch.Tensor) -> np.ndarray:
@@ -239,7 +239,7 @@ def similarity(model, a: str, b: str, layers: str | None = None, other=None) -> 
         for f in fa:
             g = second.get(f.name)
             if g is not None and g.in_features == f.in_features:
-                result[f.name] = phi(_right_vectors(f), _right_vectors(g))
+                result[f.name] = phi(right_vectors(f.A), right_vectors(g.A))
     if not result:
         raise TargetError(f"adapters `{a}` and `{b}` share no module with the same input size")
     if any(not bool(f.A.any()) or not bool(second[f.name].A.any()) for f in fa if f.name in result):
