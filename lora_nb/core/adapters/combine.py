@@ -22,8 +22,8 @@ from .. import lowrank, registry
 from . import switch
 from .options import AttachOptions
 
-TYPES = ("svd", "linear", "cat")
-OVERLAP = 0.5  # cos(ΔWᵢ, ΔWⱼ) from which two summed adapters are said to overlap strongly  # peft's others (ties, dare_*, magnitude_prune) also need a density
+TYPES = ("svd", "linear", "cat")  # peft's others (ties, dare_*, magnitude_prune) also need a density
+OVERLAP = 0.5  # cos(ΔWᵢ, ΔWⱼ) from which two summed adapters are said to overlap strongly
 
 
 def _as_list(value: str | Sequence) -> list:

@@ -38,7 +38,8 @@ class Interference(TableResult):
         return f"interference of adapters {', '.join(f'`{n}`' for n in self.names)} ({len(self)} modules)"
 
     def _head(self) -> list[str]:
-        return ["module"] + [h for p in self.pairs for h in (f"cos ΔW {self.pair_label(p)}", f"mean φ {self.pair_label(p)}")]
+        labels = [self.pair_label(p) for p in self.pairs]
+        return ["module"] + [h for label in labels for h in (f"cos ΔW {label}", f"mean φ {label}")]
 
     def _rows(self) -> list[list[str]]:
         return [[n] + [c for p in self.pairs for c in (f"{cos[p]:+.3f}", f"{self.phi[n][p]:.3f}")]
