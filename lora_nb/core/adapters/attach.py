@@ -35,8 +35,8 @@ def _warn_rank(model: nn.Module, names: list[str], r: int, pattern: dict[str, in
     small = [n for n in names if (d := _min_dim(modules[n])) is not None and rank[n] > d]
     if small:
         warnings.warn(
-            f"r={rank[small[0]]} exceeds min(in, out) of {len(small)} layer(s) (e.g. {small[0]}): their update has rank "
-            "at most min(in, out), so part of the adapter is redundant",
+            f"r={rank[small[0]]} exceeds min(in, out) of {len(small)} layer(s) (e.g. {small[0]}): their update has "
+            "rank at most min(in, out), so part of the adapter is redundant",
             LoraNBWarning,
             stacklevel=3,
         )

@@ -31,7 +31,8 @@ class TrainSettings:
     precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on capable GPUs) | bf16 | fp32"})
     processes: int = field(default=1, metadata={"help": "data-parallel processes: N GPUs, or N CPU processes (gloo)"})
     spectra_every: int | None = field(default=None, metadata={
-        "help": "steps between ΔW spectra kept in run.spectra_history (default: adaptive, ≤ 1/50 of step time; 0: off)"})
+        "help": "steps between ΔW spectra kept in run.spectra_history (default: adaptive, ≤ 1/50 of step time; "
+                "0: off)"})
 
     def __post_init__(self) -> None:
         for name, kind, low in (("steps", int, 1), ("batch_size", int, 1), ("grad_accum", int, 1),
