@@ -41,3 +41,37 @@ def interference_figure(result) -> go.Figure:
     fig.update_layout(title="overlap of adapters per module: cosine between their updates", xaxis_title="pair",
                       yaxis_title="module", height=max(260, 24 * len(modules) + 120), margin=dict(t=50, b=40))
     return fig
+
+
+def intruder_curve_figure(measured: dict[str, dict[float, float]], scale: float) -> go.Figure:
+    """Each metric against the intruder scale λ (points measured so far), with the current λ marked."""
+    fig = go.Figure()
+    for label, points in measured.items():
+        xs = sorted(points)
+        fig.add_trace(go.Scatter(x=xs, y=[points[x] for x in xs], mode="lines+markers", name=label,
+                                 hovertemplate=f"{label} at λ=%{{x:.2f}}: %{{y:.4g}}<extra></extra>"))
+    fig.add_vline(x=scale, line_dash="dot", line_color="gray")
+    fig.update_layout(title="metrics as intruder dimensions are scaled (λ = 1: the trained adapter)",
+                      xaxis_title="intruder scale λ", yaxis_title="metric", xaxis_range=[-0.02, 1.02], height=340,
+                      margin=dict(t=50, b=40))
+    return fig
+
+
+def directions_figure(directions) -> go.Figure:
+    """Per layer: subspace overlap of LoRA's and full FT's updates (both sides), and LoRA's factors vs ∇ at step 0."""
+    from ..core.analysis.directions import overlap
+
+    names = list(directions)
+    short = _short(names)
+    series = [("output side: LoRA vs full FT", [overlap(d.left) for d in directions.values()]),
+              ("input side: LoRA vs full FT", [overlap(d.right) for d in directions.values()]),
+              ("A₀ (init) vs top ∇ directions", [d.grad_a0 for d in directions.values()]),
+              ("trained B vs top ∇ directions", [d.grad_b for d in directions.values()])]
+    fig = go.Figure([go.Bar(x=short, y=ys, name=label, hovertemplate="%{x}: %{y:.3f}<extra>" + label + "</extra>")
+                     for label, ys in series if any(y is not None for y in ys)])
+    fig.add_trace(go.Scatter(x=short, y=[d.random_right for d in directions.values()], mode="markers",
+                             marker=dict(symbol="line-ew-open", size=24, color="black"), name="a random subspace"))
+    fig.update_layout(title="which directions LoRA and full fine-tuning move each layer in (mean cos²)",
+                      barmode="group", yaxis_title="overlap (1 = same subspace)", yaxis_range=[0, 1.05], height=360,
+                      margin=dict(t=50, b=40))
+    return fig
