@@ -60,3 +60,13 @@ def test_attach_with_the_advised_rank_pattern_starts_an_adapter_of_those_ranks()
         lora_nb.attach(model, name="bad", rank_pattern="0=3")
     with pytest.raises(OptionError, match="energy must be"):
         advise(model, energy=1.5)
+
+
+def test_advise_and_attach_with_the_advice_from_the_magics(ip):
+    ip.user_ns["model"] = model = _adapter_with_known_ranks()
+    report = ip.run_line_magic("lora", "advise model --energy 0.9")
+    assert "global r=4" in repr(report)
+    bars = report.figures[0].data
+    assert list(bars[0].y) == [5, 5, 5] and list(bars[1].y) == [1, 2, 4]
+    ip.run_line_magic("lora", "attach model --name lean --rank-pattern advised")
+    assert {n: model.get_submodule(n).lora_A["lean"].weight.shape[0] for n in TRUE_RANKS} == TRUE_RANKS

@@ -80,3 +80,12 @@ def test_history_view_follows_a_background_run_and_switches_module_and_measure()
     z = view.heatmap.figure.data[0].z
     assert set(np.unique(z)) <= {1.0, 2.0, 3.0, 4.0} and "90%" in view.heatmap.figure.layout.title.text
     assert "10 recorded steps" in view.note.value
+
+
+def test_history_verb_in_a_terminal_shell(ip):
+    model, _ = _trained(steps=20, spectra_every=5)
+    ip.user_ns["model"] = model
+    report = ip.run_line_magic("lora", "history model --module 2")
+    assert "4 recorded steps" in repr(report) and repr(report).count("→") == 6  # 3 modules × (rank, σ₁)
+    heat, lines = report.figures
+    assert list(heat.data[0].x) == [5, 10, 15, 20] and lines.layout.title.text.startswith("2:")

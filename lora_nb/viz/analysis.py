@@ -75,3 +75,14 @@ def directions_figure(directions) -> go.Figure:
                       barmode="group", yaxis_title="overlap (1 = same subspace)", yaxis_range=[0, 1.05], height=360,
                       margin=dict(t=50, b=40))
     return fig
+
+
+def advice_figure(advice) -> go.Figure:
+    """Per module: the adapter's rank now and the rank that holds the asked share of ΔW's energy."""
+    names = _short(list(advice))
+    fig = go.Figure([go.Bar(x=names, y=[a.r for a in advice.values()], name="r now"),
+                     go.Bar(x=names, y=[a.rank for a in advice.values()], name=f"advised ({advice.energy:.0%} energy)")])
+    fig.update_layout(title=f"rank advice: global r={advice.global_r}, pattern saves "
+                            f"{advice.params('now') - advice.params('pattern'):,} parameters",
+                      barmode="group", yaxis_title="rank", height=340, margin=dict(t=50, b=40))
+    return fig
