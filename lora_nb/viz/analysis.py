@@ -80,8 +80,9 @@ def directions_figure(directions) -> go.Figure:
 def advice_figure(advice) -> go.Figure:
     """Per module: the adapter's rank now and the rank that holds the asked share of ΔW's energy."""
     names = _short(list(advice))
+    advised = f"advised ({advice.energy:.0%} energy)"
     fig = go.Figure([go.Bar(x=names, y=[a.r for a in advice.values()], name="r now"),
-                     go.Bar(x=names, y=[a.rank for a in advice.values()], name=f"advised ({advice.energy:.0%} energy)")])
+                     go.Bar(x=names, y=[a.rank for a in advice.values()], name=advised)])
     fig.update_layout(title=f"rank advice: global r={advice.global_r}, pattern saves "
                             f"{advice.params('now') - advice.params('pattern'):,} parameters",
                       barmode="group", yaxis_title="rank", height=340, margin=dict(t=50, b=40))
