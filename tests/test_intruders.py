@@ -79,3 +79,13 @@ def test_dial_on_transposed_gpt2_layers_matches_peft_delta_and_undoes():
     assert float((got - expected).norm()) == pytest.approx(float(tail.norm()), abs=1e-5)
     dial.restore()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_the_view_leaves_a_static_picture_of_its_curve():
+    from lora_nb.widgets.intruders import IntruderView
+
+    model, metrics = _model_with_an_intruder()
+    view = IntruderView(model, metrics, k=4)
+    bundle = view._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert [t["name"] for t in bundle["application/vnd.plotly.v1+json"]["data"]] == ["old task", "new task"]

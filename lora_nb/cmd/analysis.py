@@ -32,7 +32,7 @@ def _history(ctx, args):
 
         view = HistoryView.of(model)
         view.module.value = module
-        return view.widget
+        return view
     from ..viz.analysis import rank_map_figure, values_over_steps_figure
 
     figures = [rank_map_figure(rank_map(history)),
@@ -68,7 +68,7 @@ def _intruders(ctx, args):
                               "here, use lora_nb.core.analysis.intruders.IntruderDial(model).set(λ)")
         from ..widgets.intruders import IntruderView
 
-        return IntruderView(model, ctx.lookup(args.metric), args.adapter, args.top_k, args.eps, args.layers).widget
+        return IntruderView(model, ctx.lookup(args.metric), args.adapter, args.top_k, args.eps, args.layers)
     from ..core.analysis.spectra import intruders
 
     result = intruders(model, args.adapter, args.top_k, args.eps, args.layers)

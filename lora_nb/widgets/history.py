@@ -58,7 +58,13 @@ class HistoryView(Callback):
         self.note.value = (f"{len(history.steps)} recorded steps, every {history.every}; recording took "
                            f"{history.seconds:.3f} s of {self.run.seconds:.1f} s")
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, plus its main figure as plotly JSON for static views (nbconvert, saved notebooks)."""
+        import json
 
-        display(self.widget)
+        import plotly.io as pio
+
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        if self.heatmap.figure is not None:
+            bundle["application/vnd.plotly.v1+json"] = json.loads(pio.to_json(self.heatmap.figure, validate=False))
+        return bundle

@@ -54,7 +54,13 @@ class IntruderView:
                 f"best |cos| with W's &lt; {self.dial.eps})</b><table><tr><th>module</th><th>intruders</th>"
                 f"<th>best |cos| of each top vector</th></tr>{rows}</table>")
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, plus its main figure as plotly JSON for static views (nbconvert, saved notebooks)."""
+        import json
 
-        display(self.widget)
+        import plotly.io as pio
+
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        if self.curve.figure is not None:
+            bundle["application/vnd.plotly.v1+json"] = json.loads(pio.to_json(self.curve.figure, validate=False))
+        return bundle
