@@ -15,8 +15,7 @@ import importlib
 from typing import Any
 
 from .errors import LoraNBError
-
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> "module:attribute"; one table, read by __getattr__ and __dir__
 _EXPORTS = {
@@ -55,7 +54,7 @@ _EXPORTS = {
     "export": "lora_nb.core.training.export:export",
 }
 
-__all__ = ["LoraNBError", "load_ipython_extension", "unload_ipython_extension", *_EXPORTS]
+__all__ = ["LoraNBError", "__version__", "load_ipython_extension", "unload_ipython_extension", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

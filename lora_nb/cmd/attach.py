@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING
-
 from .. import core
-from ..core.adapters.options import option_fields
-from .router import arg, verb
-
-
-def _attach_options():
-    for f in option_fields():
-        default = f.default if f.default is not MISSING else None
-        flags = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"])  # --modules-to-save, as train's
-        if isinstance(default, bool) and f.name != "init":
-            yield arg(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
-        else:
-            yield arg(*flags, dest=f.name, default=default, help=f"{f.metadata['help']} (default: {default})")
+from ..core.adapters.options import AttachOptions
+from .router import arg, options_of, verb
 
 
 @verb(
-    "attach", "inject a LoRA adapter in place; the model now runs with it", *_attach_options(),
+    "attach", "inject a LoRA adapter in place; the model now runs with it", *options_of(AttachOptions),
     examples=["%lora attach model --r 8 --alpha 16 --targets q_proj,v_proj",
               "%lora attach model --name second --r 4 --targets 'layers\\.[0-3]\\..*proj'"],
 )

@@ -9,6 +9,7 @@ what the notebook should show.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import warnings
@@ -33,6 +34,32 @@ class _Parser(argparse.ArgumentParser):
 def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     """One option of a verb, as for ``ArgumentParser.add_argument``."""
     return flags, kwargs
+
+
+def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str] = (), note: str = "",
+               given_only: bool = False) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    """A verb's options from the fields of dataclass ``cls``: ``--field-name`` (and ``--field_name``), the
+    field's help and default. A ``bool`` field is a flag. ``given_only``: the default is None, so the handler
+    passes on only what the line gave (the callee's defaults apply)."""
+    options = []
+    for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        default = None if f.default is dataclasses.MISSING else f.default
+        flags = tuple(dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"]))
+        text = f.metadata["help"].replace("%", "%%") + note
+        if f.type in (bool, "bool"):
+            options.append(arg(*flags, dest=f.name, action="store_true", default=None if given_only else default,
+                               help=text))
+        else:
+            options.append(arg(*flags, dest=f.name, default=None if given_only else default,
+                               help=f"{text} (default: {default})"))
+    return options
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options of dataclass ``cls`` that the line gave (not None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 @dataclass

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING
-
 from ..core import registry
 from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import TrainingError
 from .data_options import DATA_OPTIONS, data_names, data_objects
-from .router import arg, verb
-
-
-def _settings_options():
-    for f in TrainSettings.__dataclass_fields__.values():
-        default = f.default if f.default is not MISSING else None
-        yield arg(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
-                  help=f"{f.metadata['help']} (default: {default})")
+from .router import arg, options_of, verb
 
 
 @verb(
     "train", "train the active adapter with a live dashboard (background in a notebook; --wait blocks)",
     *DATA_OPTIONS,
-    *_settings_options(),
+    *options_of(TrainSettings),
     arg("--wait", action="store_true", help="block the cell until the run ends"),
     arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
     examples=["%lora train model --data texts --tokenizer tok --steps 200",

@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from ..core.analysis.vs_full import VsFullCallback, vs_full
+from ..core.analysis.vs_full import VsFullCallback, VsFullOptions, vs_full
 from ..core.training.settings import TrainSettings
 from .data_options import DATA_OPTIONS, data_objects
-from .router import arg, verb
+from .router import given, options_of, verb
 
-_DEFAULTS = {name: p.default for name, p in inspect.signature(vs_full).parameters.items()
-             if p.default is not inspect.Parameter.empty}
-_EXTRAS = ("grad_accum", "warmup", "schedule", "weight_decay", "max_grad_norm", "eval_every", "precision",
-           "max_length")
-_HELP = {
-    "r": "LoRA rank", "alpha": "LoRA scaling numerator (ΔW scaled by alpha/r)",
-    "targets": "modules LoRA adapts: auto | names | regex", "dropout": "LoRA dropout",
-    "modules_to_save": "modules the LoRA arm trains in full too, e.g. a new head",
-    "steps": "optimizer steps per arm", "lr_lora": "AdamW learning rate of the LoRA arm",
-    "lr_full": "AdamW learning rate of the full fine-tune", "batch_size": "samples per step",
-    "seed": "seed for shuffling and LoRA's init (both arms see the same batches)",
-    "sizes": "training-set sizes for the data-size sweep, e.g. 25,50,100,200 (needs --eval)",
-    "device": "auto | cpu | cuda[:N] | mps",
-}
-
-
-def _options():
-    for name, text in _HELP.items():
-        yield arg(f"--{name.replace('_', '-')}", dest=name, help=f"{text} (default: {_DEFAULTS[name]})")
-    for name in _EXTRAS:
-        text = TrainSettings.__dataclass_fields__[name].metadata["help"].replace("%", "%%")
-        yield arg(f"--{name.replace('_', '-')}", dest=name, help=f"{text} (both arms)")
-
+_BOTH_ARMS = ("grad_accum", "warmup", "schedule", "weight_decay", "max_grad_norm", "eval_every", "precision",
+              "max_length")
 
 
 class ArmLines(VsFullCallback):
@@ -55,7 +33,8 @@ class ArmLines(VsFullCallback):
 @verb(
     "vs-full", "LoRA and full fine-tuning from the same weights on the same data, measured side by side",
     *DATA_OPTIONS,
-    *_options(),
+    *options_of(VsFullOptions, given_only=True),
+    *options_of(TrainSettings, only=_BOTH_ARMS, note=" (both arms)", given_only=True),
     examples=["%lora vs-full model --data train --eval test",
               "%lora vs-full model --data train --eval test --r 4 --targets 0,2 --sizes 25,50,100,200",
               "%lora vs-full gpt --data texts --tokenizer tok --steps 100 --lr-lora 1e-3 --lr-full 1e-4"],
@@ -63,7 +42,7 @@ class ArmLines(VsFullCallback):
 def _vs_full(ctx, args):
     model = ctx.model(args.model)
     objects = data_objects(ctx, args)
-    options = {k: getattr(args, k) for k in (*_HELP, *_EXTRAS) if getattr(args, k) is not None}
+    options = {**given(args, VsFullOptions), **given(args, TrainSettings)}
     if ctx.widgets:
         from ..widgets.vs_full import VsFullLive
 

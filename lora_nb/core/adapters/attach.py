@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...errors import AdapterError, LoraNBWarning, OptionError
 from .. import registry
 from . import switch
+from .merge import merge
 from .offload import materialize_adapter
 from .options import AttachOptions
 from .targets import match_names, named_modules, resolve_targets, target_regex
@@ -90,17 +92,11 @@ def attach(model: Any, **options: Any) -> "registry.Session":
     _warn_rank(model, names, opts.r, opts.rank_pattern)
     config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
     if session is not None and opts.name in session.adapters:
-        if session.adapters == [opts.name]:
-            detach(model)
-            session = None
-        else:
-            delete_adapter(model, opts.name)
-    if session is None:
+        session = _replace(session, opts.name, config)
+    elif session is None:
         session = new_session(model, config, opts.name)
     else:
-        switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
-        session.peft.add_adapter(opts.name, config)
-        switch.turn_on(session, opts.name)  # active and on
+        _add(session, opts.name, config)
     session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
     materialize_adapter(session, opts.name)  # offloaded layers (device_map): factors off `meta`, see core.dispatch
     session.notify("attach")
@@ -114,6 +110,79 @@ def advised(session: "registry.Session | None", opts: AttachOptions) -> AttachOp
         raise OptionError("no rank advice for this model yet: run `%lora advise MODEL` (lora_nb.advise) first")
     targets = list(advice.rank_pattern) if opts.targets == "auto" else opts.targets
     return replace(opts, rank_pattern=dict(advice.rank_pattern), targets=targets)
+
+
+def _add(session: "registry.Session", name: str, config) -> None:
+    """Add adapter ``name`` beside the others, active and on; if peft fails half-way, its layers are removed."""
+    switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
+    try:
+        session.peft.add_adapter(name, config)
+    except BaseException:
+        if name in session.peft.peft_config:
+            session.peft.delete_adapter(name)
+        raise
+    switch.turn_on(session, name)  # active and on
+
+
+@dataclass
+class _Kept:
+    """An adapter as it was, to put back exactly if replacing it fails."""
+
+    config: Any
+    tensors: dict[str, torch.Tensor]
+    record: dict | None
+    strength: float | None
+    active: str
+    enabled: bool
+    merged: bool
+
+
+def _replace(session: "registry.Session", name: str, config) -> "registry.Session":
+    """Replace adapter ``name`` atomically: if the new one cannot be injected, the old one is put back as it was."""
+    from peft.utils import get_peft_model_state_dict
+
+    kept = _Kept(session.peft.peft_config[name],
+                 {k: v.detach().clone() for k, v in get_peft_model_state_dict(session.peft, adapter_name=name).items()},
+                 session.records.get(name), switch.strength(session.model, name), session.active,
+                 _enabled(session),
+                 name in switch.merged_adapters(session))
+    model, only = session.model, session.adapters == [name]
+    if only:
+        detach(model)
+    else:
+        delete_adapter(model, name)
+    try:
+        if only:
+            return new_session(model, config, name)
+        _add(session, name, config)
+        return session
+    except BaseException:
+        _put_back(model, name, kept)
+        raise
+
+
+def _enabled(session: "registry.Session") -> bool:
+    return not any(layer.disable_adapters for layer, _ in switch.layer_index(session).layers)
+
+
+def _put_back(model: nn.Module, name: str, kept: _Kept) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    session = registry.find(model)
+    if session is None:
+        session = new_session(model, kept.config, name)
+    else:
+        _add(session, name, kept.config)
+    set_peft_model_state_dict(session.peft, kept.tensors, adapter_name=name)
+    if kept.record is not None:
+        session.records[name] = kept.record
+    if kept.strength is not None and kept.strength != 1.0:
+        switch.set_strength(model, kept.strength, adapter=name)
+    switch.turn_on(session, kept.active)
+    if kept.merged:
+        merge(model, name)
+    if not kept.enabled:
+        switch.turn_off(session)
 
 
 def new_session(model: nn.Module, config, name: str) -> "registry.Session":

@@ -65,7 +65,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
 
 def run_record(session, adapter: str) -> dict:
     """What ``lora_nb_record.json`` holds for ``adapter``."""
-    from ... import __version__
+    from ...version import __version__
     from .switch import strength
 
     record = session.records.get(adapter, {})
@@ -192,7 +192,7 @@ def _check_finite(tensors: dict[str, torch.Tensor], folder: Path) -> None:
         raise AdapterFileError(f"{folder}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]}); refusing to load")
 
 
-def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
+def _prepare(config, name: str | None, session) -> tuple[str, Any]:
     name = name or "default"
     AttachOptions(name=name)  # the same naming rules as attach
     if session is not None and name in session.adapters:
@@ -213,7 +213,7 @@ def _inject(model, session, config, name: str):
     return session, lambda: session.peft.delete_adapter(name)
 
 
-def _record(folder: Path, name: str) -> dict:
+def _record(folder: Path) -> dict:
     try:
         saved = json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
@@ -237,7 +237,7 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
     session = registry.find(model)
     if session is not None:
         session.ensure_idle("load an adapter")
-    name, config = _prepare(model, config, name, session)
+    name, config = _prepare(config, name, session)
     tensors = {k.removeprefix(PREFIX): v for k, v in tensors.items()}
     expected = expected_shapes(model, config)
     if expected is not None and (problem := mismatch(tensors, expected)):
@@ -252,7 +252,7 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
     except BaseException:
         rollback()
         raise
-    session.records[name] = _record(folder, name)
+    session.records[name] = _record(folder)
     session.notify("load")
     return name
 

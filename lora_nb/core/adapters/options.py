@@ -6,7 +6,7 @@ option's help), so a default or a rule lives in exactly one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import OptionError
@@ -112,6 +112,7 @@ class AttachOptions:
 
 
 def as_number(name: str, value: Any, kind: type) -> Any:
+    """``value`` as an ``int`` or ``float`` (``kind``), or a one-line error naming the option ``name``."""
     if isinstance(value, bool):
         raise OptionError(f"{name} must be a number; got {value}")
     try:
@@ -122,7 +123,3 @@ def as_number(name: str, value: Any, kind: type) -> Any:
         raise OptionError(f"{name} must be an integer; got `{value}`")
     return number
 
-
-def option_fields():
-    """The fields of ``AttachOptions`` (for building parsers)."""
-    return fields(AttachOptions)

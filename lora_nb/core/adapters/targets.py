@@ -104,12 +104,17 @@ def match_names(model: nn.Module, keys: Sequence[str]) -> list[str]:
     return list(matched)
 
 
+def compile_regex(pattern: str, option: str) -> re.Pattern:
+    """``pattern`` compiled, or a one-line error naming the ``option`` it came from."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise TargetError(f"{option} `{pattern}` is not a valid regex: {exc}") from None
+
+
 def _match_regex(model: nn.Module, pattern: str) -> list[str]:
     """Adaptable layers whose qualified name the regex finds (containers and dropouts are skipped)."""
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:
-        raise TargetError(f"targets `{pattern}` is not a valid regex: {exc}") from None
+    rx = compile_regex(pattern, "targets")
     named = [(n, m) for n, m in named_modules(model) if n and rx.search(n)]
     hits = [n for n, m in named if _is_leaf_candidate(m)]
     if not hits:

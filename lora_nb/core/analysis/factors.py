@@ -16,7 +16,6 @@ side) and ``B: out × r``, whatever the layer type stores:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from ...errors import LoraNBError, TargetError, did_you_mean, preview
 from .. import registry
+from ..adapters.targets import compile_regex
 from ..lowrank import one_thread
 
 
@@ -84,10 +84,7 @@ def select(session: "registry.Session", adapter: str, layers: str | None = None)
     found = list(lora_layers(session, adapter))
     if not layers:
         return found
-    try:
-        rx = re.compile(layers)
-    except re.error as exc:
-        raise TargetError(f"--layers `{layers}` is not a valid regex: {exc}") from None
+    rx = compile_regex(layers, "--layers")
     hits = [(n, m) for n, m in found if rx.search(n)]
     if not hits:
         kinds = dict.fromkeys(n.rsplit(".", 1)[-1] for n, _ in found)
