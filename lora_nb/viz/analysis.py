@@ -6,13 +6,13 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..core.analysis.history import RankMap
-from .spectra import _short
+from .spectra import short_names
 
 
 def rank_map_figure(ranks: RankMap) -> go.Figure:
     """Heatmap module × recorded step of a rank measure."""
     fig = go.Figure(go.Heatmap(
-        z=ranks.ranks, x=ranks.steps, y=_short(ranks.modules), colorscale="Viridis", colorbar=dict(title="rank"),
+        z=ranks.ranks, x=ranks.steps, y=short_names(ranks.modules), colorscale="Viridis", colorbar=dict(title="rank"),
         hovertemplate="%{y}<br>step %{x}: %{z:.2f}<extra></extra>"))
     fig.update_layout(title=f"{ranks.label} of ΔW over the run", xaxis_title="step", yaxis_title="module",
                       height=max(260, 24 * len(ranks.modules) + 120), margin=dict(t=50, b=40))
@@ -35,7 +35,7 @@ def interference_figure(result) -> go.Figure:
     z = [[float(result[m][p]) for p in pairs] for m in modules]
     phis = [[result.phi[m][p] for p in pairs] for m in modules]
     fig = go.Figure(go.Heatmap(
-        z=z, x=[result.pair_label(p) for p in pairs], y=_short(modules), customdata=phis, zmin=-1, zmax=1,
+        z=z, x=[result.pair_label(p) for p in pairs], y=short_names(modules), customdata=phis, zmin=-1, zmax=1,
         colorscale="RdBu", reversescale=True, colorbar=dict(title="cos ΔW"),
         hovertemplate="%{y}, %{x}<br>cos ΔW = %{z:.3f}<br>mean φ = %{customdata:.3f}<extra></extra>"))
     fig.update_layout(title="overlap of adapters per module: cosine between their updates", xaxis_title="pair",
@@ -62,7 +62,7 @@ def directions_figure(directions) -> go.Figure:
     from ..core.analysis.directions import overlap
 
     names = list(directions)
-    short = _short(names)
+    short = short_names(names)
     series = [("output side: LoRA vs full FT", [overlap(d.left) for d in directions.values()]),
               ("input side: LoRA vs full FT", [overlap(d.right) for d in directions.values()]),
               ("A₀ (init) vs top ∇ directions", [d.grad_a0 for d in directions.values()]),
@@ -79,7 +79,7 @@ def directions_figure(directions) -> go.Figure:
 
 def advice_figure(advice) -> go.Figure:
     """Per module: the adapter's rank now and the rank that holds the asked share of ΔW's energy."""
-    names = _short(list(advice))
+    names = short_names(list(advice))
     advised = f"advised ({advice.energy:.0%} energy)"
     fig = go.Figure([go.Bar(x=names, y=[a.r for a in advice.values()], name="r now"),
                      go.Bar(x=names, y=[a.rank for a in advice.values()], name=advised)])

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from ..core.analysis.spectra import Similarity, Spectra
 
 
-def _short(names: list[str]) -> list[str]:
+def short_names(names: list[str]) -> list[str]:
     """Module names without the prefix they all share (``model.layers.`` → ``0.self_attn.q_proj``)."""
     if len(names) < 2:
         return names
@@ -64,7 +64,7 @@ def base_spectrum_figure(result: Spectra, name: str) -> go.Figure:
 def effective_rank_figure(result: Spectra) -> go.Figure:
     """Effective rank and stable rank of ΔW per module, against the adapter rank r."""
     names = list(result)
-    labels = _short(names)
+    labels = short_names(names)
     fig = go.Figure([
         go.Bar(x=labels, y=[result.stats[n].effective_rank for n in names], name="effective rank",
                customdata=names, hovertemplate="%{customdata}: %{y:.2f}<extra></extra>"),

@@ -26,3 +26,15 @@ class FigureBox(W.Output):
         with self:
             self.clear_output(wait=True)
             display(figure)
+
+
+def with_picture(widget: W.Widget, figure: Any, **kwargs: Any) -> dict:
+    """``widget``'s display bundle plus ``figure`` as plotly JSON, which saved notebooks and nbconvert show."""
+    import json
+
+    import plotly.io as pio
+
+    bundle = widget._repr_mimebundle_(**kwargs)
+    if figure is not None:
+        bundle["application/vnd.plotly.v1+json"] = json.loads(pio.to_json(figure, validate=False))
+    return bundle

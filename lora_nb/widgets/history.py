@@ -10,7 +10,7 @@ from ..core import registry
 from ..core.analysis.history import MEASURES, rank_map, values_over_steps
 from ..core.training.callbacks import Callback
 from ..viz.analysis import rank_map_figure, values_over_steps_figure
-from .figure_box import FigureBox
+from .figure_box import FigureBox, with_picture
 from .throttle import Throttle
 
 
@@ -60,11 +60,4 @@ class HistoryView(Callback):
 
     def _repr_mimebundle_(self, **kwargs):
         """The widget, plus its main figure as plotly JSON for static views (nbconvert, saved notebooks)."""
-        import json
-
-        import plotly.io as pio
-
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        if self.heatmap.figure is not None:
-            bundle["application/vnd.plotly.v1+json"] = json.loads(pio.to_json(self.heatmap.figure, validate=False))
-        return bundle
+        return with_picture(self.widget, self.heatmap.figure, **kwargs)

@@ -10,7 +10,7 @@ import ipywidgets as W
 
 from ..core.analysis.intruders import IntruderDial
 from ..viz.analysis import intruder_curve_figure
-from .figure_box import FigureBox
+from .figure_box import FigureBox, with_picture
 
 Metric = Callable[[Any], float]
 
@@ -56,11 +56,4 @@ class IntruderView:
 
     def _repr_mimebundle_(self, **kwargs):
         """The widget, plus its main figure as plotly JSON for static views (nbconvert, saved notebooks)."""
-        import json
-
-        import plotly.io as pio
-
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        if self.curve.figure is not None:
-            bundle["application/vnd.plotly.v1+json"] = json.loads(pio.to_json(self.curve.figure, validate=False))
-        return bundle
+        return with_picture(self.widget, self.curve.figure, **kwargs)

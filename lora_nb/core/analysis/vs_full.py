@@ -255,7 +255,7 @@ def _step0_gradients(model: nn.Module, plan: _Plan, data: Any, names: list[str])
     """The full gradient ∂L/∂W of each LoRA target at the base weights, on the first training batch."""
     settings = plan.settings["full"]
     clone = base_copy(model)
-    device = resolve_device(settings.device, clone)
+    device = resolve_device(settings.device)
     place_model(clone, device)
     batches = plan_run(Bare(clone), data, None, plan.tokenizer, plan.loss_fn, settings, params=[]).batches
     return first_batch_gradients(clone, batches, names, device)
