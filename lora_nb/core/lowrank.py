@@ -1,9 +1,8 @@
 """Singular values of many LoRA updates ΔW = s·B·A at once, exact, without forming ΔW (torch only).
 
 The singular values of s·B·A depend on B only through its Gram matrix BᵀB and on A only through
-AAᵀ (both r × r). Same-shaped modules go through one batched pass: their factors are copied chunk
-by chunk into one reusable float64 buffer and the Grams accumulate with one ``baddbmm`` per chunk;
-then, with BᵀB = V_B Λ_B V_Bᵀ and AAᵀ = V_A Λ_A V_Aᵀ (batched r × r ``eigh``), ΔW's singular values
+AAᵀ (both r × r), computed in float64 (one ``mm`` per factor, through one reusable buffer). Same-shaped
+modules then go through one batched pass: with BᵀB = V_B Λ_B V_Bᵀ and AAᵀ = V_A Λ_A V_Aᵀ (batched r × r ``eigh``), ΔW's singular values
 are s × those of Λ_B^½ V_Bᵀ V_A Λ_A^½. A singular value σᵢ is exact to about 1e-16·(σ₁/σᵢ)² relative.
 
 Training imports this module (to record spectra over a run), so it knows no analysis and no peft:
@@ -20,8 +19,6 @@ import torch
 from torch import nn
 
 from ..errors import LoraNBError
-
-CHUNK = 1024  # rows of a factor converted to float64 at a time: the buffer stays in cache
 
 
 @contextmanager
@@ -71,18 +68,18 @@ def work_device(t: torch.Tensor) -> torch.device:
 
 
 def _grams(mats: Sequence[torch.Tensor], rows_first: bool) -> torch.Tensor:
-    """Batched float64 Grams: MᵀM for out × r matrices (``rows_first``), else MMᵀ for r × in ones."""
+    """Float64 Grams of same-shaped factors: MᵀM for out × r matrices (``rows_first``), else MMᵀ for r × in ones.
+
+    Each factor is copied (as r × length) into one reusable float64 buffer and multiplied by its own
+    transpose with one ``mm``: on CPUs this runs several times faster than a batched ``bmm`` of float64.
+    """
     n, dev = len(mats), work_device(mats[0])
     r, length = (mats[0].shape[1], mats[0].shape[0]) if rows_first else mats[0].shape
-    gram = torch.zeros(n, r, r, dtype=torch.float64, device=dev)
-    step = min(CHUNK, length)
-    buf = torch.empty(n, r, step, dtype=torch.float64, device=dev)  # r × chunk per module: the fast bmm layout
-    for start in range(0, length, step):
-        stop = min(length, start + step)
-        x = buf[:, :, : stop - start]
-        for k, m in enumerate(mats):
-            x[k].copy_(m[start:stop].T if rows_first else m[:, start:stop])
-        gram.baddbmm_(x, x.mT)
+    gram = torch.empty(n, r, r, dtype=torch.float64, device=dev)
+    buf = torch.empty(r, length, dtype=torch.float64, device=dev)
+    for k, m in enumerate(mats):
+        buf.copy_(m.T if rows_first else m)
+        torch.mm(buf, buf.T, out=gram[k])
     return gram
 
 
