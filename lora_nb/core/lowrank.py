@@ -2,8 +2,9 @@
 
 The singular values of s·B·A depend on B only through its Gram matrix BᵀB and on A only through
 AAᵀ (both r × r), computed in float64 (one ``mm`` per factor, through one reusable buffer). Same-shaped
-modules then go through one batched pass: with BᵀB = V_B Λ_B V_Bᵀ and AAᵀ = V_A Λ_A V_Aᵀ (batched r × r ``eigh``), ΔW's singular values
-are s × those of Λ_B^½ V_Bᵀ V_A Λ_A^½. A singular value σᵢ is exact to about 1e-16·(σ₁/σᵢ)² relative.
+modules then go through one batched pass: with BᵀB = V_B Λ_B V_Bᵀ and AAᵀ = V_A Λ_A V_Aᵀ (batched r × r
+``eigh``), ΔW's singular values are s × those of Λ_B^½ V_Bᵀ V_A Λ_A^½. A singular value σᵢ is exact to
+about 1e-16·(σ₁/σᵢ)² relative.
 
 Training imports this module (to record spectra over a run), so it knows no analysis and no peft:
 it reads a LoRA layer's factors by their attribute names.
