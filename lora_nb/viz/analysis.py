@@ -69,8 +69,10 @@ def directions_figure(directions) -> go.Figure:
               ("trained B vs top ∇ directions", [d.grad_b for d in directions.values()])]
     fig = go.Figure([go.Bar(x=short, y=ys, name=label, hovertemplate="%{x}: %{y:.3f}<extra>" + label + "</extra>")
                      for label, ys in series if any(y is not None for y in ys)])
-    fig.add_trace(go.Scatter(x=short, y=[d.random_right for d in directions.values()], mode="markers",
-                             marker=dict(symbol="line-ew-open", size=24, color="black"), name="a random subspace"))
+    for side, color in (("left", "black"), ("right", "gray")):
+        fig.add_trace(go.Scatter(x=short, y=[getattr(d, f"random_{side}") for d in directions.values()],
+                                 mode="markers", marker=dict(symbol="line-ew-open", size=24, color=color),
+                                 name=f"a random subspace ({'output' if side == 'left' else 'input'} side)"))
     fig.update_layout(title="which directions LoRA and full fine-tuning move each layer in (mean cos²)",
                       barmode="group", yaxis_title="overlap (1 = same subspace)", yaxis_range=[0, 1.05], height=360,
                       margin=dict(t=50, b=40))

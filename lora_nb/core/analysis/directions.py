@@ -65,13 +65,14 @@ class Directions(TableResult):
         return f"directions of LoRA vs full fine-tuning in {len(self)} layers (overlap = mean cos² of principal angles)"
 
     def _head(self) -> list[str]:
-        return ["module", "k", "left overlap", "right overlap", "random", "A₀ vs ∇ (step 0)", "B vs ∇"]
+        return ["module", "k", "left overlap", "right overlap", "random left / right", "A₀ vs ∇ (step 0)", "B vs ∇"]
 
     def _rows(self) -> list[list[str]]:
         def fmt(x):
             return "—" if x is None else f"{x:.3f}"
-        return [[n, str(d.k), fmt(overlap(d.left)), fmt(overlap(d.right)), f"{d.random_right:.3f}",
-                 fmt(d.grad_a0), fmt(d.grad_b)] for n, d in self.items()]
+        return [[n, str(d.k), fmt(overlap(d.left)), fmt(overlap(d.right)),
+                 f"{fmt(d.random_left)} / {fmt(d.random_right)}", fmt(d.grad_a0), fmt(d.grad_b)]
+                for n, d in self.items()]
 
 
 class FactorWatch(Callback):
