@@ -1,9 +1,10 @@
 """ΔW's singular values over a run: ``run.spectra_history``, recorded every N steps at ≤ 2% of the step time.
 
-Every single-process run records them (``SpectraRecorder`` is the run's first callback). N adapts:
-after each recording, N = ⌈recording seconds / (budget × mean step seconds)⌉, so recording costs
-about ``budget`` of the training time whatever the model's size; ``TrainSettings.spectra_every``
-fixes N instead (0: off). The last step is always recorded.
+Every single-process run records them (``SpectraRecorder`` is the run's first callback), at step 1
+and then whenever the time spent recording stays within ``budget`` of the training time so far
+(one recording kept in reserve for the last step, which is always recorded): so N adapts to
+recording cost / (budget × step time) whatever the model's size. ``TrainSettings.spectra_every``
+fixes N instead (0: off).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class SpectraRecorder(Callback):
         self.fixed, self.budget = every, budget
         self.layers: list = []
         self.last = 0
+        self.cost = 0.0  # seconds of the latest recording
+        self.step_seconds = 0.0  # training time so far (sum of the steps' wall times)
 
     def on_train_begin(self, run: Any) -> None:
         session = registry.find(run.model)
@@ -62,7 +65,14 @@ class SpectraRecorder(Callback):
                        if lowrank.layer_pair(m, run.adapter, n) is not None]
 
     def on_step_end(self, run: Any, record: dict) -> None:
-        if self.layers and record["step"] - self.last >= run.spectra_history.every:
+        if not self.layers:
+            return
+        self.step_seconds += record["seconds"]
+        if self.fixed:
+            due = record["step"] - self.last >= self.fixed
+        else:  # within budget, keeping one recording in reserve for the last step
+            due = self.last == 0 or run.spectra_history.seconds + 2 * self.cost <= self.budget * self.step_seconds
+        if due:
             self.record(run, record["step"])
 
     def on_train_end(self, run: Any) -> None:
@@ -70,7 +80,7 @@ class SpectraRecorder(Callback):
             self.record(run, run.step)
 
     def record(self, run: Any, step: int) -> None:
-        """Add the spectra at ``step``; re-pick the spacing from what this recording cost."""
+        """Add the spectra at ``step``; estimate the spacing the budget allows from what this recording cost."""
         history, t0 = run.spectra_history, time.perf_counter()
         with self.lock, lowrank.one_thread():
             pairs = [lowrank.layer_pair(m, run.adapter, n) for n, m in self.layers]
@@ -79,8 +89,8 @@ class SpectraRecorder(Callback):
             history.values.setdefault(name, []).append(v.numpy())
         history.steps.append(step)
         self.last = step
-        cost = time.perf_counter() - t0
-        history.seconds += cost
+        self.cost = time.perf_counter() - t0
+        history.seconds += self.cost
         if self.fixed is None and run.history:
-            mean_step = sum(r["seconds"] for r in run.history) / len(run.history)
-            history.every = max(1, math.ceil(cost / (self.budget * mean_step)))
+            mean_step = self.step_seconds / len(run.history)
+            history.every = max(1, math.ceil(self.cost / (self.budget * mean_step)))
