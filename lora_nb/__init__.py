@@ -72,13 +72,14 @@ def __dir__() -> list[str]:
 
 
 def load_ipython_extension(ipython) -> None:
-    """``%load_ext lora_nb``: register the ``%lora`` / ``%%lora`` magics."""
-    from .magics import LoraMagics
+    """``%load_ext lora_nb``: register the ``%lora`` / ``%%lora`` magics, their settings and tab completion."""
+    from .magics import register
 
-    ipython.register_magics(LoraMagics)
+    register(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
-    """``%unload_ext lora_nb``: remove the magics again."""
-    ipython.magics_manager.magics["line"].pop("lora", None)
-    ipython.magics_manager.magics["cell"].pop("lora", None)
+    """``%unload_ext lora_nb``: remove the magics, their settings and their completer again."""
+    from .magics import unregister
+
+    unregister(ipython)

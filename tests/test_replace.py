@@ -9,6 +9,7 @@ from helpers import lora_params, make_b_nonzero, run, sample_inputs, tiny_llama
 
 import lora_nb
 from lora_nb.core import registry
+from lora_nb.errors import InjectionError
 
 
 class InjectionFailed(RuntimeError):
@@ -35,7 +36,7 @@ def test_replacing_the_only_adapter_keeps_it_when_injection_fails(monkeypatch):
     x = sample_inputs(model)
     out, weights = run(model, x), lora_params(model)
     monkeypatch.setattr(peft, "get_peft_model", failing_for_r8(peft.get_peft_model))
-    with pytest.raises(InjectionFailed):
+    with pytest.raises(InjectionError, match=r"^peft cannot adapt `.*k_proj` \(Linear\): peft could not inject"):
         lora_nb.attach(model, r=8, targets="k_proj", replace=True)
     session = registry.find(model)
     assert session is not None and session.adapters == ["default"] and session.active == "default"
@@ -56,7 +57,7 @@ def test_replacing_one_of_several_adapters_keeps_it_when_injection_fails(monkeyp
     out, weights = run(model, x), lora_params(model)
     session = registry.find(model)
     monkeypatch.setattr(type(session.peft), "add_adapter", failing_for_r8(type(session.peft).add_adapter))
-    with pytest.raises(InjectionFailed):
+    with pytest.raises(InjectionError, match=r"^peft cannot adapt `.*k_proj` \(Linear\): peft could not inject"):
         lora_nb.attach(model, r=8, targets="k_proj", name="two", replace=True)
     assert sorted(session.adapters) == ["one", "two"] and session.active == "one"
     assert all(torch.equal(p, weights[n]) for n, p in lora_params(model).items())

@@ -8,14 +8,14 @@ from ..core.adapters.merge import merge, unmerge
 from ..core.analysis.compare import compare
 from ..core.registry import require
 from ..errors import OptionError
-from .router import Text, arg, verb
+from .router import UI, Text, arg, verb
 
 
 @verb("toggle", "a panel: one toggle per adapter, active adapter, strength slider, merge state",
-      examples=["%lora toggle model"])
+      UI, examples=["%lora toggle model"])
 def _toggle(ctx, args):
     model = ctx.model(args.model)
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.toggle import AdapterPanel
 
         return AdapterPanel(model).widget
@@ -30,6 +30,7 @@ def _toggle(ctx, args):
       arg("--inputs", help="notebook variable holding model inputs (a tensor or a dict of tensors)"),
       arg("--max-new-tokens", type=int, default=20, help="tokens to generate (default: 20)"),
       arg("--top-k", type=int, default=3, help="classes shown per example for classifiers (default: 3)"),
+      UI,
       examples=["%lora compare gpt --prompt 'Once upon a time' --tokenizer tok",
                 "%lora compare clf --inputs batch"])
 def _compare(ctx, args):

@@ -6,7 +6,7 @@ from ..core.analysis.advisor import advise
 from ..core.analysis.history import rank_map, spectra_history, values_over_steps
 from ..errors import OptionError
 from .inspect import Report
-from .router import arg, verb
+from .router import UI, arg, verb
 
 
 def _history_text(history) -> str:
@@ -19,7 +19,7 @@ def _history_text(history) -> str:
 
 
 @verb("history", "ΔW's spectra over the last run: rank per module × step, σ₁…σᵣ of a module over steps",
-      arg("--module", help="module whose singular values are drawn (default: the first)"),
+      arg("--module", help="module whose singular values are drawn (default: the first)"), UI,
       examples=["%lora history model", "%lora history model --module model.layers.0.self_attn.q_proj"])
 def _history(ctx, args):
     model = ctx.model(args.model)
@@ -27,7 +27,7 @@ def _history(ctx, args):
     module = args.module or history.modules[0]
     if module not in history.values:
         raise OptionError(f"no recorded spectra for `{module}`; modules: {', '.join(history.modules[:4])} …")
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.history import HistoryView
 
         view = HistoryView.of(model)
@@ -58,12 +58,12 @@ def _advise(ctx, args):
       arg("--adapter", help="adapter (default: the active one)"),
       arg("--top-k", type=int, default=10, help="top singular vectors of W+ΔW examined (default: 10)"),
       arg("--eps", type=float, default=0.5, help="best |cos| with W's below which a vector intrudes (default: 0.5)"),
-      arg("--layers", help="regex: only modules whose names it finds"),
+      arg("--layers", help="regex: only modules whose names it finds"), UI,
       examples=["%lora intruders model", "%lora intruders model --metric losses"])
 def _intruders(ctx, args):
     model = ctx.model(args.model)
     if args.metric is not None:
-        if not ctx.widgets:
+        if ctx.view_mode(args) != "widget":
             raise OptionError("%lora intruders --metric shows a slider and needs a widget front end (Jupyter); "
                               "here, use lora_nb.core.analysis.intruders.IntruderDial(model).set(λ)")
         from ..widgets.intruders import IntruderView

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from .. import core
 from ..core.adapters.options import AttachOptions
-from .router import arg, options_of, verb
+from .router import arg, options_of, verb, with_settings
+
+# attach options whose default is a notebook setting (`%config LoraMagics.default_r`)
+_NOTEBOOK = {"r": "default_r", "alpha": "default_alpha"}
 
 
 @verb(
-    "attach", "inject a LoRA adapter in place; the model now runs with it", *options_of(AttachOptions),
+    "attach", "inject a LoRA adapter in place; the model now runs with it",
+    *options_of(AttachOptions, notebook=_NOTEBOOK),
     examples=["%lora attach model --r 8 --alpha 16 --targets q_proj,v_proj",
               "%lora attach model --name second --r 4 --targets 'layers\\.[0-3]\\..*proj'"],
 )
 def _attach(ctx, args):
-    options = {k: v for k, v in vars(args).items() if k != "model"}
+    options = with_settings({k: v for k, v in vars(args).items() if k != "model"}, ctx.settings, _NOTEBOOK)
     core.attach(ctx.model(args.model), **options)
     return core.status(ctx.model(args.model))
 

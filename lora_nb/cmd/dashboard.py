@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from ..core.adapters.status import status
-from .router import Text, verb
+from .router import UI, Text, verb
 
 
 @verb("dashboard", "one widget for a model: status, adapters, training, weights and spectrum in tabs",
-      examples=["%lora dashboard model"])
+      UI, examples=["%lora dashboard model"])
 def _dashboard(ctx, args):
     model = ctx.model(args.model)
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.dashboard import Dashboard
 
         return Dashboard(model, lookup=ctx.lookup, name=args.model).widget

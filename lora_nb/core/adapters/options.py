@@ -84,9 +84,6 @@ class AttachOptions:
             raise OptionError(f"dropout must be in [0, 1); got {self.dropout:g}")
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise OptionError(f"adapter name must be an identifier (letters, digits, _); got `{self.name}`")
-        if self.name in "lora_":  # peft matches adapter names inside parameter names such as `lora_A`
-            raise OptionError(f"adapter name `{self.name}` is part of `lora_`, which peft cannot tell apart; "
-                              "choose a longer name")
         self.init = _parse_init(self.init)
         self.rank_pattern = _parse_rank_pattern(self.rank_pattern)
         if isinstance(self.modules_to_save, str):
