@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..core.analysis.advisor import advise
 from ..core.analysis.history import rank_map, spectra_history, values_over_steps
 from ..errors import OptionError
-from .inspect import Report
+from ..widgets.ui import Report
 from .router import UI, arg, verb
 
 
