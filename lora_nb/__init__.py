@@ -39,6 +39,8 @@ _EXPORTS = {
     "amplification": "lora_nb.core.analysis.spectra:amplification",
     "intruders": "lora_nb.core.analysis.spectra:intruders",
     "weights": "lora_nb.core.analysis.weights:weights",
+    "advise": "lora_nb.core.analysis.advisor:advise",
+    "spectra_history": "lora_nb.core.analysis.history:spectra_history",
     "merge": "lora_nb.core.adapters.merge:merge",
     "unmerge": "lora_nb.core.adapters.merge:unmerge",
     "save": "lora_nb.core.adapters.io:save",

@@ -145,7 +145,7 @@ def test_every_cell_is_filled_and_readings_follow_the_numbers(experiment):
     *_, result, _ = experiment
     rows = result.rows()
     assert [r.aspect for r in rows][0] == "scope of updates" and {r.aspect for r in rows} == {
-        "scope of updates", "efficiency (compute & memory)", "data", "overfitting", "performance"}
+        "scope of updates", "efficiency (compute & memory)", "data", "overfitting", "performance", "directions"}
     for row in rows:
         assert "—" not in (row.lora, row.full) and "not measured" not in row.reading, row
     reading = {r.measure: r.reading for r in rows}

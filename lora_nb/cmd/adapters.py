@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.adapters.combine import TYPES, combine
+from ..core.adapters.combine import TYPES, combination_error, combine
 from ..core.adapters.io import load, save
 from ..core.adapters.merge import merge, unmerge
 from ..core.analysis.compare import compare
@@ -90,5 +90,10 @@ def _load(ctx, args):
       examples=["%lora combine model --adapters a,b --weights 0.7,0.3 --name mix",
                 "%lora combine model --adapters a,b --weights 1,1 --type cat"])
 def _combine(ctx, args):
-    name = combine(ctx.model(args.model), args.adapters, args.weights, name=args.name, combination_type=args.type)
-    return Text(f"adapter `{name}` = {args.weights} · [{args.adapters}] ({args.type}); now active")
+    model = ctx.model(args.model)
+    name = combine(model, args.adapters, args.weights, name=args.name, combination_type=args.type)
+    errors = list(combination_error(model, name).values())
+    exact = (f"exact (relative error ≤ {max(errors):.1e}, rounding)" if max(errors, default=0.0) < 1e-5 else
+             f"relative error ‖ΔW − Σ wᵢΔWᵢ‖/‖Σ wᵢΔWᵢ‖ per module: mean {sum(errors) / len(errors):.3g}, "
+             f"max {max(errors):.3g}")
+    return Text(f"adapter `{name}` = {args.weights} · [{args.adapters}] ({args.type}); now active\n{exact}")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import sys
 
+from ..core.analysis.interference import interference
 from ..core.analysis.spectra import similarity, spectra
 from ..core.analysis.weights import matrices, weights
+from ..errors import OptionError
 from ..widgets.ui import Pictures, Report
 from .router import UI, arg, verb
 
@@ -66,13 +68,23 @@ def _spectrum(ctx, args):
     return _report(mode, repr(result), specs, result._repr_html_())
 
 
-@verb("similarity", "LoRA-paper subspace similarity φ(i, j) between two adapters",
-      arg("--adapter", required=True, help="first adapter"),
-      arg("--other", required=True, help="second adapter"), _LAYERS, UI,
-      examples=["%lora similarity model --adapter r8 --other r64"])
+@verb("similarity", "subspace similarity φ(i, j) of two adapters, or the overlap map of two or more (--adapters)",
+      arg("--adapter", help="first adapter"),
+      arg("--other", help="second adapter"),
+      arg("--adapters", help="two or more adapters, comma-separated: per module cos(ΔWᵢ, ΔWⱼ) and mean φ"), _LAYERS, UI,
+      examples=["%lora similarity model --adapter r8 --other r64", "%lora similarity model --adapters a,b,c"])
 def _similarity(ctx, args):
     model = ctx.model(args.model)
     mode = ctx.view_mode(args)
+    if args.adapters:
+        if args.adapter or args.other:
+            raise OptionError("%lora similarity: give --adapters a,b,… or --adapter A --other B, not both")
+        from ..viz.analysis import interference_figure
+
+        result = interference(model, args.adapters, args.layers)
+        return _report(mode, repr(result), [interference_figure(result)], result._repr_html_())
+    if not (args.adapter and args.other):
+        raise OptionError("%lora similarity: give --adapter A --other B, or --adapters a,b,…")
     if mode == "widget":
         from ..widgets.explorers import SimilarityView
 

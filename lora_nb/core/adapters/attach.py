@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,13 +31,16 @@ def _min_dim(module: nn.Module) -> int | None:
     return min(weight.shape[0], weight[0].numel())
 
 
-def _warn_rank(model: nn.Module, names: list[str], r: int) -> None:
-    modules = dict(named_modules(model))
-    small = [n for n in names if (d := _min_dim(modules[n])) is not None and r > d]
+def _warn_rank(model: nn.Module, names: list[str], r: int, pattern: dict[str, int] | None = None) -> None:
+    from peft.utils.other import get_pattern_key
+
+    modules, pattern = dict(named_modules(model)), pattern or {}
+    rank = {n: pattern.get(get_pattern_key(pattern, n), r) for n in names}
+    small = [n for n in names if (d := _min_dim(modules[n])) is not None and rank[n] > d]
     if small:
         warnings.warn(
-            f"r={r} exceeds min(in, out) of {len(small)} layer(s) (e.g. {small[0]}): their update has rank "
-            "at most min(in, out), so part of the adapter is redundant",
+            f"r={rank[small[0]]} exceeds min(in, out) of {len(small)} layer(s) (e.g. {small[0]}): their update has "
+            "rank at most min(in, out), so part of the adapter is redundant",
             LoraNBWarning,
             stacklevel=3,
         )
@@ -81,10 +84,12 @@ def attach(model: Any, **options: Any) -> "registry.Session":
                 raise AdapterError(
                     f"adapter `{opts.name}` already exists; pass --replace to replace it or --name for another"
                 )
+    if opts.rank_pattern == "advised":
+        opts = advised(session, opts)
     names = resolve_targets(model, opts.targets)
     if opts.modules_to_save:
         match_names(model, opts.modules_to_save)  # one-line error (with candidates) if one matches nothing
-    _warn_rank(model, names, opts.r)
+    _warn_rank(model, names, opts.r, opts.rank_pattern)
     config = _peft_config(opts, model, names)
     if session is not None and opts.name in session.adapters:
         session = _replace(session, opts.name, config)
@@ -96,6 +101,15 @@ def attach(model: Any, **options: Any) -> "registry.Session":
     materialize_adapter(session, opts.name)  # offloaded layers (device_map): factors off `meta`, see core.dispatch
     session.notify("attach")
     return session
+
+
+def advised(session: "registry.Session | None", opts: AttachOptions) -> AttachOptions:
+    """``opts`` with the session's last rank advice as its rank pattern (and, for targets=auto, its modules)."""
+    advice = getattr(session, "advice", None)
+    if advice is None:
+        raise OptionError("no rank advice for this model yet: run `%lora advise MODEL` (lora_nb.advise) first")
+    targets = list(advice.rank_pattern) if opts.targets == "auto" else opts.targets
+    return replace(opts, rank_pattern=dict(advice.rank_pattern), targets=targets)
 
 
 def _add(session: "registry.Session", name: str, config) -> None:

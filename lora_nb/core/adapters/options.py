@@ -27,6 +27,24 @@ def _parse_init(value: Any) -> bool | str:
     raise OptionError(f"init must be one of {', '.join(INIT_CHOICES)}; got `{value}`")
 
 
+def _parse_rank_pattern(value: Any) -> dict[str, int] | str | None:
+    """``None``, ``"advised"`` (resolved by ``attach``), or ``{module: rank}`` from a dict or ``a:4,b:2``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "advised"):
+        return value if value is None else "advised"
+    if isinstance(value, str):
+        pairs = [item.rpartition(":") for item in value.split(",") if item.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise OptionError(f"rank_pattern must be `advised` or module:rank,module:rank; got `{value}`")
+        value = {name.strip(): rank for name, _, rank in pairs}
+    if not isinstance(value, dict):
+        raise OptionError(f"rank_pattern must be `advised`, a dict or module:rank,…; got {type(value).__name__}")
+    ranks = {str(k): as_number(f"rank of {k}", v, int) for k, v in value.items()}
+    bad = [k for k, v in ranks.items() if v < 1]
+    if bad:
+        raise OptionError(f"ranks in rank_pattern must be ≥ 1 (`{bad[0]}`: {ranks[bad[0]]})")
+    return ranks
+
+
 @dataclass
 class AttachOptions:
     """How to build one LoRA adapter (mirrors peft's ``LoraConfig`` with friendlier names)."""
@@ -49,6 +67,10 @@ class AttachOptions:
         default=None,
         metadata={"help": "modules trained in full beside LoRA, e.g. a new task head: classifier,score"},
     )
+    rank_pattern: Any = field(
+        default=None,
+        metadata={"help": "per-module ranks: `advised` (from %lora advise) or module:rank,module:rank"},
+    )
 
     def __post_init__(self) -> None:
         self.r = as_number("r", self.r, int)
@@ -63,6 +85,7 @@ class AttachOptions:
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise OptionError(f"adapter name must be an identifier (letters, digits, _); got `{self.name}`")
         self.init = _parse_init(self.init)
+        self.rank_pattern = _parse_rank_pattern(self.rank_pattern)
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [m.strip() for m in self.modules_to_save.split(",") if m.strip()] or None
 
@@ -81,6 +104,7 @@ class AttachOptions:
             init_lora_weights=self.init,
             fan_in_fan_out=fan_in_fan_out,
             modules_to_save=self.modules_to_save,
+            rank_pattern=dict(self.rank_pattern or {}),
         )
 
 

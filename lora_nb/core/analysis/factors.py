@@ -19,7 +19,6 @@ side) and ``B: out × r``, whatever the layer type stores:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 from ...errors import LoraNBError, TargetError, did_you_mean, preview
 from .. import registry
 from ..adapters.targets import compile_regex
+from ..lowrank import one_thread
 
 
 @dataclass(frozen=True)
@@ -65,24 +65,6 @@ class Factors:
         if self.kind == "conv":
             return weight.reshape(weight.shape[0], -1)
         return weight.T if self.transposed else weight
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run many tiny CPU linear-algebra calls on one thread (this thread's setting, restored after).
-
-    Thin QRs of out × r factors are far too small to share: with 2 OpenMP threads on a busy
-    2-core machine, 224 Llama-7B modules took 9–27 s instead of 0.5 s (every call waits for a
-    descheduled worker).
-    """
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 def lora_layers(session: "registry.Session", adapter: str) -> Iterator[tuple[str, nn.Module]]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ...errors import TargetError
-from .. import registry
+from .. import lowrank, registry
 from . import factors as F
 from .weights import TableResult
 
@@ -162,7 +162,7 @@ def _base_spectrum(session, layer, f: F.Factors, adapter: str, top_k: int | None
 
 def spectra(model, adapter: str | None = None, base: bool = False, layers: str | None = None,
             top_k: int | None = None, progress: Progress | None = None) -> Spectra:
-    """Singular values of ΔW = s·B·A per adapted module, exact, from an r × r SVD each.
+    """Singular values of ΔW = s·B·A per adapted module, exact, from r × r Grams (same-shaped modules batched).
 
     ``adapter``: default the active one. ``layers``: regex on module names. ``base=True`` adds
     the spectra of W and W+ΔW (dense SVDs on the layer's device, cached; the top ``top_k`` by a
@@ -170,18 +170,21 @@ def spectra(model, adapter: str | None = None, base: bool = False, layers: str |
     is called after each base layer.
     """
     session = registry.require(model)
-    adapter, fs = F.read(model, adapter, layers)
+    adapter = F.resolve_adapter(session, adapter)
     result = Spectra(adapter)
-    with F.one_thread():
-        for f in fs:
-            result[f.name] = values = delta_values(f)
-            result.shapes[f.name] = (f.out_features, f.in_features, f.r)
-            result.stats[f.name] = layer_stats(values)
+    with session.lock, F.one_thread():  # the training loop steps under the lock: never a torn read
+        pairs = {n: p for n, m in F.select(session, adapter, layers) if (p := lowrank.layer_pair(m, adapter, n))}
+        values = lowrank.svdvals_many(list(pairs.values()))
+    for (name, p), v in zip(pairs.items(), values):
+        result[name] = v.numpy()
+        result.shapes[name] = (p.B.shape[0], p.A.shape[1], p.A.shape[0])
+        result.stats[name] = layer_stats(result[name])
     if getattr(session.peft.peft_config[adapter], "use_dora", False):
         result.notes.append("DoRA adapter: these are the values of s·B·A; its magnitude vector rescales W+ΔW too")
     if all(not len(v) or v[0] == 0 for v in result.values()):
         result.notes.append("ΔW is zero everywhere: a factor is still all zeros (fresh adapter, or never trained)")
     if base:
+        fs = F.read(model, adapter, layers)[1]
         result.base = {}
         for i, f in enumerate(fs, 1):
             result.base[f.name] = _base_spectrum(session, session.model.get_submodule(f.name), f, adapter, top_k)
@@ -212,9 +215,9 @@ class Similarity(TableResult):
         return f"subspace similarity φ of adapters `{self.a}` and `{self.b}` ({len(self)} modules)"
 
 
-def _right_vectors(f: F.Factors) -> torch.Tensor:
-    """Right singular vectors of A as rows (k × in), float64."""
-    return torch.linalg.svd(f.A.to(_work(f.A), torch.float64), full_matrices=False)[2]
+def right_vectors(a: torch.Tensor) -> torch.Tensor:
+    """Right singular vectors of the factor ``a`` (r × in) as rows (k × in), float64."""
+    return torch.linalg.svd(a.to(_work(a), torch.float64), full_matrices=False)[2]
 
 
 def phi(va: torch.Tensor, vb: torch.Tensor) -> np.ndarray:
@@ -236,7 +239,7 @@ def similarity(model, a: str, b: str, layers: str | None = None, other=None) -> 
         for f in fa:
             g = second.get(f.name)
             if g is not None and g.in_features == f.in_features:
-                result[f.name] = phi(_right_vectors(f), _right_vectors(g))
+                result[f.name] = phi(right_vectors(f.A), right_vectors(g.A))
     if not result:
         raise TargetError(f"adapters `{a}` and `{b}` share no module with the same input size")
     if any(not bool(f.A.any()) or not bool(second[f.name].A.any()) for f in fa if f.name in result):

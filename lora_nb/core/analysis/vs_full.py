@@ -44,6 +44,7 @@ from ..training.loop import uses_bf16
 from ..training.memory import PeakMemory, trainable_state_bytes
 from ..training.run import launch, plan_run, trainable_parameters
 from ..training.settings import TrainSettings
+from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients
 from .sweep import parse_sizes, subset
 from .vs_full_result import Arm, VsFullResult
 
@@ -141,10 +142,14 @@ def vs_full(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = No
                       tokenizer, loss_fn, callbacks)
     sizes = parse_sizes(opts.sizes, data, eval_data)
     _warm_up(model, plan, data)
-    arms = {arm: _arm(arm, model, plan, data, checkpoint=True) for arm in ARMS}
+    factors = FactorWatch(ADAPTER)
+    arms = {"lora": _arm("lora", model, plan, data, checkpoint=True, watch=factors)}
+    weights = WeightWatch(arms["lora"].targets)
+    arms["full"] = _arm("full", model, plan, data, checkpoint=True, watch=weights)
+    directions = compare(factors, weights, _step0_gradients(model, plan, data, arms["lora"].targets))
     seed = plan.settings["lora"].seed or 0
     sweep = [_arm(arm, model, plan, subset(data, n, seed), size=n) for n in sizes for arm in ARMS]
-    result = VsFullResult(arms["lora"], arms["full"], sweep, dict(plan.settings), plan.lora)
+    result = VsFullResult(arms["lora"], arms["full"], sweep, dict(plan.settings), plan.lora, directions)
     for cb in plan.callbacks:
         if isinstance(cb, VsFullCallback):
             cb.on_result(result)
@@ -193,7 +198,7 @@ def _deepcopy(model: nn.Module) -> nn.Module:
 
 
 def _arm(arm: str, model: nn.Module, plan: _Plan, data: Any, size: int | None = None,
-         checkpoint: bool = False) -> Arm:
+         checkpoint: bool = False, watch: Callback | None = None) -> Arm:
     """Train one arm on a fresh copy and measure it."""
     for cb in plan.callbacks:
         if isinstance(cb, VsFullCallback):
@@ -204,7 +209,7 @@ def _arm(arm: str, model: nn.Module, plan: _Plan, data: Any, size: int | None = 
     target = resolve_device(settings.device)
     place_model(clone, target)
     with PeakMemory(target) as memory:
-        run, params, targets = _train(arm, clone, plan, data, settings, quiet=size is not None)
+        run, params, targets = _train(arm, clone, plan, data, settings, quiet=size is not None, watch=watch)
     state = trainable_state_bytes(params)
     file, written = _checkpoint(arm, clone) if checkpoint else ("", None)
     train_loss, train_acc = evaluate(clone, data, plan, settings, target)
@@ -223,7 +228,8 @@ def _arm(arm: str, model: nn.Module, plan: _Plan, data: Any, size: int | None = 
     return result
 
 
-def _train(arm: str, clone: nn.Module, plan: _Plan, data: Any, settings: TrainSettings, quiet: bool):
+def _train(arm: str, clone: nn.Module, plan: _Plan, data: Any, settings: TrainSettings, quiet: bool,
+           watch: Callback | None = None):
     """Attach LoRA (the LoRA arm) or take every weight (the full arm) and train through ``launch``."""
     if arm == "lora":
         if settings.seed is not None:
@@ -237,12 +243,22 @@ def _train(arm: str, clone: nn.Module, plan: _Plan, data: Any, settings: TrainSe
         holder, targets = Bare(clone), []
         params = [p for p in clone.parameters() if p.is_floating_point()]
     run_plan = plan_run(holder, data, plan.eval_data, plan.tokenizer, plan.loss_fn, settings, params=params)
-    run = launch(holder, arm, run_plan, background=False, callbacks=plan.callbacks,
-                 custom_loss=takes_model(plan.loss_fn))
+    callbacks = [*plan.callbacks, *([watch] if watch else [])]
+    run = launch(holder, arm, run_plan, background=False, callbacks=callbacks, custom_loss=takes_model(plan.loss_fn))
     if run.state != "finished" or not run.history:
         label = "LoRA" if arm == "lora" else "full fine-tuning"
         raise TrainingError(f"the {label} arm {run.state}: {run.message}")
     return run, params, targets
+
+
+def _step0_gradients(model: nn.Module, plan: _Plan, data: Any, names: list[str]) -> dict[str, torch.Tensor]:
+    """The full gradient ∂L/∂W of each LoRA target at the base weights, on the first training batch."""
+    settings = plan.settings["full"]
+    clone = base_copy(model)
+    device = resolve_device(settings.device)
+    place_model(clone, device)
+    batches = plan_run(Bare(clone), data, None, plan.tokenizer, plan.loss_fn, settings, params=[]).batches
+    return first_batch_gradients(clone, batches, names, device)
 
 
 def _warm_up(model: nn.Module, plan: _Plan, data: Any) -> None:

@@ -108,6 +108,7 @@ class VsFullResult:
     sweep: list[Arm]  # one Arm per (size, arm), sizes ascending
     settings: dict[str, Any]  # per arm: the TrainSettings it trained with
     options: Any  # the LoRA arm's AttachOptions
+    directions: Any = None  # directions.Directions: subspace overlaps of the two arms' updates per layer
 
     @property
     def sizes(self) -> list[int]:
@@ -118,7 +119,21 @@ class VsFullResult:
 
     def rows(self) -> list[Row]:
         """The table: one row per measurement, grouped by the explainer's aspects."""
-        return [*self._scope(), *self._efficiency(), *self._data(), *self._overfitting(), *self._performance()]
+        return [*self._scope(), *self._efficiency(), *self._data(), *self._overfitting(), *self._performance(),
+                *self._directions()]
+
+    def _directions(self) -> list[Row]:
+        if not self.directions:
+            return []
+        from .directions import overlap
+
+        layers = list(self.directions.values())
+        left = sum(overlap(d.left) for d in layers) / len(layers)
+        chance = sum(d.random_left for d in layers) / len(layers)
+        reading = (f"LoRA's top-r output directions overlap full fine-tuning's by {left:.2f} (mean cos², "
+                   f"{len(layers)} layers; a random subspace: {chance:.2f})")
+        return [Row("directions", "overlap of top-r update subspaces (output side)", f"{left:.3f}",
+                    f"random: {chance:.3f}", reading)]
 
     def _scope(self) -> list[Row]:
         lo, fu = self.lora, self.full

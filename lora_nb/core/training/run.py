@@ -14,7 +14,8 @@ How a run ends (``run.state``):
 ``run.history`` holds one dict per optimizer step: ``step``, ``loss``, ``lr``, ``grad_norm``,
 ``samples_per_s``, ``tokens_per_s`` (token data), ``seconds`` (wall time of the step), ``memory_mb``
 (CUDA allocated on GPU, process RSS on CPU), ``peak_memory_mb`` (CUDA only), ``time`` (s since
-start) and ``epoch``; ``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``.
+start) and ``epoch``; ``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``;
+``run.spectra_history`` ΔW's singular values per module every few steps (see ``spectra_history``).
 ``run.best``, ``run.samples``, ``run.memory_plan``: see ``long_run.py`` (checkpoints, resume, early
 stopping, samples and the memory plan are callbacks the run places before the views).
 """
@@ -40,6 +41,7 @@ from .device import in_jupyter_kernel, place_model, resolve_device
 from .long_run import RunAdditions
 from .loop import Loop, uses_bf16
 from .settings import TrainSettings
+from .spectra_history import SpectraHistory, SpectraRecorder
 
 __all__ = ["RunPlan", "TrainRun", "launch", "plan_run", "start_run", "trainable_parameters"]
 
@@ -69,6 +71,7 @@ class TrainRun:
     sample_seconds: float = 0.0  # time spent generating samples (not in any step's "seconds")
     memory_plan: Any = None  # the MemoryPlan measured when the run began
     stop_reason: str = ""  # why the run stopped itself (early stopping), for its message
+    spectra_history: SpectraHistory = field(default_factory=SpectraHistory)  # ΔW's singular values over the run
 
     def __post_init__(self) -> None:
         self._stop, self._resume, self._done = threading.Event(), threading.Event(), threading.Event()
@@ -252,8 +255,9 @@ def launch(session: Any, name: str, plan: RunPlan, background: bool | None = Non
     bf16 = uses_bf16(target, settings.precision)
     where = str(target) + (" (bf16 autocast)" if bf16 else "")
     background = in_jupyter_kernel() if background is None else bool(background)
+    recorder = SpectraRecorder(settings.spectra_every)  # first, so views see this step's spectra
     run = TrainRun(session.model, name, settings, plan.max_steps, target, where, plan.batches.description,
-                   background=background, custom_loss=custom_loss, callbacks=list(callbacks or []))
+                   background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])])
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     place_model(session.model, target)

@@ -62,16 +62,19 @@ class TrainSettings:
     grad_checkpointing: bool = field(default=False,
                                      metadata={"help": "recompute activations in backward (less memory, slower)"})
     lr_ratio: float | None = field(default=None, metadata={"help": "LoRA+: B's learning rate = R × A's (e.g. 16)"})
+    spectra_every: int | None = field(default=None, metadata={
+        "help": "steps between ΔW spectra kept in run.spectra_history (default: adaptive, ≤ 1/50 of step time; "
+                "0: off)"})
 
     def __post_init__(self) -> None:
         for name, kind, low in (("steps", int, 1), ("batch_size", int, 1), ("grad_accum", int, 1),
                                 ("eval_every", int, 1), ("max_length", int, 1), ("epochs", float, 0),
-                                ("processes", int, 1)):
+                                ("processes", int, 1), ("spectra_every", int, 0)):
             value = getattr(self, name)
             if value is not None:
                 value = as_number(name, value, kind)
                 if value < low or (kind is float and value <= 0):
-                    raise OptionError(f"{name} must be {'≥ 1' if kind is int else 'positive'}; got {value:g}")
+                    raise OptionError(f"{name} must be {f'≥ {low}' if kind is int else 'positive'}; got {value:g}")
                 setattr(self, name, value)
         if self.steps is not None and self.epochs is not None:
             raise OptionError("give steps or epochs, not both")

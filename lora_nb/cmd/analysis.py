@@ -1,0 +1,75 @@
+"""Verbs that show how an adapter learned: ``history`` (spectra over the run), ``advise`` (ranks), ``intruders``."""
+
+from __future__ import annotations
+
+from ..core.analysis.advisor import advise
+from ..core.analysis.history import rank_map, spectra_history, values_over_steps
+from ..errors import OptionError
+from ..widgets.ui import Report
+from .router import UI, arg, verb
+
+
+def _history_text(history) -> str:
+    ranks = rank_map(history).ranks
+    lines = [repr(history), f"{'module':<40} {'eff. rank':>20} {'σ₁':>22}"]
+    for i, name in enumerate(history.modules):
+        sigma = values_over_steps(history, name)[:, 0]
+        lines.append(f"{name:<40} {ranks[i, 0]:>9.2f} → {ranks[i, -1]:<8.2f} {sigma[0]:>10.4g} → {sigma[-1]:<10.4g}")
+    return "\n".join(lines)
+
+
+@verb("history", "ΔW's spectra over the last run: rank per module × step, σ₁…σᵣ of a module over steps",
+      arg("--module", help="module whose singular values are drawn (default: the first)"), UI,
+      examples=["%lora history model", "%lora history model --module model.layers.0.self_attn.q_proj"])
+def _history(ctx, args):
+    model = ctx.model(args.model)
+    history = spectra_history(model)
+    module = args.module or history.modules[0]
+    if module not in history.values:
+        raise OptionError(f"no recorded spectra for `{module}`; modules: {', '.join(history.modules[:4])} …")
+    if ctx.view_mode(args) == "widget":
+        from ..widgets.history import HistoryView
+
+        view = HistoryView.of(model)
+        view.module.value = module
+        return view
+    from ..viz.analysis import rank_map_figure, values_over_steps_figure
+
+    figures = [rank_map_figure(rank_map(history)),
+               values_over_steps_figure(history.steps, values_over_steps(history, module), module)]
+    return Report(_history_text(history), figures)
+
+
+@verb("advise", "per module, the rank holding a share of ΔW's energy; `attach --rank-pattern advised` uses it",
+      arg("--energy", type=float, default=0.9, help="share of ‖ΔW‖²_F to keep (default: 0.9)"),
+      arg("--adapter", help="adapter to advise on (default: the active one)"),
+      arg("--layers", help="regex: only modules whose names it finds"),
+      examples=["%lora advise model", "%lora advise model --energy 0.95",
+                "%lora attach model --name lean --rank-pattern advised"])
+def _advise(ctx, args):
+    advice = advise(ctx.model(args.model), args.energy, args.adapter, args.layers)
+    from ..viz.analysis import advice_figure
+
+    return Report(repr(advice), [advice_figure(advice)], advice._repr_html_())
+
+
+@verb("intruders", "intruder dimensions per layer; with --metric, a slider that scales them (undoable)",
+      arg("--metric", help="notebook variable: metric(model) -> float, or a dict of them {label: metric}"),
+      arg("--adapter", help="adapter (default: the active one)"),
+      arg("--top-k", type=int, default=10, help="top singular vectors of W+ΔW examined (default: 10)"),
+      arg("--eps", type=float, default=0.5, help="best |cos| with W's below which a vector intrudes (default: 0.5)"),
+      arg("--layers", help="regex: only modules whose names it finds"), UI,
+      examples=["%lora intruders model", "%lora intruders model --metric losses"])
+def _intruders(ctx, args):
+    model = ctx.model(args.model)
+    if args.metric is not None:
+        if ctx.view_mode(args) != "widget":
+            raise OptionError("%lora intruders --metric shows a slider and needs a widget front end (Jupyter); "
+                              "here, use lora_nb.core.analysis.intruders.IntruderDial(model).set(λ)")
+        from ..widgets.intruders import IntruderView
+
+        return IntruderView(model, ctx.lookup(args.metric), args.adapter, args.top_k, args.eps, args.layers)
+    from ..core.analysis.spectra import intruders
+
+    result = intruders(model, args.adapter, args.top_k, args.eps, args.layers)
+    return Report(repr(result), [], result._repr_html_())

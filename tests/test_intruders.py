@@ -1,0 +1,91 @@
+"""Intruder dimensions you can dial: a slider scales them, the user's metrics follow, λ = 1 restores exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_b_nonzero, tiny_gpt2
+from torch import nn
+
+import lora_nb
+from lora_nb.core.analysis.intruders import IntruderDial
+from lora_nb.errors import LoraNBError
+
+
+def _model_with_an_intruder(d=32):
+    """W's left singular vectors are the unit axes; ΔW = 3·u·vᵀ with u = (1, …, 1)/√d: |cos| ≤ 0.18 with all."""
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(d, d, bias=False))
+    q_in = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+    with torch.no_grad():
+        model[0].weight.copy_(torch.diag(torch.linspace(1.0, 0.1, d)) @ q_in.T)
+    probe = torch.randn(64, d, generator=g)
+    base_out = model(probe).detach()
+    lora_nb.attach(model, r=2, alpha=2)
+    u, v = torch.ones(d) / d ** 0.5, q_in[:, 5]
+    with torch.no_grad():
+        model[0].lora_A["default"].weight.copy_(torch.stack([v, torch.zeros(d)]))
+        model[0].lora_B["default"].weight.copy_(torch.stack([3.0 * u, torch.zeros(d)], dim=1))
+    trained_out = model(probe).detach()
+    old = lambda m: float(((m(probe).detach() - base_out) ** 2).mean())  # forgetting: off the base
+    new = lambda m: float(((m(probe).detach() - trained_out) ** 2).mean())  # off what was learned
+    return model, {"old task": old, "new task": new}
+
+
+def _factors(model):
+    layer = model[0]
+    return layer.lora_A["default"].weight.detach().clone(), layer.lora_B["default"].weight.detach().clone()
+
+
+def test_slider_scales_intruders_metrics_follow_and_restore_is_exact():
+    from lora_nb.widgets.intruders import IntruderView
+
+    model, metrics = _model_with_an_intruder()
+    a0, b0 = _factors(model)
+    view = IntruderView(model, metrics, k=4)
+    assert view.dial.counts == {"0": 1}
+    assert "<td>0</td><td>1</td>" in view.table.value
+    assert view.measured["new task"][1.0] == 0.0
+    old_trained = view.measured["old task"][1.0]
+    view.slider.value = 0.5
+    view.slider.value = 0.0
+    old, new = view.measured["old task"], view.measured["new task"]
+    assert old[0.0] < old[0.5] < old_trained * 0.6  # removing the intruder brings the base behaviour back
+    assert new[0.0] > new[0.5] > 0.0  # at the price of what the adapter learned
+    assert "λ = 0.00" in view.readout.value
+    fig = view.curve.figure
+    assert [t.name for t in fig.data] == ["old task", "new task"] and list(fig.data[0].x) == [0.0, 0.5, 1.0]
+    view.restore_button.click()
+    a1, b1 = _factors(model)
+    assert view.slider.value == 1.0 and torch.equal(a0, a1) and torch.equal(b0, b1)
+    with pytest.raises(LoraNBError, match=r"in \[0, 1\]"):
+        view.dial.set(1.5)
+
+
+def test_dial_on_transposed_gpt2_layers_matches_peft_delta_and_undoes():
+    model = tiny_gpt2()
+    lora_nb.attach(model, r=4)
+    make_b_nonzero(model, scale=3.0)
+    dial = IntruderDial(model, k=8, eps=0.9)
+    assert sum(dial.counts.values()) > 0
+    name = next(n for n, c in dial.counts.items() if c)
+    layer = model.get_submodule(name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    dial.set(0.0)
+    part = dial.layers[name]
+    expected = part.factors.scaling * part.factors.B.double() @ part.factors.A.double() - (part.u * part.s) @ part.v.T
+    got = part.factors.from_stored(layer.get_delta_weight("default").detach().double())
+    tail = torch.linalg.svdvals(expected)[part.factors.r:]  # rank-r factors: the best rank-r approximation
+    assert float((got - expected).norm()) == pytest.approx(float(tail.norm()), abs=1e-5)
+    dial.restore()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_the_view_leaves_a_static_picture_of_its_curve():
+    from lora_nb.widgets.intruders import IntruderView
+
+    model, metrics = _model_with_an_intruder()
+    view = IntruderView(model, metrics, k=4)
+    bundle = view._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert [t["name"] for t in bundle["application/vnd.plotly.v1+json"]["data"]] == ["old task", "new task"]
