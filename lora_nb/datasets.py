@@ -77,7 +77,9 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
-        model.hf_quantizer = None  # an ordinary float32 model from here on
+        model.hf_quantizer = None  # an ordinary float32 model from here on, also when reloaded:
+        model.config.quantization_config = None
+        del model.config.quantization_config
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
         if target.exists():
