@@ -29,7 +29,7 @@ _EXPORTS = {
     "AttachOptions": "lora_nb.core.adapters.options:AttachOptions",
     "ModelStatus": "lora_nb.core.adapters.status:ModelStatus",
     "Callback": "lora_nb.core.training.callbacks:Callback",
-    "train": "lora_nb.core.training.run:train",
+    "train": "lora_nb.core.training.train:train",
     "TrainRun": "lora_nb.core.training.run:TrainRun",
     "TrainSettings": "lora_nb.core.training.settings:TrainSettings",
     "ConsoleReporter": "lora_nb.core.training.reporting:ConsoleReporter",

@@ -71,7 +71,7 @@ def test_long_history_sends_bounded_throttled_updates(wire):  # G22
         if step % 5000 == 0:
             run.evals.append({"step": step, "eval_loss": 2.0, "time": clock.now})
             dash.on_evaluate(run, run.evals[-1])
-    run._finish("finished", "")
+    run.finish("finished", "")
     dash.on_train_end(run)
     updates = plot_updates(wire[start:], dash.figure)
     assert 100 <= len(updates) <= 5 * 100 + 1  # ≤ 5 plot updates per simulated second, plus the final flush
@@ -96,7 +96,7 @@ def test_updates_are_throttled_by_time_not_steps(wire):
         dash.on_step_end(run, record)
     assert dash.updates == 3
     assert dash.progress.value < 1000  # not flushed at every step…
-    run._finish("finished", "")
+    run.finish("finished", "")
     dash.on_train_end(run)
     assert dash.updates == 4 and dash.progress.value == 1000 and dash.figure.data[0].x[-1] == 1000  # …but at the end
 

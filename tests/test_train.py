@@ -92,8 +92,9 @@ def test_magic_trains_texts_with_a_tokenizer(ip, capsys):  # done-when: the magi
     out = capsys.readouterr().out
     assert "training adapter `default` on cpu: 10 steps" in out and "24 texts" in out
     assert "step 10/10" in out and "finished: 10/10 steps on cpu" in out
-    last = registry.find(ip.user_ns["gpt"]).extras["last_train"]
-    assert last["data"] == "texts" and last["tokenizer"] == "tok" and last["steps"] == 10 and last["lr"] == 0.01
+    last = registry.find(ip.user_ns["gpt"]).last_train
+    assert last.names == {"data": "texts", "tokenizer": "tok"}
+    assert last.settings["steps"] == 10 and last.settings["lr"] == 0.01
 
 
 def test_text_batches_mask_padding_out_of_the_labels():

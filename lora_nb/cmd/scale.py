@@ -21,8 +21,9 @@ from .router import arg, verb
 )
 def _export(ctx, args):
     model = ctx.model(args.model)
-    last = registry.require(model).extras.get("last_train") or {}
-    names = {key: getattr(args, key) or last.get(key) for key in ("data", "eval_data", "tokenizer")}
-    names["loss_fn"] = args.loss or last.get("loss_fn")
+    last = registry.require(model).last_train
+    remembered = last.names if last is not None else {}
+    names = {key: getattr(args, key) or remembered.get(key) for key in ("data", "eval_data", "tokenizer")}
+    names["loss_fn"] = args.loss or remembered.get("loss_fn")
     objects = {key: (ctx.lookup(name) if name else None) for key, name in names.items()}
     return export(model, args.path, **objects)

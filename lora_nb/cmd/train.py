@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import MISSING
 
 from ..core import registry
-from ..core.training.run import TrainSettings, settings_dict, train
+from ..core.training.settings import TrainSettings
+from ..core.training.train import train
 from ..errors import TrainingError
 from .data_options import DATA_OPTIONS, data_names, data_objects
 from .router import arg, verb
@@ -34,13 +35,10 @@ def _train(ctx, args):
     settings = {f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}
     background = (ctx.widgets or args.background) and not args.wait
     view = _view(ctx, show_on_begin=not background)
-    run = train(model, background=background, callbacks=[view], **objects, **settings)
+    names = {key: name for key, name in names.items() if name}
+    run = train(model, background=background, callbacks=[view], names=names, **objects, **settings)
     if ctx.widgets and background:
         ctx.display(view)  # from the cell's own thread, so every frontend gets it
-    session = registry.find(model)
-    if session is not None:
-        session.extras["last_train"] = {**{k: v for k, v in names.items() if v}, "model": args.model,
-                                        **settings_dict(run)}
     return run
 
 

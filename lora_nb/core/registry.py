@@ -9,16 +9,27 @@ finished runs. Nothing here copies peft's per-layer state.
 from __future__ import annotations
 
 import threading
+import traceback
+import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..errors import AdapterError, NotAModelError, TrainingActiveError, did_you_mean
+from ..errors import AdapterError, LoraNBWarning, NotAModelError, TrainingActiveError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
+
+
+@dataclass
+class TrainRecipe:
+    """How the model was last trained: the settings, and the notebook names of the data it was given."""
+
+    settings: dict[str, Any]
+    names: dict[str, str] = field(default_factory=dict)  # data / eval_data / tokenizer / loss_fn -> variable name
 
 
 @dataclass(eq=False)
@@ -31,8 +42,12 @@ class Session:
     lock: threading.RLock = field(default_factory=threading.RLock)
     run: Any = None  # the TrainRun in progress (or the last one), see core.train
     records: dict[str, dict] = field(default_factory=dict)  # per adapter: how it was made
-    extras: dict[str, Any] = field(default_factory=dict)  # per-feature state (merge backups, caches)
     listeners: "weakref.WeakSet[Any]" = field(default_factory=weakref.WeakSet)  # views to tell of changes
+    last_train: TrainRecipe | None = None  # written when a run starts (training.run.start_run)
+    merge_backup: Callable[[], None] | None = None  # set by merge: puts the exact pre-merge base weights back
+    layer_index: Any = None  # adapters.switch.LayerIndex: the LoRA layers and each adapter's parameters
+    base_spectra: dict = field(default_factory=dict)  # (module, "W" | adapter) -> (weights key, singular values)
+    base_norms: dict = field(default_factory=dict)  # module -> (weights key, ‖W‖_F)
 
     @property
     def lora(self):
@@ -67,9 +82,17 @@ class Session:
         return (_no_session, ())
 
     def notify(self, what: str) -> None:
-        """Tell every listening view (``listener.on_model_change(session, what)``) that peft's state changed."""
+        """Tell every listening view (``listener.on_model_change(session, what)``) that peft's state changed.
+
+        The change has happened already: a listener that raises is reported once (a warning with its
+        traceback) and detached, and the operation's result stands.
+        """
         for listener in list(self.listeners):
-            listener.on_model_change(self, what)
+            try:
+                listener.on_model_change(self, what)
+            except Exception as exc:
+                self.listeners.discard(listener)
+                report_failed_listener(listener, "on_model_change", exc)
 
     def ensure_idle(self, action: str) -> None:
         """Refuse a mutating ``action`` while a training run changes the model."""
@@ -131,3 +154,11 @@ def register(session: Session) -> None:
 def forget(model: nn.Module) -> None:
     with _lock:
         model.__dict__.pop(_KEY, None)
+
+
+def report_failed_listener(listener: Any, hook: str, exc: BaseException) -> None:
+    """One warning for a view whose ``hook`` raised (it is detached by the caller); the traceback goes with it."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    detail = "".join(traceback.format_exception(exc)).rstrip()
+    warnings.warn(f"{type(listener).__name__}.{hook} raised {type(exc).__name__}: {first}; the view was detached "
+                  f"and the operation's result stands\n{detail}", LoraNBWarning, stacklevel=3)

@@ -3,8 +3,8 @@
 Someone who never types another magic can attach an adapter (Status tab), switch it on and off
 (Adapters: the ``AdapterPanel``), train it and watch the live dashboard, Stop it (Train), and look
 inside it (Weights, Spectrum: the explorers, built the first time their tab is opened). The
-training form starts from the model's last training settings (``session.extras["last_train"]``,
-written by ``%lora train`` and by this form). Variables are found through a ``lookup`` function
+training form starts from the model's last training settings (``session.last_train``,
+written whenever a run starts). Variables are found through a ``lookup`` function
 given by the magic layer (the notebook namespace), so nothing here depends on IPython. The
 status table follows every change (the dashboard is a session listener and a training callback);
 errors a user can cause are shown in one line, and change nothing.
@@ -22,7 +22,8 @@ from ..core import registry
 from ..core.adapters.attach import attach
 from ..core.adapters.status import status
 from ..core.training.callbacks import Callback
-from ..core.training.run import TrainSettings, settings_dict, train
+from ..core.training.settings import TrainSettings
+from ..core.training.train import train
 from ..errors import DataError, LoraNBError
 
 TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum")
@@ -106,8 +107,9 @@ class Dashboard(Callback):
 
     # -- train form -----------------------------------------------------------------------------
     def _build_train_form(self) -> None:
-        last = self._last_train()
-        self.names = {key: W.Text(value=str(last.get(key) or ""), description=label, placeholder="variable name")
+        recipe = self._last_train()
+        names, last = (recipe.names, recipe.settings) if recipe is not None else ({}, {})
+        self.names = {key: W.Text(value=str(names.get(key) or ""), description=label, placeholder="variable name")
                       for key, label in _NAMES}
         self.steps = W.BoundedIntText(value=last.get("steps") or 0, min=0, max=10**9, description="steps",
                                       tooltip="optimizer steps (0: one epoch)")
@@ -125,14 +127,14 @@ class Dashboard(Callback):
                                  W.HBox([self.batch_size, self.start_button, self.stop_button]),
                                  self.train_message, self.live])
 
-    def _last_train(self) -> dict:
+    def _last_train(self):
         session = registry.find(self.model)
-        return dict(session.extras.get("last_train", {})) if session is not None else {}
+        return session.last_train if session is not None else None
 
     def _settings(self) -> dict:
         """The last run's settings, with the form's steps, lr and batch size."""
         last = self._last_train()
-        keep = {k: last[k] for k in TrainSettings.__dataclass_fields__ if k in last}
+        keep = dict(last.settings) if last is not None else {}
         steps = self.steps.value or None
         return {**keep, "steps": steps, "epochs": keep.get("epochs") if steps is None else None,
                 "lr": self.lr.value, "batch_size": self.batch_size.value}
@@ -148,14 +150,13 @@ class Dashboard(Callback):
                 raise DataError("name the variable that holds the training data")
             live = LiveDashboard()
             settings = self._settings()
-            run = train(self.model, background=True, callbacks=[live, self], **objects, **settings)
+            names = {key: box.value.strip() for key, box in self.names.items() if box.value.strip()}
+            run = train(self.model, background=True, callbacks=[live, self], names=names, **objects, **settings)
         except LoraNBError as exc:
             self.train_message.value = _error(exc)
             return
         self.run = run
         self.live.children = (live.widget,)
-        names = {key: box.value.strip() for key, box in self.names.items() if box.value.strip()}
-        registry.require(self.model).extras["last_train"] = {**names, "model": self.name, **settings_dict(run)}
         self.refresh()
         if not run.done:
             self.train_message.value = html.escape(f"training adapter `{run.adapter}` on {run.where}…")

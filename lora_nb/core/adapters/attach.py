@@ -130,7 +130,7 @@ def detach(model: Any) -> nn.Module:
     """Remove every adapter; the base parameters are exactly those from before attach."""
     session = registry.require(model)
     session.ensure_idle("detach")
-    restore = session.extras.get("restore_base")  # set by merge: exact copies of merged weights
+    restore = session.merge_backup  # set by merge: exact copies of merged weights
     if restore is not None:
         restore()
     strip_lora(session.model)  # peft's unload would keep the *trained* copy of modules_to_save

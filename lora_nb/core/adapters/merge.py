@@ -40,7 +40,7 @@ def _restorer(session, saved: list[tuple[torch.nn.Parameter, torch.Tensor]]):
         with torch.no_grad():
             for p, original in saved:
                 p.copy_(original)
-        session.extras.pop("restore_base", None)
+        session.merge_backup = None
 
     return restore_base
 
@@ -68,7 +68,7 @@ def merge(model: Any, adapter: str | None = None, keep_base: bool = True, allow_
             _restorer(session, saved)()
         raise AdapterError(f"cannot merge `{adapter}`: {exc}") from None
     if saved is not None:
-        session.extras["restore_base"] = _restorer(session, saved)
+        session.merge_backup = _restorer(session, saved)
     session.notify("merge")
     return adapter
 

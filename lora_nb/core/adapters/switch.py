@@ -69,10 +69,10 @@ def _build(session) -> LayerIndex:
 
 def layer_index(session) -> LayerIndex:
     """The session's layer index, rebuilt when adapters were added, replaced or removed."""
-    index = session.extras.get("layer_index")
+    index = session.layer_index
     if index is None or index.stale or index.token != _token(session):
         index = _build(session)
-        session.extras["layer_index"] = index
+        session.layer_index = index
         session.listeners.add(index)
     return index
 
@@ -119,7 +119,7 @@ def unmerge_first(session, adapters: set[str] | None = None) -> None:
     merged = merged_adapters(session)
     if not merged or (adapters is not None and not merged & adapters):
         return
-    restore = session.extras.get("restore_base")  # set by core.merge
+    restore = session.merge_backup  # set by merge
     if restore is not None:
         restore()
     else:

@@ -146,7 +146,7 @@ def _svdvals(m: torch.Tensor, top_k: int | None) -> tuple[np.ndarray, bool]:
 
 def _base_spectrum(session, layer, f: F.Factors, adapter: str, top_k: int | None) -> BaseSpectrum:
     """W and W+ΔW spectra of one layer, from the session's cache when the weights did not change."""
-    cache = session.extras.setdefault("spectra.base", {})
+    cache = session.base_spectra
     w_key = (F.weight_key(layer), top_k)
     wd_key = (w_key, F.adapter_key(layer, adapter))
     w_hit, wd_hit = cache.get((f.name, "W")), cache.get((f.name, adapter))

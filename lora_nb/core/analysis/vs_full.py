@@ -39,8 +39,11 @@ from ..adapters.io import WEIGHTS, save
 from ..adapters.options import AttachOptions
 from ..training.callbacks import Callback
 from ..training.data import count, takes_model, to_device
+from ..training.device import place_model, resolve_device
+from ..training.loop import uses_bf16
 from ..training.memory import PeakMemory, trainable_state_bytes
-from ..training.run import TrainSettings, _plan, _trainable, launch, place_model, resolve_device, uses_bf16
+from ..training.run import launch, plan_run, trainable_parameters
+from ..training.settings import TrainSettings
 from .sweep import parse_sizes, subset
 from .vs_full_result import Arm, VsFullResult
 
@@ -66,6 +69,7 @@ class Bare:
     model: nn.Module
     lock: Any = field(default_factory=threading.RLock)
     run: Any = None
+    last_train: Any = None
 
     def ensure_idle(self, action: str) -> None:
         """A private copy has no other run to wait for."""
@@ -202,12 +206,13 @@ def _train(arm: str, clone: nn.Module, plan: _Plan, data: Any, settings: TrainSe
             if quiet:  # attach's warnings were shown once, for the main arm
                 warnings.simplefilter("ignore")
             holder = attach(clone, **vars(plan.lora))
-        params, targets = _trainable(holder), list(holder.records[ADAPTER]["options"]["targets"])
+        params, targets = trainable_parameters(holder), list(holder.records[ADAPTER]["options"]["targets"])
     else:
         holder, targets = Bare(clone), []
         params = [p for p in clone.parameters() if p.is_floating_point()]
-    run = launch(holder, arm, params, data, plan.eval_data, plan.tokenizer, plan.loss_fn, settings,
-                 background=False, callbacks=plan.callbacks)
+    run_plan = plan_run(holder, data, plan.eval_data, plan.tokenizer, plan.loss_fn, settings, params=params)
+    run = launch(holder, arm, run_plan, background=False, callbacks=plan.callbacks,
+                 custom_loss=takes_model(plan.loss_fn))
     if run.state != "finished" or not run.history:
         label = "LoRA" if arm == "lora" else "full fine-tuning"
         raise TrainingError(f"the {label} arm {run.state}: {run.message}")
@@ -239,7 +244,7 @@ def _checkpoint(arm: str, clone: nn.Module) -> tuple[str, int]:
 def evaluate(model: nn.Module, data: Any, plan: _Plan, settings: TrainSettings,
              device: torch.device) -> tuple[float, float | None]:
     """Mean loss over one pass of ``data`` (eval mode, no gradients) and accuracy for classifiers (else None)."""
-    batches = _plan(model, data, None, plan.tokenizer, plan.loss_fn, settings)[0]
+    batches = plan_run(Bare(model), data, None, plan.tokenizer, plan.loss_fn, settings, params=[]).batches
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(device, settings.precision)
                 else contextlib.nullcontext())
     total, seen, hits, judged = 0.0, 0, 0, 0

@@ -162,7 +162,7 @@ def _base_norm(session: "registry.Session", layer, f: F.Factors) -> float | None
     weight = layer.get_base_layer().weight
     if weight.is_meta:
         return None
-    cache = session.extras.setdefault("weights.base_norm", {})
+    cache = session.base_norms
     key = F.weight_key(layer)
     hit = cache.get(f.name)
     if hit is None or hit[0] != key:

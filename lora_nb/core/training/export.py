@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import string
 from dataclasses import asdict, dataclass, field
@@ -88,7 +87,7 @@ def export(model: Any, path: str | os.PathLike, data: Any = None, eval_data: Any
 
 def _settings(session: registry.Session, given: dict | None) -> dict:
     """The last run's settings (``session.run``) for the active adapter, overridden by ``given``."""
-    from .run import TrainSettings
+    from .settings import TrainSettings
 
     run = session.run
     base = asdict(run.settings) if run is not None and run.adapter == session.active else {}
@@ -204,18 +203,11 @@ def launched_run(model: nn.Module, data: Any, eval_data: Any, tokenizer: Any, lo
                  out: str | os.PathLike) -> None:
     """Inside ``accelerate launch``: train ``model``'s active adapter in this process with lora_nb's loop."""
     from .data import takes_model
-    from .run import TrainSettings, _max_steps, _plan, _trainable
+    from .run import plan_run
+    from .settings import TrainSettings
     from .worker import Job, run_worker
 
-    s = TrainSettings(**settings)
     session = registry.require(model)
-    _trainable(session)
-    if s.seed is not None:
-        torch.manual_seed(s.seed)
-    batches, eval_batches = _plan(session.model, data, eval_data, tokenizer, loss_fn, s)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    max_steps = _max_steps(s, None if batches.per_epoch is None else math.ceil(batches.per_epoch / world))
-    if eval_batches is not None and s.eval_every is None:
-        s.eval_every = max(1, max_steps // 10)
-    run_worker(Job(session, s, batches, eval_batches, max_steps, not torch.cuda.is_available(),
-                   takes_model(loss_fn), str(out)))
+    plan = plan_run(session, data, eval_data, tokenizer, loss_fn, TrainSettings(**settings),
+                    world=int(os.environ.get("WORLD_SIZE", "1")))
+    run_worker(Job(session, plan, not torch.cuda.is_available(), takes_model(loss_fn), str(out)))

@@ -73,7 +73,7 @@ class Loop:
                 traceback.clear_frames(exc.__traceback__)  # frames hold the step's activations
         finally:
             self.cleanup(release=state == "failed")
-        run._finish(state, message)
+        run.finish(state, message)
         try:
             with run._lock:
                 run._ended = True

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import math
 import multiprocessing
 import queue
 import shutil
@@ -36,7 +35,8 @@ from ...errors import OptionError, TrainingError
 from .. import registry
 from ..adapters.status import adapter_named_parameters
 from .data import takes_model
-from .run import TrainRun, _max_steps, _plan, in_jupyter_kernel
+from .device import in_jupyter_kernel
+from .run import TrainRun, plan_run, start_run
 from .worker import WEIGHTS, Job, run_worker
 
 _FORK = multiprocessing.get_context("fork")
@@ -105,32 +105,23 @@ def check_launchable(processes: int, device: str, model: torch.nn.Module) -> boo
     return False
 
 
-def launch_processes(session: registry.Session, settings: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: Any,
-           background: bool | None, callbacks: list | None) -> ProcessRun:
+def launch_processes(session: registry.Session, settings: Any, data: Any, eval_data: Any, tokenizer: Any,
+                     loss_fn: Any, background: bool | None, callbacks: list | None,
+                     names: dict[str, str] | None = None) -> ProcessRun:
     """Start a ``settings.processes``-process run of ``session``'s active adapter; returns its ``ProcessRun``."""
     n = settings.processes
     cpu = check_launchable(n, settings.device, session.model)
-    batches, eval_batches = _plan(session.model, data, eval_data, tokenizer, loss_fn, settings)
-    per_process = None if batches.per_epoch is None else math.ceil(batches.per_epoch / n)
-    max_steps = _max_steps(settings, per_process)
-    if eval_batches is not None and settings.eval_every is None:
-        settings.eval_every = max(1, max_steps // 10)
+    plan = plan_run(session, data, eval_data, tokenizer, loss_fn, settings, world=n)
     device = torch.device("cpu") if cpu else torch.device("cuda", 0)
     where = f"{n} processes × {'CPU (gloo)' if cpu else 'GPU (nccl)'}"
     background = in_jupyter_kernel() if background is None else bool(background)
-    run = ProcessRun(session.model, session.active, settings, max_steps, device, where, batches.description,
+    run = ProcessRun(session.model, session.active, settings, plan.max_steps, device, where,
+                     plan.batches.description,
                      background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []),
                      processes=n)
     out = tempfile.mkdtemp(prefix="lora_nb-processes-")
-    job = Job(session, settings, batches, eval_batches, max_steps, cpu, run.custom_loss, out,
-              run._queue, run._shared_stop, run._shared_pause)
-    with session.lock:
-        session.ensure_idle("start another training run")
-        session.run = run
-    driver = _Driver(run, session, job)
-    run._thread = threading.Thread(target=contextvars.copy_context().run, args=(driver,),
-                                   name=f"lora_nb-processes-{run.adapter}", daemon=True)
-    run._thread.start()
+    job = Job(session, plan, cpu, run.custom_loss, out, run._queue, run._shared_stop, run._shared_pause)
+    start_run(session, run, _Driver(run, session, job), background=True, names=names)  # a thread either way
     if not background:
         _wait_interruptibly(run)
     return run
@@ -173,7 +164,7 @@ class _Driver:
             state, message = self._outcome(failure)
         finally:
             shutil.rmtree(self.job.out, ignore_errors=True)
-        self.run._finish(state, message)
+        self.run.finish(state, message)
         self._callbacks("on_train_end", final=True)
         self.run._done.set()
 

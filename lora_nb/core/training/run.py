@@ -1,4 +1,4 @@
-"""``train``: train a model's active LoRA adapter, in the background inside Jupyter, and ``TrainRun``.
+"""``TrainRun`` (one run: state, history, controls) and the run planner every way of training uses.
 
 A run is watched through callbacks (``run.add_callback``); it displays nothing itself.
 How a run ends (``run.state``):
@@ -23,7 +23,8 @@ import contextvars
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -32,12 +33,12 @@ from ...errors import OptionError, TrainingError
 from .. import registry
 from ..adapters.status import adapter_named_parameters
 from .callbacks import Callback
-from .data import make_batches, takes_model
+from .data import Batches, make_batches
 from .device import in_jupyter_kernel, place_model, resolve_device
 from .loop import Loop, uses_bf16
 from .settings import TrainSettings
 
-__all__ = ["TrainRun", "TrainSettings", "in_jupyter_kernel", "launch", "resolve_device", "train"]
+__all__ = ["RunPlan", "TrainRun", "launch", "plan_run", "start_run", "trainable_parameters"]
 
 
 @dataclass(eq=False)
@@ -123,11 +124,6 @@ class TrainRun:
         if ended:
             callback.on_train_end(self)
 
-    def remove_callback(self, callback: Callback) -> None:
-        with self._lock:
-            if callback in self.callbacks:
-                self.callbacks.remove(callback)
-
     def summary_line(self) -> str:
         losses = [r["loss"] for r in self.history]
         loss = f"; loss {losses[0]:.4g} → {losses[-1]:.4g}" if losses else ""
@@ -147,7 +143,8 @@ class TrainRun:
         head = f"TrainRun({self.state}: adapter `{self.adapter}`, {self.summary_line()}"
         return head + (f"; {self.message}" if self.state in ("failed", "stopped") else "") + ")"
 
-    def _finish(self, state: str, message: str) -> None:
+    def finish(self, state: str, message: str) -> None:
+        """Mark the run ended (``state``, one-line ``message``) and record it with its adapter."""
         with self._lock:
             self._seconds = time.perf_counter() - self._t0
             self.state, self.message = state, message or self.summary_line()
@@ -161,69 +158,89 @@ class TrainRun:
             self.error, self.message, self.state = exc, message, "failed"
 
 
-def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, loss_fn: Any = None,
-          steps: int | None = None, epochs: float | None = None, lr: float = 2e-4, batch_size: int = 8,
-          grad_accum: int = 1, device: str = "auto", background: bool | None = None,
-          callbacks: list[Callback] | None = None, **extras: Any) -> TrainRun:
-    """Train ``model``'s active adapter on ``data``; returns the ``TrainRun``.
+@dataclass
+class RunPlan:
+    """A run decided before it starts: its settings, batches, eval batches, length and the parameters it trains."""
 
-    ``background=None``: a background thread inside a Jupyter kernel, blocking elsewhere.
-    ``extras``: seed, warmup, schedule, max_grad_norm, eval_every, weight_decay, max_length, precision
-    (see ``TrainSettings``).
+    settings: TrainSettings
+    batches: Batches
+    eval_batches: Batches | None
+    max_steps: int
+    params: list[torch.nn.Parameter]
+
+
+def plan_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: Any, settings: TrainSettings,
+             params: list[torch.nn.Parameter] | None = None, world: int = 1) -> RunPlan:
+    """Plan a run of ``session``'s active adapter (or of ``params``) over ``world`` processes sharing the data.
+
+    Fills in ``settings.eval_every`` (a tenth of the run) when eval data is given without it.
     """
-    unknown = set(extras) - {f.name for f in fields(TrainSettings)}
-    if unknown:
-        raise OptionError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-    settings = TrainSettings(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
-                             device=device, **extras)
-    session = registry.require(model)
-    session.ensure_idle("start another training run")
-    if settings.processes > 1:  # data-parallel over processes (core/distributed.py); it decides the devices
-        from .processes import launch_processes
-
-        _trainable(session)
-        return launch_processes(session, settings, data, eval_data, tokenizer, loss_fn, background, callbacks)
-    return launch(session, session.active, _trainable(session), data, eval_data, tokenizer, loss_fn, settings,
-                  background, callbacks)
-
-
-def launch(session: Any, name: str, params: list[torch.nn.Parameter], data: Any, eval_data: Any, tokenizer: Any,
-           loss_fn: Any, settings: TrainSettings, background: bool | None = None,
-           callbacks: list[Callback] | None = None) -> TrainRun:
-    """Train ``params`` of ``session.model`` with the loop behind ``train``; the run is called ``name``.
-
-    ``session``: a registry ``Session``, or any object with ``model``, ``lock``, ``run`` and
-    ``ensure_idle`` (``vs_full`` trains a plain model's own weights this way, through the same loop).
-    """
-    target = resolve_device(settings.device, session.model)
-    batches, eval_batches = _plan(session.model, data, eval_data, tokenizer, loss_fn, settings)
-    max_steps = _max_steps(settings, batches.per_epoch)
+    params = trainable_parameters(session) if params is None else params
+    limit = settings.max_length
+    for attr in ("n_positions", "max_position_embeddings"):
+        limit = min(limit, getattr(getattr(session.model, "config", None), attr, None) or limit)
+    kw = dict(tokenizer=tokenizer, loss_fn=loss_fn, batch_size=settings.batch_size, seed=settings.seed,
+              max_length=limit)
+    batches = make_batches(data, shuffle=True, **kw)
+    eval_batches = None if eval_data is None else make_batches(eval_data, shuffle=False, **kw)
+    per_process = None if batches.per_epoch is None else math.ceil(batches.per_epoch / world)
+    if settings.steps is not None:
+        max_steps = settings.steps
+    elif per_process is None:
+        raise OptionError("the data has no length: give steps=N (`--steps N`)")
+    else:
+        max_steps = max(1, math.ceil((settings.epochs or 1.0) * per_process / settings.grad_accum))
     if eval_batches is not None and settings.eval_every is None:
         settings.eval_every = max(1, max_steps // 10)
-    bf16 = uses_bf16(target, settings.precision)
-    where = str(target) + (" (bf16 autocast)" if bf16 else "")
-    background = in_jupyter_kernel() if background is None else bool(background)
-    run = TrainRun(session.model, name, settings, max_steps, target, where, batches.description,
-                   background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []))
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
-    place_model(session.model, target)
-    loop = Loop(run, session, batches, eval_batches, params, bf16)
+    return RunPlan(settings, batches, eval_batches, max_steps, params)
+
+
+def start_run(session: Any, run: TrainRun, work: Callable[[], None], background: bool,
+              names: dict[str, str] | None = None) -> TrainRun:
+    """Make ``run`` the session's run and start ``work`` (a loop or a process driver), in a thread when ``background``.
+
+    ``session``: a registry ``Session``, or any object with ``model``, ``lock``, ``run``, ``last_train``,
+    ``ensure_idle`` and ``notify``. ``names``: the notebook names of the data, kept with the settings as
+    ``session.last_train`` (what ``export`` and the dashboard's form start from).
+    """
     with session.lock:
         session.ensure_idle("start another training run")
         session.run = run
+        session.last_train = registry.TrainRecipe(asdict(run.settings), dict(names or {}))
     session.notify("train")  # open views (explorers, panels) follow the run from its first step
     if not background:
-        loop()
+        work()
         return run
     context = contextvars.copy_context()  # output of the thread goes where the run was started
-    run._thread = threading.Thread(target=context.run, args=(loop,), name=f"lora_nb-train-{run.adapter}",
+    run._thread = threading.Thread(target=context.run, args=(work,), name=f"lora_nb-train-{run.adapter}",
                                    daemon=True)
     run._thread.start()
     return run
 
 
-def _trainable(session: registry.Session) -> list[torch.nn.Parameter]:
+def launch(session: Any, name: str, plan: RunPlan, background: bool | None = None,
+           callbacks: list[Callback] | None = None, custom_loss: bool = False,
+           names: dict[str, str] | None = None) -> TrainRun:
+    """Train ``plan.params`` of ``session.model`` in this process with lora_nb's loop; the run is called ``name``.
+
+    ``session`` may be a plain holder (``vs_full`` trains a model copy's own weights this way, through the
+    same loop).
+    """
+    settings = plan.settings
+    target = resolve_device(settings.device, session.model)
+    bf16 = uses_bf16(target, settings.precision)
+    where = str(target) + (" (bf16 autocast)" if bf16 else "")
+    background = in_jupyter_kernel() if background is None else bool(background)
+    run = TrainRun(session.model, name, settings, plan.max_steps, target, where, plan.batches.description,
+                   background=background, custom_loss=custom_loss, callbacks=list(callbacks or []))
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    place_model(session.model, target)
+    loop = Loop(run, session, plan.batches, plan.eval_batches, plan.params, bf16)
+    return start_run(session, run, loop, background, names)
+
+
+def trainable_parameters(session: Any) -> list[torch.nn.Parameter]:
     """The active adapter's parameters, after checking the model can train at all."""
     from peft.tuners.lora import LoraLayer
 
@@ -241,26 +258,3 @@ def _trainable(session: registry.Session) -> list[torch.nn.Parameter]:
     if not params:
         raise TrainingError(f"adapter `{session.active}` has no parameters to train")
     return params
-
-
-def _plan(model, data, eval_data, tokenizer, loss_fn, s: TrainSettings):
-    limit = s.max_length
-    for attr in ("n_positions", "max_position_embeddings"):
-        limit = min(limit, getattr(getattr(model, "config", None), attr, None) or limit)
-    kw = dict(tokenizer=tokenizer, loss_fn=loss_fn, batch_size=s.batch_size, seed=s.seed, max_length=limit)
-    batches = make_batches(data, shuffle=True, **kw)
-    eval_batches = None if eval_data is None else make_batches(eval_data, shuffle=False, **kw)
-    return batches, eval_batches
-
-
-def _max_steps(s: TrainSettings, per_epoch: int | None) -> int:
-    if s.steps is not None:
-        return s.steps
-    if per_epoch is None:
-        raise OptionError("the data has no length: give steps=N (`--steps N`)")
-    return max(1, math.ceil((s.epochs or 1.0) * per_epoch / s.grad_accum))
-
-
-def settings_dict(run: TrainRun) -> dict:
-    """The run's settings as a plain dict (for ``session.extras["last_train"]`` and saved records)."""
-    return asdict(run.settings)
