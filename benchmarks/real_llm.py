@@ -27,9 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from train_overhead import hand_loop  # noqa: E402
+
 import lora_nb  # noqa: E402
 from lora_nb.core.training.data import make_batches  # noqa: E402
-from train_overhead import hand_loop  # noqa: E402
 
 QUESTION = "Is this movie review positive or negative? Answer with one word.\n\nReview: {}"
 
