@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from toggle import timed  # noqa: E402
 from train_overhead import hand_loop  # noqa: E402
 
 import lora_nb  # noqa: E402
@@ -70,16 +71,6 @@ def overhead(model, data, rounds: int, steps: int) -> None:
           f"{statistics.median(ratios):.3f})")
 
 
-def timed_ms(fn, reps: int) -> float:
-    fn()
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
@@ -98,10 +89,10 @@ def main() -> None:
     print(f"LoRA r=8 on q_proj, v_proj; batches of {args.batch_size} review conversations, {tokens:.0f} tokens each "
           "on average")
     overhead(model, data, args.rounds, args.steps)
-    spectra_ms = timed_ms(lambda: lora_nb.spectra(model), 5)
+    spectra_ms = timed(lambda: lora_nb.spectra(model), 5)[0]
     print(f"spectra of all {len(lora_nb.spectra(model))} adapted modules: {spectra_ms:.1f} ms (median of 5)")
-    off = timed_ms(lambda: lora_nb.disable(model), 200)
-    on = timed_ms(lambda: lora_nb.enable(model), 200)
+    off = timed(lambda: lora_nb.disable(model), 200)[0]
+    on = timed(lambda: lora_nb.enable(model), 200)[0]
     print(f"toggle: disable {off:.3f} ms, enable {on:.3f} ms (median of 200)")
 
 
