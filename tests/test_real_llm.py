@@ -15,7 +15,6 @@ import torch
 from helpers import base_params, smollm2_dir
 
 import lora_nb
-from lora_nb.core.registry import find
 from lora_nb.core.training.data import make_batches
 
 pytestmark = pytest.mark.slow
@@ -66,6 +65,7 @@ def test_the_real_tokenizer_masks_everything_but_the_assistant_turns(folder):
     assert kept == "Hello! How can I help?<|im_end|>\nBlue.<|im_end|>\n"
 
 
+@pytest.mark.timeout(1800)  # a few minutes on an idle 2-core CPU; far more on a shared one
 def test_smollm2_trains_on_chat_data_and_stays_exact_through_spectra_toggle_peft_and_detach(folder, reviews, tmp_path):
     from peft import PeftModel
 
@@ -85,7 +85,6 @@ def test_smollm2_trains_on_chat_data_and_stays_exact_through_spectra_toggle_peft
 
     spectra = lora_nb.spectra(model)
     assert len(spectra) == 60  # 30 layers × (q_proj, v_proj)
-    peft_model = find(model).peft
     for name in list(spectra)[::29]:  # first, middle, last
         layer = model.get_submodule(name)
         dense = torch.linalg.svdvals(layer.get_delta_weight("default").double())[:8].numpy()
@@ -106,4 +105,3 @@ def test_smollm2_trains_on_chat_data_and_stays_exact_through_spectra_toggle_peft
     lora_nb.detach(model)
     assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
     assert torch.equal(logits(model, probe), base_logits)
-    assert peft_model is not None
