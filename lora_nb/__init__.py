@@ -15,8 +15,7 @@ import importlib
 from typing import Any
 
 from .errors import LoraNBError
-
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> "module:attribute"; one table, read by __getattr__ and __dir__
 _EXPORTS = {
@@ -57,7 +56,7 @@ _EXPORTS = {
     "minilm_folder": "lora_nb.datasets:minilm_folder",
 }
 
-__all__ = ["LoraNBError", "load_ipython_extension", "unload_ipython_extension", *_EXPORTS]
+__all__ = ["LoraNBError", "__version__", "load_ipython_extension", "unload_ipython_extension", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
@@ -75,13 +74,14 @@ def __dir__() -> list[str]:
 
 
 def load_ipython_extension(ipython) -> None:
-    """``%load_ext lora_nb``: register the ``%lora`` / ``%%lora`` magics."""
-    from .magics import LoraMagics
+    """``%load_ext lora_nb``: register the ``%lora`` / ``%%lora`` magics, their settings and tab completion."""
+    from .magics import register
 
-    ipython.register_magics(LoraMagics)
+    register(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
-    """``%unload_ext lora_nb``: remove the magics again."""
-    ipython.magics_manager.magics["line"].pop("lora", None)
-    ipython.magics_manager.magics["cell"].pop("lora", None)
+    """``%unload_ext lora_nb``: remove the magics, their settings and their completer again."""
+    from .magics import unregister
+
+    unregister(ipython)

@@ -26,6 +26,10 @@ class TargetError(LoraNBError):
     """Target modules match nothing, or match modules LoRA cannot adapt."""
 
 
+class InjectionError(TargetError):
+    """peft failed while putting LoRA layers into the model; the model was left unchanged."""
+
+
 class AdapterError(LoraNBError):
     """An adapter name is unknown or already taken, or the model has no adapter."""
 

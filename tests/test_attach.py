@@ -134,7 +134,7 @@ def test_not_a_module(obj):  # G2
 
 
 @pytest.mark.parametrize("options", [{"r": 0}, {"r": "x"}, {"r": 2.5}, {"alpha": -1}, {"dropout": 1.5},
-                                     {"init": "banana"}, {"name": "no spaces"}, {"name": "a"}])
+                                     {"init": "banana"}, {"name": "no spaces"}])
 def test_bad_options_attach_nothing(options):  # G3
     model = tiny_mlp()
     before = state(model)
@@ -160,10 +160,10 @@ class WithGRU(nn.Module):
         super().__init__()
         self.fc = nn.Linear(4, 4)
         self.gru = nn.GRU(4, 4)
-        self.mha = nn.MultiheadAttention(4, 1)
+        self.cross = nn.MultiheadAttention(4, 1, kdim=3, vdim=3)  # separate q/k/v weights: peft cannot
 
 
-@pytest.mark.parametrize("targets", ["fc,gru", "mha"])
+@pytest.mark.parametrize("targets", ["fc,gru", "fc,cross"])
 def test_unsupported_target_refused_before_injecting(targets):  # G5
     model = WithGRU()
     before = state(model)

@@ -87,3 +87,17 @@ def test_disk_offloaded_layers_attach_and_show_but_training_is_refused_with_the_
     assert torch.allclose(run(model, inputs), reference, atol=1e-6)
     lora_nb.detach(model)
     assert torch.allclose(run(model, inputs), reference, atol=1e-6) and not offloaded(model) == []
+
+
+def test_init_false_is_kept_on_offloaded_layers(tmp_path):
+    """init=False means no LoRA init (B not zero, as peft leaves it); offloaded layers keep that choice."""
+    model = tiny_llama()
+    inputs = sample_inputs(model)
+    reference = run(model, inputs)
+    device_map = {**dict.fromkeys(BLOCKS, "cpu"), "model.layers.1": "disk"}
+    model = dispatch_model(model, device_map=device_map, main_device="cpu", offload_dir=str(tmp_path))
+    lora_nb.attach(model, r=4, init=False)
+    offloaded_b = [p for n, p in model.named_parameters() if n.startswith("model.layers.1.") and "lora_B" in n]
+    resident_b = [p for n, p in model.named_parameters() if n.startswith("model.layers.0.") and "lora_B" in n]
+    assert offloaded_b and all(torch.isfinite(p).all() and p.abs().sum() > 0 for p in offloaded_b + resident_b)
+    assert not torch.allclose(run(model, inputs), reference, atol=1e-6)  # the update is not zero, as asked

@@ -190,7 +190,7 @@ def test_injection_failure_after_checks_rolls_back(tmp_path, monkeypatch):  # pe
     def boom(*args, **kwargs):
         raise RuntimeError("disk went away")
 
-    monkeypatch.setattr("peft.set_peft_model_state_dict", boom)
+    monkeypatch.setattr("lora_nb.core.adapters.io.fill_adapter", boom)
     with pytest.raises(RuntimeError, match="disk went away"):
         lora_nb.load(model, path, name="other")
     assert same_state(model, state)

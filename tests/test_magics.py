@@ -114,13 +114,13 @@ def test_rank_note_is_one_line_on_stderr(ip, capsys):  # G7 through the magic
 def test_foreign_warnings_pass_through_once_and_never_hang(ip, monkeypatch):
     import warnings
 
-    from lora_nb.cmd import basic
+    from lora_nb.cmd import attach
 
     def noisy_status(model):
-        warnings.warn("a library's deprecation", FutureWarning)
+        warnings.warn("a library's deprecation", FutureWarning, stacklevel=2)
         return "ok"
 
-    monkeypatch.setattr(basic.core, "status", noisy_status)
+    monkeypatch.setattr(attach.core, "status", noisy_status)
     ip.user_ns["model"] = tiny_mlp()
     with pytest.warns(FutureWarning, match="a library's deprecation") as record:
         assert ip.run_line_magic("lora", "status model") == "ok"

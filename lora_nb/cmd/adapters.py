@@ -8,21 +8,14 @@ from ..core.adapters.merge import merge, unmerge
 from ..core.analysis.compare import compare
 from ..core.registry import require
 from ..errors import OptionError
-from .router import arg, verb
-
-
-class Text(str):
-    """Plain text shown as is in any frontend."""
-
-    def __repr__(self) -> str:
-        return str(self)
+from .router import UI, Text, arg, verb
 
 
 @verb("toggle", "a panel: one toggle per adapter, active adapter, strength slider, merge state",
-      examples=["%lora toggle model"])
+      UI, examples=["%lora toggle model"])
 def _toggle(ctx, args):
     model = ctx.model(args.model)
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.toggle import AdapterPanel
 
         return AdapterPanel(model).widget
@@ -42,6 +35,7 @@ def _toggle(ctx, args):
       arg("--inputs", help="notebook variable holding model inputs (a tensor or a dict of tensors)"),
       arg("--max-new-tokens", type=int, default=20, help="tokens to generate (default: 20)"),
       arg("--top-k", type=int, default=3, help="classes shown per example for classifiers (default: 3)"),
+      UI,
       examples=["%lora compare gpt --prompt 'Once upon a time' --tokenizer tok",
                 "%lora compare chat --prompt 'Hi!' --prompt 'Why is the sky blue?' --tokenizer tok --chat",
                 "%lora compare chat --prompts questions --tokenizer tok --chat --temperature 0.7 --seed 0",

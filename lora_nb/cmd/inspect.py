@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.analysis.spectra import similarity, spectra
 from ..core.analysis.weights import matrices, weights
-from .router import arg, verb
+from .router import UI, arg, verb
 
 _ADAPTER = arg("--adapter", help="adapter to inspect (default: the active one)")
 _LAYERS = arg("--layers", help="regex: only modules whose names it finds")
@@ -40,11 +40,11 @@ def _text_progress(done: int, total: int, name: str) -> None:
     print(f"\rW, W+ΔW spectra: {done}/{total} modules ({name})".ljust(100), end=end, file=sys.stderr, flush=True)
 
 
-@verb("weights", "A, B and ΔW heatmaps and a layer × module norm map", _ADAPTER, _LAYERS,
+@verb("weights", "A, B and ΔW heatmaps and a layer × module norm map", _ADAPTER, _LAYERS, UI,
       examples=["%lora weights model", "%lora weights model --adapter second --layers 'layers\\.0\\.'"])
 def _weights(ctx, args):
     model = ctx.model(args.model)
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.explorers import WeightsExplorer
 
         return WeightsExplorer(model, args.adapter, args.layers)
@@ -57,11 +57,11 @@ def _weights(ctx, args):
 
 
 @verb("spectrum", "singular values of ΔW per module; with --base, W and W+ΔW too", _ADAPTER, _LAYERS,
-      arg("--base", action="store_true", help="also the spectra of W and W+ΔW (dense SVDs, cached)"),
+      arg("--base", action="store_true", help="also the spectra of W and W+ΔW (dense SVDs, cached)"), UI,
       examples=["%lora spectrum model", "%lora spectrum model --layers q_proj --base"])
 def _spectrum(ctx, args):
     model = ctx.model(args.model)
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.explorers import SpectrumExplorer
 
         return SpectrumExplorer(model, args.adapter, args.layers, base=args.base)
@@ -78,11 +78,11 @@ def _spectrum(ctx, args):
 
 @verb("similarity", "LoRA-paper subspace similarity φ(i, j) between two adapters",
       arg("--adapter", required=True, help="first adapter"),
-      arg("--other", required=True, help="second adapter"), _LAYERS,
+      arg("--other", required=True, help="second adapter"), _LAYERS, UI,
       examples=["%lora similarity model --adapter r8 --other r64"])
 def _similarity(ctx, args):
     model = ctx.model(args.model)
-    if ctx.widgets:
+    if ctx.view_mode(args) == "widget":
         from ..widgets.explorers import SimilarityView
 
         return SimilarityView(model, args.adapter, args.other, args.layers)

@@ -9,14 +9,16 @@ what the notebook should show.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LoraNBError, LoraNBWarning, NotAModelError, OptionError, did_you_mean
+from .settings import UI_MODES, NotebookSettings
 
 
 class UnknownVariableError(LoraNBError):
@@ -35,6 +37,40 @@ def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     return flags, kwargs
 
 
+def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str] = (), note: str = "",
+               given_only: bool = False, notebook: Mapping[str, str] | None = None,
+               ) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    """A verb's options from the fields of dataclass ``cls``: ``--field-name`` (and ``--field_name``), the
+    field's help and default. A ``bool`` field is a flag. ``given_only``: the default is None, so the handler
+    passes on only what the line gave (the callee's defaults apply). ``notebook`` maps fields whose default is
+    a notebook setting to its name: their default is None, filled in by :func:`with_settings`."""
+    notebook = notebook or {}
+    options = []
+    for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        default = None if f.default is dataclasses.MISSING else f.default
+        shown = f"%%config LoraMagics.{notebook[f.name]}" if f.name in notebook else default
+        default = None if given_only or f.name in notebook else default
+        flags = tuple(dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"]))
+        text = f.metadata["help"].replace("%", "%%") + note
+        if f.type in (bool, "bool"):
+            options.append(arg(*flags, dest=f.name, action="store_true", default=default, help=text))
+        else:
+            options.append(arg(*flags, dest=f.name, default=default, help=f"{text} (default: {shown})"))
+    return options
+
+
+def with_settings(options: dict[str, Any], settings: NotebookSettings, notebook: Mapping[str, str]) -> dict[str, Any]:
+    """``options`` with each entry of ``notebook`` (field → setting name) that is missing or None from ``settings``."""
+    return {**options, **{k: getattr(settings, name) for k, name in notebook.items() if options.get(k) is None}}
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options of dataclass ``cls`` that the line gave (not None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
 @dataclass
 class Verb:
     name: str
@@ -45,6 +81,11 @@ class Verb:
 
 
 VERBS: dict[str, Verb] = {}
+
+
+UI = arg("--ui", choices=UI_MODES, default=None,
+         help="how to show the view: widget, static or text (default: %%config LoraMagics.ui, auto: widget in "
+              "Jupyter, text in a terminal)")
 
 
 def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model: bool = True):
@@ -62,11 +103,28 @@ def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model:
     return register
 
 
-class Context:
-    """What a handler may ask of the notebook: variables, and whether widgets can render."""
+def lookup(namespace: dict[str, Any], path: str) -> Any:
+    """The object at ``path`` (``model`` or ``pipe.model``) in ``namespace``; one-line error for a typo."""
+    head, *rest = path.split(".")
+    if head not in namespace:
+        visible = [k for k in namespace if not k.startswith("_")]
+        raise UnknownVariableError(f"no variable `{head}`{did_you_mean(head, visible)}")
+    obj = namespace[head]
+    for i, part in enumerate(rest):
+        if not hasattr(obj, part):
+            where = ".".join([head, *rest[:i]])
+            attrs = [a for a in dir(obj) if not a.startswith("_")]
+            raise UnknownVariableError(f"`{where}` has no attribute `{part}`{did_you_mean(part, attrs)}")
+        obj = getattr(obj, part)
+    return obj
 
-    def __init__(self, shell) -> None:
+
+class Context:
+    """What a handler may ask of the notebook: variables, the user's settings, and how to show results."""
+
+    def __init__(self, shell, settings: NotebookSettings | None = None) -> None:
         self.shell = shell
+        self.settings = settings or NotebookSettings()
 
     @property
     def namespace(self) -> dict[str, Any]:
@@ -77,21 +135,26 @@ class Context:
         """True inside a Jupyter kernel (a widget frontend may exist); False in terminal IPython."""
         return getattr(self.shell, "kernel", None) is not None
 
+    @property
+    def ui(self) -> str:
+        """The notebook's preferred view mode (``%config LoraMagics.ui``): ``auto | widget | static | text``."""
+        return self.settings.ui
+
+    def view_mode(self, args: argparse.Namespace | None = None) -> str:
+        """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell."""
+        mode = getattr(args, "ui", None) or self.ui
+        if mode == "auto":
+            return "widget" if self.widgets else "text"
+        return mode
+
+    @property
+    def refresh_rate(self) -> float:
+        """Live view updates per second."""
+        return self.settings.refresh_rate
+
     def lookup(self, path: str) -> Any:
         """The object at ``path`` (``model`` or ``pipe.model``) in the notebook namespace."""
-        head, *rest = path.split(".")
-        ns = self.namespace
-        if head not in ns:
-            visible = [k for k in ns if not k.startswith("_")]
-            raise UnknownVariableError(f"no variable `{head}`{did_you_mean(head, visible)}")
-        obj = ns[head]
-        for i, part in enumerate(rest):
-            if not hasattr(obj, part):
-                where = ".".join([head, *rest[:i]])
-                attrs = [a for a in dir(obj) if not a.startswith("_")]
-                raise UnknownVariableError(f"`{where}` has no attribute `{part}`{did_you_mean(part, attrs)}")
-            obj = getattr(obj, part)
-        return obj
+        return lookup(self.namespace, path)
 
     def model(self, path: str):
         """The ``nn.Module`` at ``path``, with an error naming what was found instead."""
@@ -137,20 +200,20 @@ def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
     return argv
 
 
-def dispatch(shell, line: str, cell: str | None = None) -> Any:
-    """Run ``%lora LINE`` (or ``%%lora LINE`` with a cell body)."""
+def dispatch(shell, line: str, cell: str | None = None, settings: NotebookSettings | None = None) -> Any:
+    """Run ``%lora LINE`` (or ``%%lora LINE`` with a cell body) under the notebook's ``settings``."""
     try:
         words = shlex.split(line)
     except ValueError as exc:
         raise OptionError(f"%lora: cannot parse the line ({exc})") from None
     if not words or words[0] in ("help", "-h", "--help"):
-        return HelpText(help_text())
+        return Text(help_text())
     name, argv = words[0], words[1:]
     spec = VERBS.get(name)
     if spec is None:
         raise OptionError(f"unknown verb `{name}`{did_you_mean(name, VERBS)}; verbs: {', '.join(VERBS)}")
     if "-h" in argv or "--help" in argv:
-        return HelpText(verb_help(spec))
+        return Text(verb_help(spec))
     if cell is not None:
         argv += body_to_argv(cell, spec.parser)
     args = spec.parser.parse_args(argv)
@@ -158,7 +221,7 @@ def dispatch(shell, line: str, cell: str | None = None) -> Any:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LoraNBWarning)
-            return spec.handler(Context(shell), args)
+            return spec.handler(Context(shell, settings), args)
     finally:  # outside the `with`: there, showwarning would append to `caught` while we iterate it
         for w in caught:  # lora_nb's notes as one line; anything else goes on as a normal warning
             if issubclass(w.category, LoraNBWarning):
@@ -167,8 +230,8 @@ def dispatch(shell, line: str, cell: str | None = None) -> Any:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-class HelpText(str):
-    """Help shown as plain text in any frontend."""
+class Text(str):
+    """Plain text shown as is in any frontend (help, one-line results)."""
 
     def __repr__(self) -> str:
         return str(self)
@@ -192,5 +255,8 @@ def help_text() -> str:
         "  %%lora attach model",
         "  r: 16",
         "  targets: q_proj, v_proj",
+        "",
+        f"settings for the whole notebook ({', '.join(NotebookSettings.__dataclass_fields__)}): %config LoraMagics",
+        "Tab completes verbs, options, adapter names and fitting variables.",
     ]
     return "\n".join(lines)

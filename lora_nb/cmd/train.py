@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING
-
 from ..core import registry
 from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import TrainingError
 from .data_options import DATA_OPTIONS, data_names, data_objects
-from .router import arg, verb
+from .router import UI, arg, options_of, verb, with_settings
 
-
-def _settings_options():
-    for f in TrainSettings.__dataclass_fields__.values():
-        default = f.default if f.default is not MISSING else None
-        yield arg(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
-                  help=f"{f.metadata['help']} (default: {default})")
+_NOTEBOOK = {"device": "device"}  # train's options whose default is a notebook setting (`%config LoraMagics`)
 
 
 @verb(
     "train", "train the active adapter with a live dashboard (background in a notebook; --wait blocks)",
     *DATA_OPTIONS,
-    *_settings_options(),
+    *options_of(TrainSettings, notebook=_NOTEBOOK),
     arg("--wait", action="store_true", help="block the cell until the run ends"),
     arg("--background", action="store_true", help="train in a background thread even outside a notebook"),
+    UI,
     examples=["%lora train model --data texts --tokenizer tok --steps 200",
               "%lora train model --data loader --epochs 2 --lr 1e-4 --grad-accum 4 --wait",
               "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50"],
@@ -32,25 +26,27 @@ def _settings_options():
 def _train(ctx, args):
     model = ctx.model(args.model)
     names, objects = data_names(args), data_objects(ctx, args)
-    settings = {f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}
-    background = (ctx.widgets or args.background) and not args.wait
-    view = _view(ctx, show_on_begin=not background)
+    settings = with_settings({f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}, ctx.settings,
+                             _NOTEBOOK)
+    background = ((ctx.widgets and ctx.settings.background) or args.background) and not args.wait
+    mode = ctx.view_mode(args)
+    view = _view(ctx, mode, show_on_begin=not background)
     names = {key: name for key, name in names.items() if name}
     run = train(model, background=background, callbacks=[view], names=names, **objects, **settings)
-    if ctx.widgets and background:
+    if mode == "widget" and background:
         ctx.display(view)  # from the cell's own thread, so every frontend gets it
     return run
 
 
-def _view(ctx, show_on_begin: bool):
-    """The live dashboard inside a notebook, text progress elsewhere."""
-    if not ctx.widgets:
+def _view(ctx, mode: str, show_on_begin: bool):
+    """The live dashboard (``widget`` mode), or text progress."""
+    if mode != "widget":
         from ..core.training.reporting import ConsoleReporter
 
         return ConsoleReporter()
     from ..widgets.live import LiveDashboard
 
-    return LiveDashboard(show_on_begin=show_on_begin)
+    return LiveDashboard(show_on_begin=show_on_begin, interval=1 / ctx.refresh_rate)
 
 
 def _active_run(ctx, path: str):

@@ -4,7 +4,7 @@ It is a ``VsFullCallback`` on every arm: each step goes into a decimating buffer
 refreshed at most every ``interval`` seconds with one restyle of the traces that changed, and once
 more when an arm ends. Sweep runs (one per training-set size and arm) move the progress line only.
 When the result arrives it shows the measured table and the sweep plot, and replaces the live plot
-by static figures so a saved notebook keeps the pictures (see ../shared/BROWSER.md).
+by static figures so a saved notebook keeps the pictures.
 """
 
 from __future__ import annotations

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
-from ...errors import AdapterError, LoraNBWarning
+from ...errors import AdapterError, LoraNBWarning, OptionError
 from .. import registry
 from . import switch
+from .inject import inject, quiet_peft, restore_flags, strip_lora
+from .keys import adapter_state_dict, fill_adapter
+from .merge import merge
 from .offload import materialize_adapter
 from .options import AttachOptions
 from .targets import match_names, named_modules, resolve_targets, target_regex
@@ -46,20 +51,18 @@ def _stores_transposed(model: nn.Module, names: list[str]) -> bool:
     return bool(conv1d_type()) and any(isinstance(modules[n], conv1d_type()) for n in names)
 
 
-def strip_lora(model: nn.Module) -> None:
-    """Put back the original module of every peft wrapper in ``model`` (LoRA layers, modules_to_save)."""
-    from peft.tuners.lora import LoraLayer
-    from peft.utils import ModulesToSaveWrapper
+def _peft_config(opts: AttachOptions, model: nn.Module, names: list[str]):
+    """peft's ``LoraConfig`` for exactly these targets; Linear/Conv subclasses get lora_nb's LoRA layers."""
+    from .custom_layers import own_forward, register
 
-    for name, module in list(model.named_modules()):
-        if isinstance(module, (LoraLayer, ModulesToSaveWrapper)) and name:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if isinstance(getattr(parent, child, None), (LoraLayer, ModulesToSaveWrapper)):
-                original = module.original_module if isinstance(module, ModulesToSaveWrapper) else module
-                setattr(parent, child, original.get_base_layer() if isinstance(original, LoraLayer) else original)
-    if hasattr(model, "peft_config"):
-        del model.peft_config
+    modules = dict(named_modules(model))
+    no_dora = [n for n in names if own_forward(modules[n]) or isinstance(modules[n], nn.MultiheadAttention)]
+    if opts.dora and no_dora:
+        raise OptionError(f"--dora cannot adapt `{no_dora[0]}` ({type(modules[no_dora[0]]).__name__}); leave it out "
+                          "of --targets or drop --dora")
+    config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
+    register(config, [modules[n] for n in names])
+    return config
 
 
 def attach(model: Any, **options: Any) -> "registry.Session":
@@ -82,48 +85,87 @@ def attach(model: Any, **options: Any) -> "registry.Session":
     if opts.modules_to_save:
         match_names(model, opts.modules_to_save)  # one-line error (with candidates) if one matches nothing
     _warn_rank(model, names, opts.r)
-    config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
+    config = _peft_config(opts, model, names)
     if session is not None and opts.name in session.adapters:
-        if session.adapters == [opts.name]:
-            detach(model)
-            session = None
-        else:
-            delete_adapter(model, opts.name)
-    if session is None:
+        session = _replace(session, opts.name, config)
+    elif session is None:
         session = new_session(model, config, opts.name)
     else:
-        switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
-        session.peft.add_adapter(opts.name, config)
-        switch.turn_on(session, opts.name)  # active and on
+        _add(session, opts.name, config)
     session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
     materialize_adapter(session, opts.name)  # offloaded layers (device_map): factors off `meta`, see core.dispatch
     session.notify("attach")
     return session
 
 
-def new_session(model: nn.Module, config, name: str) -> "registry.Session":
-    from peft import get_peft_model
+def _add(session: "registry.Session", name: str, config) -> None:
+    """Add adapter ``name`` beside the others, active and on; if peft fails half-way, nothing of it is left."""
+    switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
+    inject(session.model, session, config, name)
+    switch.turn_on(session, name)  # active and on
 
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+
+@dataclass
+class _Kept:
+    """An adapter as it was, to put back exactly if replacing it fails."""
+
+    config: Any
+    tensors: dict[str, torch.Tensor]
+    record: dict | None
+    strength: float | None
+    active: str
+    enabled: bool
+    merged: bool
+
+
+def _replace(session: "registry.Session", name: str, config) -> "registry.Session":
+    """Replace adapter ``name`` atomically: if the new one cannot be injected, the old one is put back as it was."""
+    kept = _Kept(session.peft.peft_config[name], adapter_state_dict(session.model, name),
+                 session.records.get(name), switch.strength(session.model, name), session.active,
+                 _enabled(session),
+                 name in switch.merged_adapters(session))
+    model, only = session.model, session.adapters == [name]
+    if only:
+        detach(model)
+    else:
+        delete_adapter(model, name)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*already.*modified.*")
-            # transformers deprecates the attribute peft reads while wrapping; nothing the user can act on
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            wrapper = get_peft_model(model, config, adapter_name=name)
+        if only:
+            return new_session(model, config, name)
+        _add(session, name, config)
+        return session
     except BaseException:
-        strip_lora(model)
-        _restore_flags(model, flags)
+        _put_back(model, name, kept)
         raise
-    session = registry.Session(model, wrapper, flags)
-    registry.register(session)
-    return session
 
 
-def _restore_flags(model: nn.Module, flags: dict[str, bool]) -> None:
-    for n, p in model.named_parameters():
-        if n in flags:
-            p.requires_grad_(flags[n])
+def _enabled(session: "registry.Session") -> bool:
+    return not any(layer.disable_adapters for layer, _ in switch.layer_index(session).layers)
+
+
+def _put_back(model: nn.Module, name: str, kept: _Kept) -> None:
+    session = registry.find(model)
+    if session is None:
+        session = new_session(model, kept.config, name)
+    else:
+        _add(session, name, kept.config)
+    problem = fill_adapter(model, name, kept.tensors)
+    if problem:  # the same config was just injected again: a mismatch is a bug, never silent
+        raise RuntimeError(f"could not put adapter `{name}` back as it was: {problem}")
+    if kept.record is not None:
+        session.records[name] = kept.record
+    if kept.strength is not None and kept.strength != 1.0:
+        switch.set_strength(model, kept.strength, adapter=name)
+    switch.turn_on(session, kept.active)
+    if kept.merged:
+        merge(model, name)
+    if not kept.enabled:
+        switch.turn_off(session)
+
+
+def new_session(model: nn.Module, config, name: str) -> "registry.Session":
+    """A session whose first adapter is ``name``; if peft fails half-way, the model is left as it was."""
+    return inject(model, None, config, name)
 
 
 def detach(model: Any) -> nn.Module:
@@ -134,7 +176,7 @@ def detach(model: Any) -> nn.Module:
     if restore is not None:
         restore()
     strip_lora(session.model)  # peft's unload would keep the *trained* copy of modules_to_save
-    _restore_flags(session.model, session.requires_grad)
+    restore_flags(session.model, session.requires_grad)
     registry.forget(session.model)
     session.notify("detach")
     return session.model
@@ -149,7 +191,8 @@ def delete_adapter(model: Any, adapter: str) -> None:
         detach(model)
         return
     switch.unmerge_first(session, {adapter})
-    session.peft.delete_adapter(adapter)
+    with quiet_peft():
+        session.peft.delete_adapter(adapter)
     session.records.pop(adapter, None)
     session.notify("delete")
 

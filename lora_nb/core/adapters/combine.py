@@ -17,6 +17,7 @@ from typing import Any
 from ...errors import AdapterError, OptionError, did_you_mean
 from .. import registry
 from . import switch
+from .inject import quiet_peft, restore_flags
 from .options import AttachOptions
 
 TYPES = ("svd", "linear", "cat")  # peft's others (ties, dare_*, magnitude_prune) also need a density
@@ -61,12 +62,16 @@ def combine(model: Any, adapters: str | Sequence[str], weights: str | Sequence[f
     adapters, weights = _as_list(adapters), _weights(weights)
     _check(session, adapters, weights, name, combination_type)
     switch.unmerge_first(session)  # peft combines factors; merged weights would be left stale
+    flags = {n: p.requires_grad for n, p in session.model.named_parameters()}
     try:
-        session.lora.add_weighted_adapter(adapters, weights, name, combination_type=combination_type)
+        with quiet_peft():
+            session.lora.add_weighted_adapter(adapters, weights, name, combination_type=combination_type)
     except (ValueError, TypeError) as exc:
         if name in session.adapters:
             session.peft.delete_adapter(name)
         raise AdapterError(f"peft cannot combine {', '.join(adapters)}: {exc}") from None
+    finally:  # peft freezes every parameter whose name merely *contains* the new name (`a` is in `default`)
+        restore_flags(session.model, flags)
     session.records[name] = {
         "options": {"combined_from": adapters, "weights": weights, "combination_type": combination_type},
         "runs": [],

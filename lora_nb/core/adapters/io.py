@@ -26,8 +26,11 @@ import torch
 from ...errors import AdapterError, AdapterFileError
 from .. import registry
 from . import switch
+from .inject import inject
+from .keys import adapter_state_dict, fill_adapter, mismatch
 from .options import AttachOptions
-from .verify import expected_shapes, mismatch
+from .targets import named_modules
+from .verify import expected_shapes
 
 CONFIG, WEIGHTS, PICKLE, RECORD = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
                                    "lora_nb_record.json")
@@ -65,7 +68,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
 
 def run_record(session, adapter: str) -> dict:
     """What ``lora_nb_record.json`` holds for ``adapter``."""
-    from ... import __version__
+    from ...version import __version__
     from .switch import strength
 
     record = session.records.get(adapter, {})
@@ -81,13 +84,17 @@ def run_record(session, adapter: str) -> dict:
 
 
 def _write(session, adapter: str, staging: Path) -> None:
-    """peft's files (moved up from the sub-folder peft uses for non-default names) and the run record."""
+    """peft's config (moved up from the sub-folder peft uses for non-default names), the adapter's tensors
+    selected by exact name segments (peft's own selection mixes up names like `lora` and `lora_A`), the record."""
+    from safetensors.torch import save_file
+
     out = staging / ".peft"
     session.peft.save_pretrained(str(out), selected_adapters=[adapter], save_embedding_layers=False)
     src = out if adapter == "default" else out / adapter
-    for name in (CONFIG, WEIGHTS):
-        os.replace(src / name, staging / name)
+    os.replace(src / CONFIG, staging / CONFIG)
     shutil.rmtree(out)
+    tensors = {PREFIX + k: v for k, v in adapter_state_dict(session.model, adapter).items()}
+    save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt"})
     (staging / RECORD).write_text(json.dumps(run_record(session, adapter), indent=2))
 
 
@@ -193,8 +200,11 @@ def _check_finite(tensors: dict[str, torch.Tensor], folder: Path) -> None:
 
 
 def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
+    from .custom_layers import register
+
     name = name or "default"
     AttachOptions(name=name)  # the same naming rules as attach
+    register(config, [m for _, m in named_modules(model)])  # Linear/Conv subclasses: lora_nb's LoRA layers
     if session is not None and name in session.adapters:
         raise AdapterError(f"adapter `{name}` already exists on this model; load it under another name (--name)")
     config.init_lora_weights = False  # the file's weights replace the init; pissa/olora inits would edit the base
@@ -203,17 +213,17 @@ def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
 
 def _inject(model, session, config, name: str):
     """Add an empty adapter ``name``; returns (session, rollback)."""
-    from .attach import detach, new_session
+    from .attach import detach
 
     if session is None:
-        session = new_session(model, config, name)
+        session = inject(model, None, config, name)
         return session, lambda: detach(model)
     switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
-    session.peft.add_adapter(name, config)
+    inject(model, session, config, name)
     return session, lambda: session.peft.delete_adapter(name)
 
 
-def _record(folder: Path, name: str) -> dict:
+def _record(folder: Path) -> dict:
     try:
         saved = json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
@@ -245,25 +255,20 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
     config.inference_mode = not trainable
     session, rollback = _inject(model, session, config, name)
     try:
-        _fill(session, name, tensors, folder, checked=expected is not None)
+        _fill(session, name, tensors, folder)
         switch.turn_on(session, name)
         if not trainable:  # peft makes the active adapter trainable; frozen was asked for
             session.peft.set_requires_grad(name, requires_grad=False)
     except BaseException:
         rollback()
         raise
-    session.records[name] = _record(folder, name)
+    session.records[name] = _record(folder)
     session.notify("load")
     return name
 
 
-def _fill(session, name: str, tensors: dict[str, torch.Tensor], folder: Path, checked: bool) -> None:
-    """Copy the verified tensors into the new adapter through peft's own state-dict loader."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
-    if not checked:  # the skeleton could not be built: check against the injected adapter instead
-        injected = get_peft_model_state_dict(session.peft, adapter_name=name)
-        problem = mismatch(tensors, {k.removeprefix(PREFIX): tuple(v.shape) for k, v in injected.items()})
-        if problem:
-            raise AdapterFileError(f"{folder} does not fit this model: {problem}")
-    set_peft_model_state_dict(session.peft, {PREFIX + k: v for k, v in tensors.items()}, adapter_name=name)
+def _fill(session, name: str, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Copy the tensors into the new adapter ``name``, each to the parameter whose file key it has."""
+    problem = fill_adapter(session.model, name, tensors)
+    if problem:
+        raise AdapterFileError(f"{folder} does not fit this model: {problem}")

@@ -1,12 +1,12 @@
 """Models dispatched over devices (``device_map``, accelerate's ``dispatch_model``): where a layer computes.
 
 A dispatched model keeps each layer where accelerate put it; lora_nb never moves it to one device
-(``train._place`` leaves multi-device models alone). Layers offloaded to disk or CPU have their base
+(``place_model`` leaves multi-device models alone). Layers offloaded to disk or CPU have their base
 weights on the ``meta`` device, loaded by accelerate's hooks only for the forward. peft creates a new
 adapter's factors next to the base weight, so on an offloaded layer they would be ``meta`` too — never
 initialised, and the model's output wrong. ``materialize_adapter`` puts them on the layer's execution
-device, initialised as peft would. Training a model with offloaded base weights is refused (G21):
-the gradients would flow through weights that exist only during each hook's forward.
+device, initialised as peft would. Training a model with offloaded base weights is refused: the
+gradients would flow through weights that exist only during each hook's forward.
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ def materialize_adapter(session, adapter: str) -> list[str]:
         for f in factors:
             f.to_empty(device=device)
         with torch.no_grad():
-            layer.reset_lora_parameters(adapter, init if init is not False else True)
+            if init is False:  # peft leaves the factors as their layers' constructors made them: do the same
+                for f in factors:
+                    f.reset_parameters()
+            else:
+                layer.reset_lora_parameters(adapter, init)
         fixed.append(name)
     return fixed
 

@@ -6,7 +6,7 @@ option's help), so a default or a rule lives in exactly one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import OptionError
@@ -62,9 +62,6 @@ class AttachOptions:
             raise OptionError(f"dropout must be in [0, 1); got {self.dropout:g}")
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise OptionError(f"adapter name must be an identifier (letters, digits, _); got `{self.name}`")
-        if self.name in "lora_":  # peft matches adapter names inside parameter names such as `lora_A`
-            raise OptionError(f"adapter name `{self.name}` is part of `lora_`, which peft cannot tell apart; "
-                              "choose a longer name")
         self.init = _parse_init(self.init)
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [m.strip() for m in self.modules_to_save.split(",") if m.strip()] or None
@@ -88,6 +85,7 @@ class AttachOptions:
 
 
 def as_number(name: str, value: Any, kind: type) -> Any:
+    """``value`` as an ``int`` or ``float`` (``kind``), or a one-line error naming the option ``name``."""
     if isinstance(value, bool):
         raise OptionError(f"{name} must be a number; got {value}")
     try:
@@ -98,7 +96,3 @@ def as_number(name: str, value: Any, kind: type) -> Any:
         raise OptionError(f"{name} must be an integer; got `{value}`")
     return number
 
-
-def option_fields():
-    """The fields of ``AttachOptions`` (for building parsers)."""
-    return fields(AttachOptions)

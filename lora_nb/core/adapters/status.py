@@ -74,7 +74,8 @@ class ModelStatus:
         head = "".join(f"<th>{esc(h)}</th>" for h in self._HEAD)
         body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in self._rows())
         notes = "".join(f"<div>{esc(n)}</div>" for n in self.notes)
-        shown = ", ".join(self.targets[:12]) + (f", … ({len(self.targets) - 12} more)" if len(self.targets) > 12 else "")
+        more = len(self.targets) - 12
+        shown = ", ".join(self.targets[:12]) + (f", … ({more} more)" if more > 0 else "")
         return (
             f"<div class='lora-nb-status'><b>{esc(self._summary())}</b>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -23,6 +23,7 @@ from torch import nn
 
 from ...errors import AdapterError, OptionError
 from .. import registry
+from .options import as_number
 
 MAX_STRENGTH = 2.0
 _STRUCTURAL = {"attach", "delete", "load", "combine", "detach"}
@@ -198,10 +199,7 @@ def set_strength(model: Any, value: float, adapter: str | None = None) -> None:
     session = registry.require(model)
     session.ensure_idle("change an adapter's strength")
     adapter = session.check_adapter(adapter) if adapter is not None else session.active
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"strength must be a number between 0 and {MAX_STRENGTH:g}; got `{value}`") from None
+    value = as_number("strength", value, float)
     if not 0.0 <= value <= MAX_STRENGTH:
         raise OptionError(f"strength must be between 0 and {MAX_STRENGTH:g}; got {value:g}")
     if adapter in merged_adapters(session):

@@ -7,11 +7,12 @@ mid-injection on an unsupported module and leaves earlier layers wrapped.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 
 from torch import nn
 
-from ...errors import TargetError, did_you_mean, preview
+from ...errors import LoraNBWarning, TargetError, did_you_mean, preview
 
 _NAMES = re.compile(r"^[\w.]+$")
 
@@ -25,8 +26,9 @@ def conv1d_type():
 
 
 def supported_types() -> tuple[type, ...]:
-    """Module types peft's LoRA adapts exactly (bit-exact when disabled)."""
-    types: tuple[type, ...] = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, *conv1d_type())
+    """Module types LoRA adapts exactly (bit-exact when disabled)."""
+    types: tuple[type, ...] = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention,
+                               *conv1d_type())
     try:  # quantized bases, where bitsandbytes is installed
         import bitsandbytes as bnb  # type: ignore
 
@@ -37,22 +39,27 @@ def supported_types() -> tuple[type, ...]:
 
 
 def _auto_types() -> tuple[type, ...]:
-    return (nn.Linear, nn.Conv1d, nn.Conv2d, *conv1d_type())
+    return (nn.Linear, nn.Conv1d, nn.Conv2d, nn.MultiheadAttention, *conv1d_type())
 
 
 def named_modules(model: nn.Module):
-    """``model.named_modules()`` as the user built it: a LoRA wrapper shows as its base layer."""
+    """``model.named_modules()`` as the user built it: a LoRA wrapper shows as its base layer, and modules
+    inside it (e.g. a MultiheadAttention's ``out_proj``, itself wrapped) under their own names."""
     from peft.tuners.lora import LoraLayer
 
-    inside: str | None = None
-    for name, module in model.named_modules():
-        if inside is not None and name.startswith(inside):
-            continue
+    seen: set[int] = set()
+
+    def walk(prefix: str, module: nn.Module):
         if isinstance(module, LoraLayer):
-            inside = name + "."
-            yield name, module.get_base_layer()
-        else:
-            yield name, module
+            module = module.get_base_layer()
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        yield prefix, module
+        for child_name, child in module.named_children():
+            yield from walk(f"{prefix}.{child_name}" if prefix else child_name, child)
+
+    yield from walk("", model)
 
 
 def _is_leaf_candidate(module: nn.Module) -> bool:
@@ -104,12 +111,17 @@ def match_names(model: nn.Module, keys: Sequence[str]) -> list[str]:
     return list(matched)
 
 
+def compile_regex(pattern: str, option: str) -> re.Pattern:
+    """``pattern`` compiled, or a one-line error naming the ``option`` it came from."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise TargetError(f"{option} `{pattern}` is not a valid regex: {exc}") from None
+
+
 def _match_regex(model: nn.Module, pattern: str) -> list[str]:
     """Adaptable layers whose qualified name the regex finds (containers and dropouts are skipped)."""
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:
-        raise TargetError(f"targets `{pattern}` is not a valid regex: {exc}") from None
+    rx = compile_regex(pattern, "targets")
     named = [(n, m) for n, m in named_modules(model) if n and rx.search(n)]
     hits = [n for n, m in named if _is_leaf_candidate(m)]
     if not hits:
@@ -150,8 +162,6 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "auto") -> 
         module = modules[name]
         if _is_leaf_candidate(module):
             leaves[name] = None
-        elif isinstance(module, nn.MultiheadAttention):
-            bad.append(f"{name} (nn.MultiheadAttention: peft's LoRA on it is not bit-exact)")
         elif not list(module.children()):
             bad.append(f"{name} ({type(module).__name__})")
         else:
@@ -162,9 +172,43 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "auto") -> 
     if bad:
         raise TargetError(
             "LoRA cannot adapt " + preview(bad, 4) + "; supported: Linear, Conv1d/2d/3d, Embedding, "
-            "transformers Conv1D"
+            "MultiheadAttention, transformers Conv1D"
         )
-    return list(leaves)
+    named = set(names) if targets not in ("", "auto") else set()
+    return _exact_only(modules, _without_out_proj(modules, list(leaves)), named)
+
+
+def _without_out_proj(modules: dict[str, nn.Module], leaves: list[str]) -> list[str]:
+    """Drop the ``out_proj`` of an adapted MultiheadAttention (its LoRA layer covers it); refuse it alone."""
+    owners = {f"{n}.out_proj": n for n, m in modules.items() if isinstance(m, nn.MultiheadAttention)}
+    alone = [n for n in leaves if n in owners and owners[n] not in leaves]
+    if alone:
+        owner = owners[alone[0]]
+        raise TargetError(f"`{alone[0]}` is the output projection of nn.MultiheadAttention `{owner}`, which reads "
+                          f"its weight directly, so a LoRA on it alone would never run; target `{owner}` instead "
+                          "(adapts its in_proj and out_proj)")
+    return [n for n in leaves if n not in owners]
+
+
+def _exact_only(modules: dict[str, nn.Module], leaves: list[str], named: set[str]) -> list[str]:
+    """``leaves`` without the layers LoRA cannot adapt exactly (some Linear/Conv subclasses, MultiheadAttention
+    with separate q/k/v weights): an error for a layer named explicitly, one note for those found by ``auto``
+    or inside a named container."""
+    from .custom_layers import unsupported_reason
+
+    reasons = {n: r for n in leaves if (r := unsupported_reason(modules[n]))}
+    named_bad = [n for n in reasons if n in named]
+    if named_bad:
+        n = named_bad[0]
+        raise TargetError(f"LoRA cannot adapt `{n}` ({type(modules[n]).__name__}) exactly: {reasons[n]}")
+    if reasons:
+        classes = dict.fromkeys(type(modules[n]).__name__ for n in reasons)
+        warnings.warn(f"skipped {len(reasons)} layer(s) of class {', '.join(classes)}: "
+                      f"{next(iter(reasons.values()))}, so LoRA on it would not be exact", LoraNBWarning, stacklevel=4)
+    kept = [n for n in leaves if n not in reasons]
+    if not kept:
+        raise TargetError(f"no layer left to adapt: {len(reasons)} layer(s) skipped ({next(iter(reasons.values()))})")
+    return kept
 
 
 def target_regex(names: Sequence[str]) -> str:

@@ -2,7 +2,7 @@
 
 peft injects the adapter's config into a *meta-device skeleton* of the model (a deep copy whose
 parameters and buffers are meta tensors: no memory, no change to the user's model), and
-``get_peft_model_state_dict`` names the keys and shapes peft would save — and therefore needs.
+the probe adapter's parameters, keyed as in an adapter file, name the keys and shapes a file must hold.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import warnings
 import torch
 from torch import nn
 
-from ...errors import AdapterFileError, preview
+from ...errors import AdapterFileError
+from .keys import adapter_parameters_by_key
 
 _PROBE = "lora_nb_probe"
 
@@ -29,7 +30,7 @@ def _meta_skeleton(model: nn.Module) -> nn.Module:
 
 def expected_shapes(model: nn.Module, config) -> dict[str, tuple[int, ...]] | None:
     """Adapter keys (without peft's ``base_model.model.`` prefix) and shapes; ``None`` if no skeleton."""
-    from peft import get_peft_model_state_dict, inject_adapter_in_model
+    from peft import inject_adapter_in_model
 
     probe = copy.deepcopy(config)
     probe.init_lora_weights, probe.inference_mode = False, True
@@ -43,21 +44,4 @@ def expected_shapes(model: nn.Module, config) -> dict[str, tuple[int, ...]] | No
             inject_adapter_in_model(probe, skeleton, adapter_name=_PROBE)
     except ValueError as exc:
         raise AdapterFileError(f"the adapter's targets do not fit this model: {str(exc).splitlines()[0]}") from None
-    state = get_peft_model_state_dict(skeleton, adapter_name=_PROBE, save_embedding_layers=False)
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
-def mismatch(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> str:
-    """A one-line description of missing, unexpected and wrongly shaped keys, or ``""``."""
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [f"{k} {tuple(tensors[k].shape)} != {expected[k]}" for k in expected
-             if k in tensors and tuple(tensors[k].shape) != expected[k]]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {preview(missing, 2)}")
-    if wrong:
-        parts.append(f"{len(wrong)} wrong shape(s): {preview(wrong, 2)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {preview(unexpected, 2)}")
-    return "; ".join(parts)
+    return {k: tuple(p.shape) for k, p in adapter_parameters_by_key(skeleton, _PROBE).items()}

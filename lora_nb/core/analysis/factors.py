@@ -9,6 +9,8 @@ side) and ``B: out × r``, whatever the layer type stores:
   stores its weight (and ``get_delta_weight``) as ``in × out``, i.e. transposed;
 - ``nn.Conv1d/2d/3d``: ``lora_A`` is a conv ``r × in × k…`` flattened to ``r × (in·k…)``,
   ``lora_B`` a 1×1 conv ``out × r``; the weight is ``ΔW`` reshaped to the kernel;
+- ``nn.MultiheadAttention``: the layer's factors update ``in_proj_weight`` (3·E × E, q/k/v stacked);
+  its ``out_proj`` is a LoRA ``Linear`` of its own, named ``<attention>.out_proj``;
 - ``nn.Embedding``: ``lora_embedding_A`` is ``r × num_embeddings`` (input side) and
   ``lora_embedding_B`` is ``embedding_dim × r``; peft's delta is ``(B @ A)ᵀ · s``,
   so the stored weight is transposed like ``Conv1D``.
@@ -16,7 +18,6 @@ side) and ``B: out × r``, whatever the layer type stores:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from torch import nn
 
 from ...errors import LoraNBError, TargetError, did_you_mean, preview
 from .. import registry
+from ..adapters.targets import compile_regex
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,13 @@ def lora_layers(session: "registry.Session", adapter: str) -> Iterator[tuple[str
 
     for name, module in session.model.named_modules():
         if isinstance(module, LoraLayer) and (adapter in module.lora_A or adapter in module.lora_embedding_A):
-            yield name, module
+            yield ".".join(part for part in name.split(".") if part != "base_layer"), module  # nested: MHA out_proj
+
+
+def base_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight LoRA updates: the base layer's ``weight`` (``in_proj_weight`` of a MultiheadAttention)."""
+    base = layer.get_base_layer()
+    return base.in_proj_weight if isinstance(base, nn.MultiheadAttention) else base.weight
 
 
 def resolve_adapter(session: "registry.Session", adapter: str | None) -> str:
@@ -102,10 +110,7 @@ def select(session: "registry.Session", adapter: str, layers: str | None = None)
     found = list(lora_layers(session, adapter))
     if not layers:
         return found
-    try:
-        rx = re.compile(layers)
-    except re.error as exc:
-        raise TargetError(f"--layers `{layers}` is not a valid regex: {exc}") from None
+    rx = compile_regex(layers, "--layers")
     hits = [(n, m) for n, m in found if rx.search(n)]
     if not hits:
         kinds = dict.fromkeys(n.rsplit(".", 1)[-1] for n, _ in found)
@@ -128,7 +133,7 @@ def layer_factors(name: str, layer: nn.Module, adapter: str) -> Factors:
     if any(p.is_meta for n, p in layer.named_parameters() if f".{adapter}" in f".{n}" and "lora_" in n):
         raise LoraNBError(f"the `{adapter}` factors of `{name}` are on the meta device (never materialized)")
     scaling = float(layer.scaling[adapter])
-    shape = tuple(base.weight.shape)
+    shape = tuple(base_weight(layer).shape)
     if adapter in layer.lora_embedding_A:
         a, b = layer.lora_embedding_A[adapter], layer.lora_embedding_B[adapter]
         return Factors(name, "embedding", _copy(a), _copy(b), scaling, True, shape)
@@ -139,7 +144,7 @@ def layer_factors(name: str, layer: nn.Module, adapter: str) -> Factors:
         return Factors(name, "conv", _copy(a).reshape(a.shape[0], -1), _copy(b).reshape(b.shape[0], -1),
                        scaling, False, shape)
     kind = "conv1d-gpt2" if conv1d_type() and isinstance(base, conv1d_type()) else "linear"
-    return Factors(name, kind, _copy(a), _copy(b), scaling, bool(layer.fan_in_fan_out), shape)
+    return Factors(name, kind, _copy(a), _copy(b), scaling, bool(getattr(layer, "fan_in_fan_out", False)), shape)
 
 
 def read(model, adapter: str | None = None, layers: str | None = None) -> tuple[str, list[Factors]]:
@@ -163,7 +168,7 @@ def base_matrix(layer: nn.Module, f: Factors) -> torch.Tensor:
     """The layer's base weight ``W`` as ``out × in`` float32 on its device, minus any merged adapter."""
     from ..adapters.quantized import dequantized, is_quantized
 
-    weight = layer.get_base_layer().weight
+    weight = base_weight(layer)
     if weight.is_meta:
         raise LoraNBError(f"the base weight of `{f.name}` is on the meta device (not loaded); W spectra need it")
     w = dequantized(layer) if is_quantized(layer) else weight.detach().float()  # 4/8-bit: per layer
@@ -177,7 +182,7 @@ def base_matrix(layer: nn.Module, f: Factors) -> torch.Tensor:
 
 def weight_key(layer: nn.Module) -> tuple:
     """Changes whenever the base weight (or what is merged into it) changes."""
-    weight = layer.get_base_layer().weight
+    weight = base_weight(layer)
     merged = tuple(getattr(layer, "merged_adapters", []))
     return (weight.data_ptr(), weight._version, merged, *(adapter_key(layer, a) for a in merged))
 

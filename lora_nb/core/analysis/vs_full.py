@@ -78,6 +78,31 @@ class Bare:
         """Nobody watches a private copy."""
 
 
+def _help(cls: type, name: str) -> str:
+    return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
+@dataclass
+class VsFullOptions:
+    """How ``vs_full`` trains its two arms (the LoRA fields mean what they mean for ``attach``)."""
+
+    r: int = field(default=8, metadata={"help": _help(AttachOptions, "r")})
+    alpha: float = field(default=16, metadata={"help": _help(AttachOptions, "alpha")})
+    targets: Any = field(default="auto", metadata={"help": _help(AttachOptions, "targets")})
+    dropout: float = field(default=0.0, metadata={"help": _help(AttachOptions, "dropout")})
+    modules_to_save: Any = field(default=None, metadata={"help": "modules the LoRA arm trains in full too, e.g. "
+                                                                 "a new head"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps per arm"})
+    lr_lora: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the LoRA arm"})
+    lr_full: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the full fine-tune"})
+    batch_size: int = field(default=32, metadata={"help": "samples per step"})
+    seed: int = field(default=0, metadata={"help": "seed for shuffling and LoRA's init (both arms see the same "
+                                                   "batches)"})
+    sizes: Any = field(default=None, metadata={"help": "training-set sizes for the data-size sweep, e.g. "
+                                                       "25,50,100,200 (needs eval data)"})
+    device: str = field(default="auto", metadata={"help": _help(TrainSettings, "device")})
+
+
 @dataclass
 class _Plan:
     """Everything both arms share, checked before anything trains."""
@@ -91,29 +116,30 @@ class _Plan:
     callbacks: list[Callback]
 
 
-def vs_full(model: Any, data: Any, eval_data: Any = None, *, r: int = 8, alpha: float = 16, targets: Any = "auto",
-            dropout: float = 0.0, modules_to_save: Any = None, steps: int = 200, lr_lora: float = 1e-2,
-            lr_full: float = 1e-3, batch_size: int = 32, seed: int = 0, sizes: Any = None, loss_fn: Any = None,
-            tokenizer: Any = None, device: str = "auto", callbacks: Sequence[Callback] | None = None,
-            **extras: Any) -> VsFullResult:
+def vs_full(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = None, loss_fn: Any = None,
+            callbacks: Sequence[Callback] | None = None, **options: Any) -> VsFullResult:
     """Train a LoRA adapter and a full fine-tune of ``model`` on the same data; returns the measured comparison.
 
-    ``data``/``eval_data``/``tokenizer``/``loss_fn``: as for ``lora_nb.train``. LoRA: ``r``, ``alpha``,
-    ``targets``, ``dropout``, ``modules_to_save`` (as for ``attach``). Both arms: ``steps`` optimizer
-    steps of ``batch_size`` samples, shuffled from ``seed``; AdamW at ``lr_lora`` / ``lr_full`` (LoRA
-    usually wants a larger learning rate). ``sizes``: training-set sizes for the data-size sweep (needs
-    ``eval_data``), e.g. ``[25, 50, 100, 200]`` or ``"25,50,100,200"``. ``callbacks`` watch every
-    arm's run (``run.adapter`` is "lora" or "full"; a ``VsFullCallback`` also hears which arm comes
-    next and the result). ``extras``: other training settings (grad_accum, warmup, schedule,
-    weight_decay, max_grad_norm, eval_every, precision, max_length). Blocks until done; the model
-    is not changed (both arms train deep copies of its base weights).
+    ``data``/``eval_data``/``tokenizer``/``loss_fn``: as for ``lora_nb.train``. ``options``: those of
+    ``VsFullOptions`` — LoRA's ``r``, ``alpha``, ``targets``, ``dropout``, ``modules_to_save``; for both
+    arms ``steps`` optimizer steps of ``batch_size`` samples shuffled from ``seed``, AdamW at ``lr_lora`` /
+    ``lr_full`` (LoRA usually wants a larger learning rate); ``sizes`` for the data-size sweep (needs
+    ``eval_data``), e.g. ``[25, 50, 100, 200]`` or ``"25,50,100,200"`` — and any other training setting
+    of ``TrainSettings`` for both arms (grad_accum, warmup, schedule, weight_decay, …). ``callbacks``
+    watch every arm's run (``run.adapter`` is "lora" or "full"; a ``VsFullCallback`` also hears which
+    arm comes next and the result). Blocks until done; the model is not changed (both arms train deep
+    copies of its base weights).
     """
     model = registry.as_module(model)
-    lora = dict(r=r, alpha=alpha, targets=targets, dropout=dropout, modules_to_save=modules_to_save)
-    common = dict(steps=steps, batch_size=batch_size, seed=seed, device=device)
-    plan = _make_plan(data, eval_data, lora, common, extras, {"lora": lr_lora, "full": lr_full}, tokenizer,
-                      loss_fn, callbacks)
-    sizes = parse_sizes(sizes, data, eval_data)
+    own = {f.name for f in fields(VsFullOptions)}
+    opts = VsFullOptions(**{k: v for k, v in options.items() if k in own})
+    extras = {k: v for k, v in options.items() if k not in own}
+    lora = dict(r=opts.r, alpha=opts.alpha, targets=opts.targets, dropout=opts.dropout,
+                modules_to_save=opts.modules_to_save)
+    common = dict(steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed, device=opts.device)
+    plan = _make_plan(data, eval_data, lora, common, extras, {"lora": opts.lr_lora, "full": opts.lr_full},
+                      tokenizer, loss_fn, callbacks)
+    sizes = parse_sizes(opts.sizes, data, eval_data)
     _warm_up(model, plan, data)
     arms = {arm: _arm(arm, model, plan, data, checkpoint=True) for arm in ARMS}
     seed = plan.settings["lora"].seed or 0
@@ -175,7 +201,7 @@ def _arm(arm: str, model: nn.Module, plan: _Plan, data: Any, size: int | None = 
     settings = copy.copy(plan.settings[arm])  # the run may fill in eval_every
     clone = base_copy(model)
     total = sum(p.numel() for p in clone.parameters())
-    target = resolve_device(settings.device, clone)
+    target = resolve_device(settings.device)
     place_model(clone, target)
     with PeakMemory(target) as memory:
         run, params, targets = _train(arm, clone, plan, data, settings, quiet=size is not None)
@@ -224,7 +250,7 @@ def _warm_up(model: nn.Module, plan: _Plan, data: Any) -> None:
     for arm in ARMS:
         settings = dataclasses.replace(plan.settings[arm], steps=2)
         clone = base_copy(model)
-        place_model(clone, resolve_device(settings.device, clone))
+        place_model(clone, resolve_device(settings.device))
         _train(arm, clone, dataclasses.replace(plan, eval_data=None, callbacks=[]), data, settings, quiet=True)
 
 

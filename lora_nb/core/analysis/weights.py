@@ -159,7 +159,7 @@ def _common_prefix(keys: list[str]) -> str:
 
 def _base_norm(session: "registry.Session", layer, f: F.Factors) -> float | None:
     """‖W‖_F of the base weight, cached until the weight changes (base weights do not train)."""
-    weight = layer.get_base_layer().weight
+    weight = F.base_weight(layer)
     if weight.is_meta:
         return None
     cache = session.base_norms

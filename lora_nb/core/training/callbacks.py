@@ -2,7 +2,10 @@
 
 The training loop displays nothing itself; it calls these hooks. A hook runs on the
 training thread, so it must be quick: views throttle themselves (≤ 5 updates/s).
-An exception raised by a hook ends the run (state "failed") at a step boundary.
+A hook that raises an ``Exception`` is reported once (a warning with its traceback) and detached,
+and the run goes on: a broken view never costs a user their training. A callback the run depends
+on (``essential = True``, e.g. the multi-process synchroniser) ends the run instead. To stop a run
+from a hook, call ``run.stop()``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 class Callback:
     """Base class; override the hooks you need. ``run`` is the ``TrainRun``."""
+
+    essential = False  # True: an exception in a hook ends the run instead of detaching the callback
 
     def on_train_begin(self, run: Any) -> None:
         """Before the first step (``run.max_steps`` and the device are known)."""

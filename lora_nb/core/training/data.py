@@ -1,6 +1,6 @@
 """Turn what a user calls training data into batches and a loss.
 
-Accepted forms (DESIGN.md §2), checked up front with a one-line ``DataError``:
+Accepted forms, checked up front with a one-line ``DataError``:
 
 - a sequence of ``str`` with a tokenizer: causal-LM batches (labels = input ids, padding → -100);
 - chat data with a tokenizer (see ``chat``): conversations (lists of ``{"role", "content"}`` messages, or dicts /

@@ -9,7 +9,7 @@ import torch
 from ...errors import OptionError
 
 
-def resolve_device(device: str, model: torch.nn.Module) -> torch.device:
+def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA, then MPS, then CPU; an explicit device must exist here."""
     name = str(device).strip().lower()
     if name == "auto":

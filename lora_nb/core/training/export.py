@@ -188,7 +188,7 @@ def _loss_entry(loss_fn: Any) -> tuple[dict | None, str]:
 
 
 def _write_script(target: Path, session, settings: dict, model: dict, data: dict, tok, loss) -> None:
-    from ... import __version__
+    from ...version import __version__
 
     template = string.Template((Path(__file__).with_name("script_template.py")).read_text())
     text = template.substitute(

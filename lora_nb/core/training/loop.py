@@ -1,6 +1,6 @@
 """The training loop behind ``TrainRun``: steps, callbacks, stop/pause and every way a run can end.
 
-Invariants (DESIGN.md §4): only the adapter's parameters change; a run ends at a step boundary
+Invariants: only the adapter's parameters change; a run ends at a step boundary
 with the adapter at its last good state (a failed or interrupted step is undone from a copy
 taken right before the optimizer step); the model's train/eval modes and ``requires_grad``
 flags are restored; nothing is displayed here (callbacks are the views).
@@ -21,6 +21,8 @@ import torch
 
 from ...errors import LoraNBError
 from .data import Batches, count, to_device
+
+KEPT = "the adapter keeps what it learned"
 
 
 class NonFinite(Exception):
@@ -63,9 +65,9 @@ class Loop:
             self.callbacks("on_train_begin", first)
             self.train()
             if run.step < run.max_steps:
-                state, message = "stopped", f"stopped at step {run.step}/{run.max_steps}; the adapter keeps what it learned"
+                state, message = "stopped", f"stopped at step {run.step}/{run.max_steps}; {KEPT}"
         except KeyboardInterrupt:
-            state, message = "stopped", f"interrupted at step {run.step}/{run.max_steps}; the adapter keeps what it learned"
+            state, message = "stopped", f"interrupted at step {run.step}/{run.max_steps}; {KEPT}"
         except BaseException as exc:  # every failure ends the run; the kernel lives on
             state, message = "failed", self.describe(exc)
             run.error, run.traceback = exc, traceback.format_exc()
@@ -78,7 +80,7 @@ class Loop:
             with run._lock:
                 run._ended = True
                 last = tuple(run.callbacks)
-            self.callbacks("on_train_end", last, final=True)
+            self.callbacks("on_train_end", last)
         finally:
             run._done.set()
 
@@ -259,17 +261,11 @@ class Loop:
             self._rss_at, self._rss = now, process_rss_mb()
         return self._rss
 
-    def callbacks(self, hook: str, which: tuple | None, *args: Any, final: bool = False) -> None:
-        """Call ``hook`` on ``which`` callbacks (default: the run's current ones)."""
+    def callbacks(self, hook: str, which: tuple | None, *args: Any) -> None:
+        """Call ``hook`` on ``which`` callbacks (default: the run's current ones); a failing view is detached."""
         for cb in which if which is not None else tuple(self.run.callbacks):
             self.phase = f"callback {type(cb).__name__}.{hook}"
-            if not final:
-                getattr(cb, hook)(self.run, *args)
-                continue
-            try:  # the run has ended: a failing view must not hide how it ended
-                getattr(cb, hook)(self.run, *args)
-            except Exception as exc:
-                self.run._callback_failed(exc, self.describe(exc))
+            self.run.call_hook(cb, hook, *args)
 
 
 def process_rss_mb() -> float:

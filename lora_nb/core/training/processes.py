@@ -85,7 +85,8 @@ def check_launchable(processes: int, device: str, model: torch.nn.Module) -> boo
                             "launch processes after that: restart the kernel and start the run before creating one")
     if "bitsandbytes" in sys.modules:
         raise TrainingError("bitsandbytes is imported in this kernel, and accelerate will not fork processes after "
-                            "that: train a quantized model in one process, or `%lora export` it and `accelerate launch`")
+                            "that: train a quantized model in one process, or `%lora export` it and "
+                            "`accelerate launch`")
     if len({p.device for p in model.parameters()}) > 1:
         raise OptionError("this model is spread over several devices (device_map): it trains in one process; "
                           "drop --processes")
@@ -146,7 +147,6 @@ class _Driver:
         self.ended: tuple | None = None  # rank 0's ("end", state, message)
         self.errors: list[tuple] = []  # ("error", rank, message, traceback) in arrival order
         self.launcher_done = threading.Event()
-        self.callback_failure = ""  # one line, when a view's hook raised
 
     def __call__(self) -> None:
         pump = threading.Thread(target=contextvars.copy_context().run, args=(self._pump,), daemon=True)
@@ -162,11 +162,18 @@ class _Driver:
             pump.join()
         try:
             state, message = self._outcome(failure)
+        except Exception as exc:  # e.g. the returned weights do not fit the adapter: every ending marks the run done
+            self.run.error, self.run.traceback = exc, traceback.format_exc()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            state, message = "failed", (f"the trained weights could not be loaded back ({type(exc).__name__}: "
+                                        f"{first}); the adapter is as it was before the run")
         finally:
             shutil.rmtree(self.job.out, ignore_errors=True)
-        self.run.finish(state, message)
-        self._callbacks("on_train_end", final=True)
-        self.run._done.set()
+        try:
+            self.run.finish(state, message)
+            self._callbacks("on_train_end")
+        finally:
+            self.run._done.set()
 
     def _launch(self) -> None:
         from accelerate import notebook_launcher
@@ -198,17 +205,9 @@ class _Driver:
             elif kind == "error":
                 self.errors.append(message)
 
-    def _callbacks(self, hook: str, *args: Any, final: bool = False) -> None:
+    def _callbacks(self, hook: str, *args: Any) -> None:
         for cb in tuple(self.run.callbacks):
-            try:
-                getattr(cb, hook)(self.run, *args)
-            except Exception as exc:  # as in the one-process loop: a failing view ends the run
-                if self.run.error is None:
-                    first = (str(exc).strip().splitlines() or [""])[0]
-                    self.run.error, self.run.traceback = exc, traceback.format_exc()
-                    self.callback_failure = f"{type(exc).__name__} in callback {type(cb).__name__}.{hook}: {first}"
-                if not final:
-                    self.run.stop()
+            self.run.call_hook(cb, hook, *args)
 
     def _outcome(self, failure: BaseException | None) -> tuple[str, str]:
         """The run's end state and message, after the returned weights (if any) went into the model."""
@@ -219,8 +218,6 @@ class _Driver:
             _, rank, message, tb = self.errors[0]
             run.error, run.traceback = WorkerError(message), tb
             return "failed", f"{message} (in process {rank + 1} of {n}; {kept})"
-        if self.callback_failure:
-            return "failed", self.callback_failure
         if failure is not None or self.ended is None:
             run.error = failure or WorkerError("the worker processes ended without a result")
             run.traceback = "".join(traceback.format_exception(run.error)) if failure is not None else None
@@ -237,9 +234,9 @@ class _Driver:
             return False
         tensors = load_file(str(path))
         params = dict(adapter_named_parameters(self.session.model, self.run.adapter))
-        if set(tensors) != set(params):
-            raise TrainingError(f"the workers returned weights for {len(tensors)} tensors, the adapter has "
-                                f"{len(params)}: not loaded")
+        if set(tensors) != set(params) or any(tensors[n].shape != p.shape for n, p in params.items()):
+            raise TrainingError(f"the workers returned {len(tensors)} tensors that do not match the adapter's "
+                                f"{len(params)} (names or shapes): not loaded")
         with self.session.lock, torch.no_grad():
             for name, p in params.items():
                 p.copy_(tensors[name])

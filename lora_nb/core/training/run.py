@@ -153,9 +153,20 @@ class TrainRun:
             record = session.records.setdefault(self.adapter, {"options": {}, "runs": []})
             record.setdefault("runs", []).append(self.summary())
 
-    def _callback_failed(self, exc: BaseException, message: str) -> None:
-        if self.error is None:
-            self.error, self.message, self.state = exc, message, "failed"
+    def call_hook(self, callback: Callback, hook: str, *args: Any) -> None:
+        """``callback.hook(run, *args)``; a watcher that raises is detached and reported once, and the run goes on.
+
+        Only an ``essential`` callback's exception propagates (it ends the run).
+        """
+        try:
+            getattr(callback, hook)(self, *args)
+        except Exception as exc:
+            if getattr(callback, "essential", False):
+                raise
+            with self._lock:
+                if callback in self.callbacks:
+                    self.callbacks.remove(callback)
+            registry.report_failed_listener(callback, hook, exc)
 
 
 @dataclass
@@ -227,7 +238,7 @@ def launch(session: Any, name: str, plan: RunPlan, background: bool | None = Non
     same loop).
     """
     settings = plan.settings
-    target = resolve_device(settings.device, session.model)
+    target = resolve_device(settings.device)
     bf16 = uses_bf16(target, settings.precision)
     where = str(target) + (" (bf16 autocast)" if bf16 else "")
     background = in_jupyter_kernel() if background is None else bool(background)

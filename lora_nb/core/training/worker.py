@@ -65,6 +65,8 @@ class _DDPLoop(Loop):
 class _Sync(Callback):
     """Per step: agree on loss (mean), throughput (sum), Stop and Pause over all processes; rank 0 reports."""
 
+    essential = True  # a process that stops agreeing would leave the others waiting in a collective
+
     def __init__(self, accelerator: Any, job: Job) -> None:
         self.acc, self.job = accelerator, job
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
@@ -126,7 +128,7 @@ def run_worker(job: Job) -> None:
     _DDPLoop(run, session, batches, plan.eval_batches, params, uses_bf16(acc.device, plan.settings.precision),
              accelerator=acc)()
     if acc.process_index == 0:  # the adapter at its last good state, however the loop ended
-        _write_result(job, session, run)
+        write_result(job, session, run)
     if run.state == "failed":
         if job.channel is not None:
             job.channel.put(("error", acc.process_index, run.message, run.traceback or ""))
@@ -140,7 +142,7 @@ def run_worker(job: Job) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _write_result(job: Job, session: Any, run: Any) -> None:
+def write_result(job: Job, session: Any, run: Any) -> None:
     """Rank 0: the adapter's weights (written then renamed, so a reader never sees half a file)."""
     from safetensors.torch import save_file
 

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING
-
 from .. import core
-from ..core.adapters.options import option_fields
-from .router import arg, verb
+from ..core.adapters.options import AttachOptions
+from .router import arg, options_of, verb, with_settings
 
-
-def _attach_options():
-    for f in option_fields():
-        default = f.default if f.default is not MISSING else None
-        flags = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"])  # --modules-to-save, as train's
-        if isinstance(default, bool) and f.name != "init":
-            yield arg(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
-        else:
-            yield arg(*flags, dest=f.name, default=default, help=f"{f.metadata['help']} (default: {default})")
+# attach options whose default is a notebook setting (`%config LoraMagics.default_r`)
+_NOTEBOOK = {"r": "default_r", "alpha": "default_alpha"}
 
 
 @verb(
-    "attach", "inject a LoRA adapter in place; the model now runs with it", *_attach_options(),
+    "attach", "inject a LoRA adapter in place; the model now runs with it",
+    *options_of(AttachOptions, notebook=_NOTEBOOK),
     examples=["%lora attach model --r 8 --alpha 16 --targets q_proj,v_proj",
               "%lora attach model --name second --r 4 --targets 'layers\\.[0-3]\\..*proj'"],
 )
 def _attach(ctx, args):
-    options = {k: v for k, v in vars(args).items() if k != "model"}
+    options = with_settings({k: v for k, v in vars(args).items() if k != "model"}, ctx.settings, _NOTEBOOK)
     core.attach(ctx.model(args.model), **options)
     return core.status(ctx.model(args.model))
 

@@ -1,0 +1,3 @@
+"""The package version, in one place (read by saved adapters and exported scripts)."""
+
+__version__ = "0.1.0"
