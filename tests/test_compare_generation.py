@@ -112,3 +112,13 @@ def test_compare_magic_with_repeated_prompts_a_prompt_list_chat_and_sampling(ip,
     assert [r.on for r in sampled.rows] == [r.on for r in python.rows] and len(sampled) == 3
     with pytest.raises(UsageError, match="--prompt TEXT \\(repeatable\\) or --prompts VAR, not both"):
         ip.run_line_magic("lora", "compare m --prompt w1 --prompts questions --tokenizer tok")
+
+
+def test_tab_after_prompts_offers_lists_of_texts_only(ip, llama):
+    from IPython.core.completer import provisionalcompleter
+
+    ip.user_ns.update(m=llama[0], questions=PROMPTS, numbers=[1, 2], title="w1", empty=[])
+    text = "%lora compare m --prompts "
+    with provisionalcompleter():
+        offered = [c.text for c in ip.Completer.completions(text, len(text))]
+    assert offered == ["questions"]
