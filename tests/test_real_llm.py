@@ -65,7 +65,7 @@ def test_the_real_tokenizer_masks_everything_but_the_assistant_turns(folder):
     assert kept == "Hello! How can I help?<|im_end|>\nBlue.<|im_end|>\n"
 
 
-@pytest.mark.timeout(1800)  # a few minutes on an idle 2-core CPU; far more on a shared one
+@pytest.mark.timeout(3600)  # minutes on an idle 2-core CPU; far more on a shared one
 def test_smollm2_trains_on_chat_data_and_stays_exact_through_spectra_toggle_peft_and_detach(folder, reviews, tmp_path):
     from peft import PeftModel
 
