@@ -87,7 +87,7 @@ def test_smollm2_trains_on_chat_data_and_stays_exact_through_spectra_toggle_peft
     assert len(spectra) == 60  # 30 layers × (q_proj, v_proj)
     for name in list(spectra)[::29]:  # first, middle, last
         layer = model.get_submodule(name)
-        dense = torch.linalg.svdvals(layer.get_delta_weight("default").double())[:8].numpy()
+        dense = torch.linalg.svdvals(layer.get_delta_weight("default").detach().double())[:8].numpy()
         assert spectra[name] == pytest.approx(dense, rel=1e-6, abs=1e-9), name
     on_logits = logits(model, probe)
     assert not torch.equal(on_logits, base_logits)
