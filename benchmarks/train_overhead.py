@@ -95,7 +95,7 @@ class Wire:
 
         self.training = False
         self.messages = self.bytes = self.plot_updates = 0  # sent while ``lora_nb.train`` runs
-        self.other_bytes = 0  # sent outside it: opening the widgets (plotly ships its JavaScript bundle)
+        self.other_bytes = 0  # sent outside it: opening the widgets
         wire = self
 
         class CountingComm(comm.DummyComm):
@@ -106,7 +106,7 @@ class Wire:
                     return
                 state = (data or {}).get("state", {})
                 wire.messages, wire.bytes = wire.messages + 1, wire.bytes + size
-                wire.plot_updates += bool(state.get("_py2js_restyle") or state.get("_py2js_update"))
+                wire.plot_updates += str(state.get("value", "")).startswith("<svg")  # a new picture of the curves
 
         comm.create_comm = lambda *a, **k: CountingComm(*a, **k)
 
@@ -186,10 +186,10 @@ def cpu_section(steps: int, rounds: int, skip_trainer: bool, layers: int, embd: 
           f"({b / total * 1e3:.2f} ms/step)")
     print(f"    b/a = {b / a:.3f} wall (median of rounds {statistics.median(ratios):.3f}), "
           f"{cpu['b'] / cpu['a']:.3f} CPU time")
-    print(f"    dashboard traffic : {wire.plot_updates / b:.2f} plot updates/s, {wire.messages / b:.1f} comm messages/s, "
-          f"{wire.bytes / b / 1024:.1f} KiB/s while training ({wire.messages} messages, {wire.bytes / 2**20:.2f} MiB)")
+    print(f"    dashboard traffic : {wire.plot_updates / b:.2f} plot updates/s, {wire.messages / b:.1f} comm messages/s,"
+          f" {wire.bytes / b / 1024:.1f} KiB/s while training ({wire.messages} messages, {wire.bytes / 2**20:.2f} MiB)")
     print(f"    per dashboard, outside b: build {built / rounds:.2f} s, widget opening "
-          f"{wire.other_bytes / rounds / 2**20:.2f} MiB (plotly's FigureWidget ships its JavaScript)")
+          f"{wire.other_bytes / rounds / 1024:.1f} KiB")
     if not skip_trainer:
         c, c_cpu, which = trainer_run(model, data, total)
         print(f"(c) transformers.Trainer [{which}]: {c:8.2f} s wall, {c_cpu:8.2f} s CPU; "

@@ -29,6 +29,7 @@ _EXPORTS = {
     "ModelStatus": "lora_nb.core.adapters.status:ModelStatus",
     "Callback": "lora_nb.core.training.callbacks:Callback",
     "train": "lora_nb.core.training.train:train",
+    "plan_memory": "lora_nb.core.training.train:plan_memory",
     "TrainRun": "lora_nb.core.training.run:TrainRun",
     "TrainSettings": "lora_nb.core.training.settings:TrainSettings",
     "ConsoleReporter": "lora_nb.core.training.reporting:ConsoleReporter",

@@ -50,6 +50,10 @@ class AdapterFileError(LoraNBError):
     """An adapter on disk is missing, corrupt, unsafe or does not fit the model."""
 
 
+class CheckpointError(LoraNBError):
+    """A training checkpoint is missing, incomplete, unreadable or does not fit the run."""
+
+
 class LoraNBWarning(UserWarning):
     """Something works but deserves a note (e.g. a rank above a layer's size); shown as one line by magics."""
 

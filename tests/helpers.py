@@ -158,3 +158,34 @@ def smollm2_dir():
     from lora_nb.datasets import smollm2_folder
 
     return smollm2_folder()
+
+
+def gpt2_lora(r=4, dropout=0.1, seed=0):
+    """A seeded tiny GPT-2 with a LoRA adapter (dropout on, so a run also depends on the RNG)."""
+    torch.manual_seed(seed)
+    model = tiny_gpt2()
+    lora_nb.attach(model, r=r, dropout=dropout)
+    return model
+
+
+def token_items(n=10):
+    """``n`` causal-LM samples of 8–12 random tokens (dicts with input_ids and labels)."""
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        ids = torch.randint(1, 100, (8 + i % 5,), generator=g)
+        items.append({"input_ids": ids, "labels": ids})
+    return items
+
+
+WORDS = ["[PAD]", "[UNK]", *"the cat sat on mat dog ran to a park and big red ball".split()]
+
+
+def word_tokenizer():
+    """A real fast tokenizer built offline: word-level over a tiny vocabulary, [PAD] = 0."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")

@@ -88,8 +88,8 @@ def test_attach_train_stop_toggle_and_spectrum_from_the_widgets(notebook):
     explorer = dash.views["Spectrum"]
     spectra = lora_nb.spectra(model)
     assert list(explorer.module.options) == ["0", "2"]
-    assert len(explorer.bars.data[0].y) == 4 == len(spectra[explorer.module.value])
-    assert list(explorer.bars.data[0].y) == pytest.approx(list(spectra[explorer.module.value]), rel=1e-5)
+    assert len(explorer.bars.figure.data[0].y) == 4 == len(spectra[explorer.module.value])
+    assert list(explorer.bars.figure.data[0].y) == pytest.approx(list(spectra[explorer.module.value]), rel=1e-5)
     dash.tabs.selected_index = 3
     assert "Weights" in dash.views
 
@@ -132,7 +132,7 @@ def test_form_starts_from_the_last_settings_and_errors_are_one_line(notebook):
 def test_without_a_widget_frontend_it_prints_the_status(ip):
     ip.user_ns["model"] = model = tiny_mlp()
     text = str(ip.run_line_magic("lora", "dashboard model"))
-    assert "has no LoRA adapter yet" in text and "needs Jupyter" in text
+    assert "has no LoRA adapter yet" in text and "needs a widget front end" in text
     lora_nb.attach(model, r=2)
     text = str(ip.run_line_magic("lora", "dashboard model"))
-    assert "trainable" in text and "default" in text and "needs Jupyter" in text
+    assert "trainable" in text and "default" in text and "needs a widget front end" in text

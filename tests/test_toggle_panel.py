@@ -120,4 +120,6 @@ def test_toggle_magic_in_a_kernel_shows_the_panel(ip, setup, monkeypatch):
     assert panel in find(model).listeners
     panel.toggles["two"].value = True
     assert find(model).active == "two"
+    bundle = widget._repr_mimebundle_()  # the widget, and the adapter table for tools without widgets
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "two" in bundle["text/html"]
     copy.copy(panel)  # the panel is an ordinary object (no hidden global state)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from helpers import base_params, classification_pairs, lora_params, mlp_with_lora, tiny_bert, tiny_gpt2
+from helpers import base_params, classification_pairs, lora_params, mlp_with_lora, tiny_bert, tiny_gpt2, word_tokenizer
 from IPython.core.error import UsageError
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -16,19 +16,8 @@ from lora_nb.core import registry
 from lora_nb.core.training.callbacks import Callback
 from lora_nb.errors import DataError, OptionError, TrainingActiveError
 
-WORDS = ["[PAD]", "[UNK]", *"the cat sat on mat dog ran to a park and big red ball".split()]
 TEXTS = ["the cat sat on the mat", "a dog ran to the park", "the big red ball", "a cat and a dog",
          "the dog sat on a mat and ran", "a red cat ran to the big park"] * 4
-
-
-def word_tokenizer():
-    """A real fast tokenizer built offline: word-level over a tiny vocabulary, [PAD] = 0."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")
 
 
 def gpt2_with_lora(r=8):

@@ -100,12 +100,23 @@ class _Boom:
             raise self.exc
 
 
+class HookFromStart(Callback):
+    """Registers a forward hook once the run begins, so its call count is the training forwards' only
+    (a run measures its memory plan with a few forwards before that)."""
+
+    def __init__(self, module, hook):
+        self.module, self.hook = module, hook
+
+    def on_train_begin(self, run):
+        self.module.register_forward_hook(self.hook)
+
+
 def test_out_of_memory_in_forward_is_caught_and_memory_released():  # G16
     model = mlp_with_lora()
     snaps = Snapshots(model)
     boom = _Boom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), at=3)
-    model[2].register_forward_hook(boom)
-    run = lora_nb.train(model, classification_pairs(), steps=10, batch_size=8, callbacks=[snaps])
+    run = lora_nb.train(model, classification_pairs(), steps=10, batch_size=8,
+                        callbacks=[HookFromStart(model[2], boom), snaps])
     assert run.state == "failed" and run.step == 2
     assert run.message.startswith("out of memory at step 3 with batch_size=8")
     assert "try batch_size=4 with grad_accum=2" in run.message
@@ -155,8 +166,8 @@ def test_ctrl_c_in_a_blocking_run_stops_at_a_step_boundary():  # G17
 def test_ctrl_c_mid_step_keeps_the_last_complete_step():  # G17, interrupt inside the forward
     model = mlp_with_lora()
     snaps = Snapshots(model)
-    model[0].register_forward_hook(_Boom(KeyboardInterrupt(), at=4))
-    run = lora_nb.train(model, classification_pairs(), steps=20, callbacks=[snaps])
+    run = lora_nb.train(model, classification_pairs(), steps=20,
+                        callbacks=[HookFromStart(model[0], _Boom(KeyboardInterrupt(), at=4)), snaps])
     assert run.state == "stopped" and run.step == 3
     assert same(lora_params(model), snaps.states[3])
 

@@ -234,16 +234,14 @@ def test_live_curves_in_a_notebook(ip, monkeypatch):
         assert list(traces[(arm, "loss")].x) == [r["step"] for r in history]
         assert list(traces[(arm, "loss")].y) == pytest.approx([r["loss"] for r in history], rel=1e-6)
         assert list(traces[(arm, "eval")].y) == pytest.approx([e["eval_loss"] for e in evals], rel=1e-6)
-    assert 1 <= live.updates <= seconds / 0.2 + 6 + 1  # throttled: ≤ 5/s, plus one flush per run's end
-    assert live.table.value == ""  # the cell shows the returned result's table instead
-    live.on_result(result)
-    live.show_table = True
-    live.on_result(result)
-    assert live.table.value == result._repr_html_()
-    (sweep,) = live.sweep.children
+    assert 1 <= live.updates <= seconds / 0.5 + 2 + 1  # throttled: ≤ 2/s, plus one flush per main arm's end
+    assert live.closed and live.widget.comm is None  # the displayed view became pictures; its widgets are released
+    fresh = VsFullLive(show_table=True)  # a view not displayed yet shows the table and the sweep in its widgets
+    fresh.on_result(result)
+    assert fresh.table.value == result._repr_html_()
+    sweep = fresh.sweep_chart.figure
     assert list(sweep.data[0].x) == [50, 100]
     assert list(sweep.data[0].y) == pytest.approx([result.sweep_arm("lora", n).eval_loss for n in (50, 100)])
-    assert live._plot.layout.display == "none"  # replaced by static pictures for the saved notebook
 
 
 def test_peak_memory_sees_what_a_block_allocates():
@@ -272,11 +270,13 @@ def test_saved_notebook_keeps_the_pictures():  # a real kernel: live view shown,
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True).execute()
     assert not [o for c in nb.cells for o in c.outputs if o.output_type == "error"]
-    widget, curves, sweep = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
-    assert "application/vnd.jupyter.widget-view+json" in widget.data
-    traces = {t["name"]: t for t in curves.data["application/vnd.plotly.v1+json"]["data"]}
+    curves, sweep, table = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    assert "application/vnd.jupyter.widget-view+json" not in curves.data  # the live view became its pictures
+    assert curves.data["text/plain"] == "<LoRA vs full fine-tuning: loss curves>"
+    svg = curves.data["image/svg+xml"]
     for arm in ("LoRA", "full fine-tuning"):
-        assert list(traces[f"{arm} train loss"]["x"]) == list(range(1, 21))
-    assert [list(t["x"]) for t in sweep.data["application/vnd.plotly.v1+json"]["data"]] == [[20, 40]] * 6
+        assert f"<title>{arm} train loss (smoothed)</title>" in svg
+    assert sweep.data["image/svg+xml"].count("<circle") == 2 * 2 * 3  # 2 arms × 2 sizes × 3 panels (accuracy)
+    assert sweep.data["text/plain"] == "<data-size sweep>"
     (dashboard,) = [o for o in nb.cells[2].outputs if o.output_type in ("display_data", "execute_result")]
     assert "application/vnd.jupyter.widget-view+json" in dashboard.data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -9,7 +10,6 @@ import pytest
 import torch
 from helpers import TinyCNN, make_b_nonzero, tiny_bert, tiny_gpt2, tiny_llama, tiny_mlp
 from IPython.core.error import UsageError
-from plotly.callbacks import Points
 from torch import nn
 
 import lora_nb
@@ -130,23 +130,20 @@ def test_weights_explorer_follows_its_dropdowns_and_clicks():
     ex = WeightsExplorer(model)
     first = ex.module.value
     assert first == "model.layers.0.self_attn.q_proj"
-    np.testing.assert_array_equal(ex.heatmaps["A"].data[0].z, matrices(model, first).A)
+    np.testing.assert_array_equal(ex.heatmaps["A"].figure.data[0].z, matrices(model, first).A)
     ex.module.value = "model.layers.1.mlp.down_proj"
     mm = matrices(model, "model.layers.1.mlp.down_proj")
-    np.testing.assert_array_equal(ex.heatmaps["ΔW"].data[0].z, mm.delta)
-    assert np.asarray(ex.heatmaps["ΔW"].data[0].z).shape == (32, 64)
+    np.testing.assert_array_equal(ex.heatmaps["ΔW"].figure.data[0].z, mm.delta)
+    assert np.asarray(ex.heatmaps["ΔW"].figure.data[0].z).shape == (32, 64)
     ex.color_by.value = "ratio"
     nm = ex.summary.norm_map("ratio")
-    np.testing.assert_allclose(np.asarray(ex.norm.data[0].z, dtype=float), nm.z)
-    ex._clicked(ex.norm.data[0], Points(point_inds=[[1, 4]], xs=["mlp.gate_proj"], ys=["1"], trace_name="",
-                                        trace_index=0), None)
+    np.testing.assert_allclose(np.asarray(ex.norm.figure.data[0].z, dtype=float), nm.z)
+    ex.layer.value, ex.kind.value = "1", "mlp.gate_proj"  # row and column of the norm map pick the module
     assert ex.module.value == "model.layers.1.mlp.gate_proj"
-    ex._clicked(ex.norm.data[0], Points(point_inds=[7], xs=["self_attn.v_proj"], ys=[0], trace_name="",
-                                        trace_index=0), None)  # labels only
-    assert ex.module.value == "model.layers.0.self_attn.v_proj"
-    ex._clicked(ex.norm.data[0], Points(point_inds=[[1, 4]], xs=["mlp.gate_proj"], ys=["1"], trace_name="",
-                                        trace_index=0), None)
-    assert "model.layers.1.mlp.gate_proj" in ex.histogram.layout.title.text
+    ex.select(0, "self_attn.v_proj")
+    assert ex.module.value == "model.layers.0.self_attn.v_proj" and ex.layer.value == "0"  # pickers follow
+    ex.select("1", "mlp.gate_proj")
+    assert "model.layers.1.mlp.gate_proj" in ex.histogram.figure.layout.title.text
     state = ex.module.get_state()
     assert state["index"] == list(ex.module.options).index("model.layers.1.mlp.gate_proj")
 
@@ -156,13 +153,13 @@ def test_spectrum_explorer_and_similarity_view_follow_dropdowns():
     ex = SpectrumExplorer(model, "first", base=True)
     ex.module.value = "model.layers.1.mlp.gate_proj"
     expected = lora_nb.spectra(model, "first", base=True, layers="layers.1.mlp.gate_proj")
-    np.testing.assert_allclose(ex.bars.data[0].y, expected["model.layers.1.mlp.gate_proj"])
-    np.testing.assert_allclose(ex.base_fig.data[0].y, expected.base["model.layers.1.mlp.gate_proj"].w)
-    assert len(ex.ranks.data[0].y) == 14
+    np.testing.assert_allclose(ex.bars.figure.data[0].y, expected["model.layers.1.mlp.gate_proj"])
+    np.testing.assert_allclose(ex.base_fig.figure.data[0].y, expected.base["model.layers.1.mlp.gate_proj"].w)
+    assert len(ex.ranks.figure.data[0].y) == 14
     view = SimilarityView(model, "first", "second")
     view.module.value = "model.layers.0.self_attn.v_proj"
     sim = lora_nb.similarity(model, "first", "second")
-    np.testing.assert_allclose(view.heatmap.data[0].z, sim["model.layers.0.self_attn.v_proj"])
+    np.testing.assert_allclose(view.heatmap.figure.data[0].z, sim["model.layers.0.self_attn.v_proj"])
 
 
 class StubRun:
@@ -192,7 +189,7 @@ def test_live_refresh_is_throttled_and_budgeted():
     ex = SpectrumExplorer(model, clock=clock)
     assert run.callbacks == [ex]  # attached itself to the running training
     layer = session.model.get_submodule(ex.module.value)
-    before = list(ex.bars.data[0].y)
+    before = list(ex.bars.figure.data[0].y)
 
     def train_step(factor: float) -> None:
         with torch.no_grad():
@@ -202,14 +199,14 @@ def test_live_refresh_is_throttled_and_budgeted():
 
     train_step(2.0)  # first step: refresh
     assert ex.live_refreshes == 1
-    np.testing.assert_allclose(ex.bars.data[0].y, 2 * np.asarray(before))
+    np.testing.assert_allclose(ex.bars.figure.data[0].y, 2 * np.asarray(before))
     for _ in range(4):  # 2 s later: throttled (interval 3 s)
         train_step(1.0)
     assert ex.live_refreshes == 1
     clock.now += 1.0  # 3.5 s after the last refresh
     train_step(1.5)
     assert ex.live_refreshes == 2
-    np.testing.assert_allclose(ex.bars.data[0].y, 3 * np.asarray(before))
+    np.testing.assert_allclose(ex.bars.figure.data[0].y, 3 * np.asarray(before))
     slow = ex.refresh
     ex.refresh = lambda: (slow(), setattr(clock, "now", clock.now + 1.0))  # a refresh costing 1 s
     clock.now += 10
@@ -237,7 +234,7 @@ def test_explorers_follow_adapter_changes_and_show_errors():
     with torch.no_grad():
         find(model).model.get_submodule(ex.module.value).lora_B["default"].weight.zero_()
     lora_nb.disable(model)  # any change notifies the views: the zero B shows up
-    assert np.abs(np.asarray(ex.heatmaps["B"].data[0].z)).max() == 0
+    assert np.abs(np.asarray(ex.heatmaps["B"].figure.data[0].z)).max() == 0
 
 
 def test_verbs_in_a_terminal_and_in_a_kernel(ip, monkeypatch):
@@ -282,7 +279,7 @@ def test_spectrum_explorer_live_on_a_real_background_run():
     one = ex.live_seconds / ex.live_refreshes
     assert ex.live_seconds <= 0.05 * run.seconds + 2 * one  # the 5% budget, give or take the last refresh
     final = lora_nb.spectra(model)  # on_train_end redrew the trained adapter
-    np.testing.assert_allclose(ex.bars.data[0].y, final[ex.module.value])
+    np.testing.assert_allclose(ex.bars.figure.data[0].y, final[ex.module.value])
 
 
 def test_explorer_opened_before_a_run_follows_it():
@@ -304,16 +301,14 @@ def test_explorers_carry_a_static_picture_for_saved_notebooks():
     lora_nb.attach(model, r=4, name="first")
     lora_nb.attach(model, r=2, name="second")
     make_b_nonzero(model, "second")
-    for view, expect in [(SpectrumExplorer(model), "bar"), (WeightsExplorer(model), "heatmap"),
-                         (SimilarityView(model, "first", "second"), "heatmap")]:
+    for view, expect in [(SpectrumExplorer(model), "<rect"), (WeightsExplorer(model), "<image"),
+                         (SimilarityView(model, "first", "second"), "<image")]:
         bundle = view._repr_mimebundle_()
-        assert "application/vnd.jupyter.widget-view+json" in bundle  # Lab shows the live widget
-        static = bundle["application/vnd.plotly.v1+json"]  # static tools show this figure
-        assert static["data"][0]["type"] == expect
+        assert "application/vnd.jupyter.widget-view+json" in bundle  # widget front ends show the live widget
+        static = bundle["image/svg+xml"]  # tools without widgets show this picture
+        assert static.startswith("<svg") and expect in static and len(static) < 50_000
     spectrum = SpectrumExplorer(model)
-    bars = spectrum._repr_mimebundle_()["application/vnd.plotly.v1+json"]["data"][0]["y"]
-    if isinstance(bars, dict):  # plotly ≥ 6 sends arrays as base64 typed arrays
-        import base64
-
-        bars = np.frombuffer(base64.b64decode(bars["bdata"]), dtype=bars["dtype"])
-    np.testing.assert_allclose(bars, lora_nb.spectra(model)[spectrum.module.value], rtol=1e-6)
+    svg = spectrum._repr_mimebundle_()["image/svg+xml"]
+    values = lora_nb.spectra(model)[spectrum.module.value]
+    shown = [float(v) for v in re.findall(r"<title>σ\d+ = ([^<]+)</title>", svg)]
+    np.testing.assert_allclose(shown, values, rtol=1e-3)  # one bar per singular value, its value as hover text

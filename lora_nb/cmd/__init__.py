@@ -1,7 +1,7 @@
 """The magic layer's verbs. Each module below registers its verbs on import, in the order `%lora?` lists them."""
 # isort: skip_file
 
-from . import attach, train, inspect, adapters, vs_full, dashboard, export  # noqa: F401  (registers the verbs)
+from . import attach, train, plan, inspect, adapters, vs_full, dashboard, export  # noqa: F401  (registers the verbs)
 from .router import VERBS, dispatch, help_text
 
 __all__ = ["VERBS", "dispatch", "help_text"]

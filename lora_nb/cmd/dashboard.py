@@ -6,8 +6,8 @@ from ..core.adapters.status import status
 from .router import UI, Text, verb
 
 
-@verb("dashboard", "one widget for a model: status, adapters, training, weights and spectrum in tabs",
-      UI, examples=["%lora dashboard model"])
+@verb("dashboard", "one widget for a model: status, adapters, training, weights and spectrum in tabs", UI,
+      examples=["%lora dashboard model"])
 def _dashboard(ctx, args):
     model = ctx.model(args.model)
     if ctx.view_mode(args) == "widget":
@@ -17,5 +17,5 @@ def _dashboard(ctx, args):
     from ..core import registry
 
     head = str(status(model)) if registry.find(model) is not None else f"`{args.model}` has no LoRA adapter yet"
-    return Text(f"{head}\n(the dashboard is a widget and needs Jupyter: open this notebook in JupyterLab; "
-                "here, use the other %lora verbs)")
+    return Text(f"{head}\n(the dashboard is a widget and needs a widget front end (JupyterLab, Notebook 7, "
+                "VS Code); here, use the other %lora verbs)")

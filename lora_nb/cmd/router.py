@@ -85,7 +85,7 @@ VERBS: dict[str, Verb] = {}
 
 UI = arg("--ui", choices=UI_MODES, default=None,
          help="how to show the view: widget, static or text (default: %%config LoraMagics.ui, auto: widget in "
-              "Jupyter, text in a terminal)")
+              "Jupyter, static in Colab, text in a terminal)")
 
 
 def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model: bool = True):
@@ -142,10 +142,9 @@ class Context:
 
     def view_mode(self, args: argparse.Namespace | None = None) -> str:
         """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell."""
-        mode = getattr(args, "ui", None) or self.ui
-        if mode == "auto":
-            return "widget" if self.widgets else "text"
-        return mode
+        from ..widgets.ui import resolve_ui
+
+        return resolve_ui(getattr(args, "ui", None) or self.ui, kernel=self.widgets)
 
     @property
     def refresh_rate(self) -> float:

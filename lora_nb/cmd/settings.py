@@ -19,7 +19,8 @@ class NotebookSettings:
     """What a user sets once per notebook (``%config LoraMagics``); the defaults here are the only ones."""
 
     ui: str = field(default="auto", metadata={
-        "help": "how verbs show results: auto (widgets in Jupyter, text in a terminal) | widget | static | text"})
+        "help": "how verbs show results: auto (widgets in Jupyter, static in Colab, text in a terminal) | widget "
+                "| static | text"})
     refresh_rate: float = field(default=4.0, metadata={
         "help": "live view updates per second while training (0.2 to 5)"})
     device: str = field(default=TrainSettings.device, metadata={

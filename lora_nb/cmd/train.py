@@ -21,32 +21,40 @@ _NOTEBOOK = {"device": "device"}  # train's options whose default is a notebook 
     UI,
     examples=["%lora train model --data texts --tokenizer tok --steps 200",
               "%lora train model --data loader --epochs 2 --lr 1e-4 --grad-accum 4 --wait",
-              "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50"],
+              "%lora train model --data pairs --eval val_pairs --loss mse --eval-every 50",
+              "%lora train model --data texts --tokenizer tok --steps 5000 --save-every 500 --save-dir ckpt",
+              "%lora train model --data texts --tokenizer tok --steps 5000 --resume ckpt",
+              "%lora train model --data texts --tokenizer tok --eval val --patience 3 --restore-best",
+              "%lora train model --data texts --tokenizer tok --sample-prompts prompts --lr-ratio 16"],
 )
 def _train(ctx, args):
     model = ctx.model(args.model)
     names, objects = data_names(args), data_objects(ctx, args)
     settings = with_settings({f: getattr(args, f) for f in TrainSettings.__dataclass_fields__}, ctx.settings,
                              _NOTEBOOK)
+    if args.sample_prompts:  # a variable holding the prompts (a list of str, or one str)
+        settings["sample_prompts"] = ctx.lookup(args.sample_prompts)
     background = ((ctx.widgets and ctx.settings.background) or args.background) and not args.wait
     mode = ctx.view_mode(args)
     view = _view(ctx, mode, show_on_begin=not background)
     names = {key: name for key, name in names.items() if name}
     run = train(model, background=background, callbacks=[view], names=names, **objects, **settings)
-    if mode == "widget" and background:
+    if mode != "text" and background:
         ctx.display(view)  # from the cell's own thread, so every frontend gets it
     return run
 
 
 def _view(ctx, mode: str, show_on_begin: bool):
-    """The live dashboard (``widget`` mode), or text progress."""
-    if mode != "widget":
+    """The live dashboard (``widget`` / ``static`` mode), or text progress."""
+    if mode == "text":
         from ..core.training.reporting import ConsoleReporter
 
         return ConsoleReporter()
     from ..widgets.live import LiveDashboard
 
-    return LiveDashboard(show_on_begin=show_on_begin, interval=1 / ctx.refresh_rate)
+    interval = 1 / ctx.refresh_rate  # the progress line; the curves also keep to their byte rate
+    return LiveDashboard(show_on_begin=show_on_begin, interval=interval, chart_interval=max(0.5, interval),
+                         ui=mode)
 
 
 def _active_run(ctx, path: str):

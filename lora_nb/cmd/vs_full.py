@@ -45,10 +45,11 @@ def _vs_full(ctx, args):
     model = ctx.model(args.model)
     objects = data_objects(ctx, args)
     options = with_settings({**given(args, VsFullOptions), **given(args, TrainSettings)}, ctx.settings, _NOTEBOOK)
-    if ctx.view_mode(args) == "widget":
+    mode = ctx.view_mode(args)
+    if mode != "text":
         from ..widgets.vs_full import VsFullLive
 
-        view = VsFullLive(show_table=False, interval=1 / ctx.refresh_rate)  # the returned result shows the table
+        view = VsFullLive(show_table=False, interval=max(0.5, 1 / ctx.refresh_rate), ui=mode)  # result shows the table
         ctx.display(view)
     else:
         view = ArmLines()

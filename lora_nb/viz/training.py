@@ -1,19 +1,17 @@
 """Figures of a training run: loss (raw, smoothed, eval), learning rate, gradient norm, throughput, memory.
 
-``training_figure()`` is the empty layout the live dashboard fills in place; ``history_figure()``
-draws a whole run's history statically (for saved notebooks and reports), decimated to at most
-``max_points`` points per trace.
+``training_spec()`` is the layout the live dashboard fills (one trace per entry of ``SERIES``);
+``history_spec()`` / ``history_figure()`` draw a whole run's history (for saved notebooks and
+reports), decimated to at most ``max_points`` points per trace.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
-
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+from typing import Any, NamedTuple
 
 from ..core.training.reporting import Ema
+from . import figure
 
 
 class Series(NamedTuple):
@@ -41,22 +39,62 @@ _STYLE = {
 SMOOTHING = 0.9
 
 
-def training_figure(title: str | None = None, throughput: str = "samples/s", memory: str = "memory (MB)") -> go.Figure:
-    """The empty training layout: one trace per entry of ``SERIES``, in that order."""
-    fig = make_subplots(
-        rows=2, cols=3, specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]], vertical_spacing=0.16,
-        subplot_titles=("loss", "learning rate", "gradient norm", throughput, memory),
-    )
+# the 2 × 3 grid of plotly's make_subplots(rows=2, cols=3, specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]],
+# vertical_spacing=0.16): (x domain, y domain) per panel, in the order of the axes x, x2 … x5
+PANELS = (((0.0, 0.6444), (0.58, 1.0)), ((0.7111, 1.0), (0.58, 1.0)), ((0.0, 0.2889), (0.0, 0.42)),
+          ((0.3556, 0.6444), (0.0, 0.42)), ((0.7111, 1.0), (0.0, 0.42)))
+PANEL_OF = {(1, 1): 0, (1, 3): 1, (2, 1): 2, (2, 2): 3, (2, 3): 4}
+MARKED = "best eval"
+
+
+def axis_ref(letter: str, panel: int) -> str:
+    return letter + (str(panel + 1) if panel else "")
+
+
+def training_spec(title: str | None = None, throughput: str = "samples/s", memory: str = "memory (MB)",
+                  values: dict[str, tuple] | None = None) -> dict:
+    """The training layout: one trace per entry of ``SERIES``, in that order (``values``: their data)."""
+    values = values or {}
+    data = []
     for s in SERIES:
-        style = {"mode": "lines", **_STYLE.get(s.key, {})}
-        fig.add_trace(go.Scatter(x=[], y=[], name=s.name, **style), row=s.row, col=s.col)
-    # the legend sits under the plots, so a run's title line (static picture) never crosses it
-    fig.update_layout(height=490, margin=dict(l=50, r=20, t=60 if title else 30, b=70), title=title,
-                      legend=dict(orientation="h", yanchor="top", y=-0.14, x=0), showlegend=True)
-    for s in SERIES[3:]:
-        fig.data[SERIES.index(s)].showlegend = False
-    fig.update_xaxes(title_text="step", row=2)
-    return fig
+        panel = PANEL_OF[(s.row, s.col)]
+        xs, ys = values.get(s.key, ([], []))
+        trace = {"type": "scatter", "x": xs, "y": ys, "name": s.name, "mode": "lines",
+                 "xaxis": axis_ref("x", panel), "yaxis": axis_ref("y", panel), **_STYLE.get(s.key, {})}
+        if SERIES.index(s) >= 3:
+            trace["showlegend"] = False
+        data.append(trace)
+    names = ("loss", "learning rate", "gradient norm", throughput, memory)
+    layout: dict[str, Any] = {
+        "height": 490, "margin": {"l": 50, "r": 20, "t": 60 if title else 30, "b": 70},
+        "title": {"text": title} if title else None, "showlegend": True,
+        # the legend sits under the plots, so a run's title line (static picture) never crosses it
+        "legend": {"orientation": "h", "yanchor": "top", "y": -0.14, "x": 0},
+        "annotations": [{"text": n, "x": (xd[0] + xd[1]) / 2, "y": yd[1], "xref": "paper", "yref": "paper",
+                         "xanchor": "center", "yanchor": "bottom", "showarrow": False}
+                        for n, (xd, yd) in zip(names, PANELS)],
+    }
+    for i, (xd, yd) in enumerate(PANELS):
+        layout["xaxis" + ("" if not i else str(i + 1))] = {"domain": list(xd), "anchor": axis_ref("y", i),
+                                                            **({"title": {"text": "step"}} if i >= 2 else {})}
+        layout["yaxis" + ("" if not i else str(i + 1))] = {"domain": list(yd), "anchor": axis_ref("x", i)}
+    if layout["title"] is None:
+        del layout["title"]
+    return {"data": data, "layout": layout}
+
+
+def mark_best(spec: dict, best: dict | None) -> dict:
+    """Add a marker at the best evaluation (``{"step", "eval_loss"}``) to a training spec."""
+    if best and best.get("step") is not None and best.get("eval_loss") is not None:
+        spec["data"].append({"type": "scatter", "x": [best["step"]], "y": [best["eval_loss"]], "mode": "markers",
+                             "name": MARKED, "marker": {"color": "rgb(214,39,40)", "size": 11, "symbol": "star"},
+                             "hovertemplate": "best eval loss %{y:.4g} at step %{x}<extra></extra>"})
+    return spec
+
+
+def training_figure(title: str | None = None, throughput: str = "samples/s", memory: str = "memory (MB)") -> Any:
+    """``go.Figure`` of the empty :func:`training_spec`."""
+    return figure(training_spec(title, throughput, memory))
 
 
 def stride_for(n: int, max_points: int) -> int:
@@ -95,13 +133,16 @@ def series_values(history: Sequence[dict], evals: Sequence[dict]) -> dict[str, t
     return out
 
 
-def history_figure(history: Sequence[dict], evals: Sequence[dict] = (), *, title: str | None = None,
-                   max_points: int = 2000, memory: str = "memory (MB)") -> go.Figure:
-    """A static figure of a run's history (at most ``max_points`` + 1 points per trace)."""
+def history_spec(history: Sequence[dict], evals: Sequence[dict] = (), *, title: str | None = None,
+                 max_points: int = 2000, memory: str = "memory (MB)", best: dict | None = None) -> dict:
+    """A run's whole history (at most ``max_points`` + 1 points per trace); ``best`` marks the best eval."""
     tp = throughput_key(history).replace("_per_s", "/s")
-    fig = training_figure(title, throughput=tp, memory=memory)
     values = series_values(history, evals)
-    for i, s in enumerate(SERIES):
-        xs, ys = decimate(*values[s.key], max_points)
-        fig.data[i].x, fig.data[i].y = xs, ys
-    return fig
+    thinned = {s.key: decimate(*values[s.key], max_points) for s in SERIES}
+    return mark_best(training_spec(title, throughput=tp, memory=memory, values=thinned), best)
+
+
+def history_figure(history: Sequence[dict], evals: Sequence[dict] = (), *, title: str | None = None,
+                   max_points: int = 2000, memory: str = "memory (MB)") -> Any:
+    """``go.Figure`` of :func:`history_spec`."""
+    return figure(history_spec(history, evals, title=title, max_points=max_points, memory=memory))

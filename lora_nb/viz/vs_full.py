@@ -1,9 +1,9 @@
 """Figures of a LoRA-vs-full-fine-tuning comparison: both loss curves overlaid, and the data-size sweep.
 
-``curves_figure()`` is the empty layout the live view fills in place (one trace per entry of
-``CURVES``, in that order); ``result_curves_figure(result)`` draws both arms' whole histories
-(decimated); ``sweep_figure(result)`` plots eval loss, generalization gap and (classifiers)
-accuracy against the training-set size.
+``curves_spec()`` is the layout the live view fills (one trace per entry of ``CURVES``, in that
+order); ``result_curves_spec(result)`` draws both arms' whole histories (decimated);
+``sweep_spec(result)`` plots eval loss, generalization gap and (classifiers) accuracy against the
+training-set size. Each ``*_figure`` is the same as a ``go.Figure``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from ..core.training.reporting import Ema
+from . import figure
 from .training import SMOOTHING, decimate
 
 LABELS = {"lora": "LoRA", "full": "full fine-tuning"}
@@ -41,13 +39,20 @@ def _style(curve: Curve) -> dict:
                 line=dict(color=f"rgb({r},{g},{b})", width=2, dash="dash"))
 
 
-def curves_figure(title: str | None = None) -> go.Figure:
-    """Empty overlaid-curves layout: loss against optimizer step, one trace per ``CURVES`` entry."""
-    fig = go.Figure([go.Scatter(x=[], y=[], **_style(c)) for c in CURVES])
-    fig.update_layout(height=360, title=title or "LoRA vs full fine-tuning: loss", xaxis_title="step",
-                      yaxis_title="loss", margin=dict(l=50, r=20, t=50, b=40),
-                      legend=dict(orientation="h", y=-0.2, x=0))
-    return fig
+def curves_spec(title: str | None = None, values: dict | None = None) -> dict:
+    """Overlaid-curves layout: loss against optimizer step, one trace per ``CURVES`` entry (``values``: data)."""
+    values = values or {}
+    data = [{"type": "scatter", "x": values.get(c, ([], []))[0], "y": values.get(c, ([], []))[1], **_style(c)}
+            for c in CURVES]
+    layout = {"height": 360, "title": {"text": title or "LoRA vs full fine-tuning: loss"},
+              "xaxis": {"title": {"text": "step"}}, "yaxis": {"title": {"text": "loss"}},
+              "margin": {"l": 50, "r": 20, "t": 50, "b": 40}, "legend": {"orientation": "h", "y": -0.2, "x": 0}}
+    return {"data": data, "layout": layout}
+
+
+def curves_figure(title: str | None = None) -> Any:
+    """``go.Figure`` of the empty :func:`curves_spec`."""
+    return figure(curves_spec(title))
 
 
 def curve_values(history: Sequence[dict], evals: Sequence[dict]) -> dict[str, tuple[list, list]]:
@@ -59,35 +64,51 @@ def curve_values(history: Sequence[dict], evals: Sequence[dict]) -> dict[str, tu
             "eval": ([e["step"] for e in evals], [e["eval_loss"] for e in evals])}
 
 
-def result_curves_figure(result: Any, max_points: int = 2000) -> go.Figure:
+def result_curves_spec(result: Any, max_points: int = 2000) -> dict:
     """Both arms' whole loss histories (``result``: a ``VsFullResult``), at most ``max_points`` per trace."""
-    fig = curves_figure(f"loss: {result.headline()}" if len(result.headline()) < 90 else None)
     values = {arm: curve_values(a.history, a.evals) for arm, a in (("lora", result.lora), ("full", result.full))}
-    for i, curve in enumerate(CURVES):
-        xs, ys = decimate(*values[curve.arm][curve.kind], max_points)
-        fig.data[i].x, fig.data[i].y = xs, ys
-    return fig
+    thinned = {c: decimate(*values[c.arm][c.kind], max_points) for c in CURVES}
+    return curves_spec(f"loss: {result.headline()}" if len(result.headline()) < 90 else None, thinned)
 
 
-def sweep_figure(result: Any) -> go.Figure:
+def result_curves_figure(result: Any, max_points: int = 2000) -> Any:
+    """``go.Figure`` of :func:`result_curves_spec`."""
+    return figure(result_curves_spec(result, max_points))
+
+
+def sweep_spec(result: Any) -> dict:
     """Eval loss, generalization gap (eval − train) and accuracy (if measured) against training-set size."""
-    sizes = result.sizes
+    sizes = list(result.sizes)
     accuracy = bool(sizes) and result.sweep_arm("lora", sizes[0]).eval_accuracy is not None
     panels = ["eval loss", "generalization gap (eval − train loss)"] + (["eval accuracy"] if accuracy else [])
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.08)
+    gap = 0.08
+    width = (1 - gap * (len(panels) - 1)) / len(panels)
+    layout: dict[str, Any] = {
+        "height": 340, "title": {"text": f"data-size sweep: {result.settings['lora'].steps} steps per run"},
+        "margin": {"l": 50, "r": 20, "t": 70, "b": 50}, "legend": {"orientation": "h", "y": -0.28, "x": 0},
+        "annotations": []}
+    for i, name in enumerate(panels):
+        lo = i * (width + gap)
+        suffix = str(i + 1) if i else ""
+        layout["xaxis" + suffix] = {"domain": [lo, lo + width], "type": "log", "tickvals": sizes,
+                                    "title": {"text": "training examples"}, "anchor": "y" + suffix}
+        layout["yaxis" + suffix] = {"anchor": "x" + suffix, **({"tickformat": ".0%"} if i == 2 else {})}
+        layout["annotations"].append({"text": name, "x": lo + width / 2, "y": 1.0, "xref": "paper", "yref": "paper",
+                                      "xanchor": "center", "yanchor": "bottom", "showarrow": False})
+    data = []
     for arm in ("lora", "full"):
         arms = [result.sweep_arm(arm, n) for n in sizes]
         r, g, b = COLORS[arm]
-        values = [[a.eval_loss for a in arms], [a.gap for a in arms]]
-        if accuracy:
-            values.append([a.eval_accuracy for a in arms])
-        for col, ys in enumerate(values, 1):
-            fig.add_trace(go.Scatter(x=sizes, y=ys, mode="lines+markers", name=LABELS[arm], legendgroup=arm,
-                                     showlegend=col == 1, line=dict(color=f"rgb({r},{g},{b})", width=2)),
-                          row=1, col=col)
-    fig.update_xaxes(type="log", title_text="training examples", tickvals=sizes)
-    if accuracy:
-        fig.update_yaxes(tickformat=".0%", row=1, col=3)
-    fig.update_layout(height=340, title=f"data-size sweep: {result.settings['lora'].steps} steps per run",
-                      margin=dict(l=50, r=20, t=70, b=50), legend=dict(orientation="h", y=-0.28, x=0))
-    return fig
+        columns = [[a.eval_loss for a in arms], [a.gap for a in arms]] + ([[a.eval_accuracy for a in arms]]
+                                                                          if accuracy else [])
+        for i, ys in enumerate(columns):
+            suffix = str(i + 1) if i else ""
+            data.append({"type": "scatter", "x": sizes, "y": ys, "mode": "lines+markers", "name": LABELS[arm],
+                         "legendgroup": arm, "showlegend": i == 0, "line": {"color": f"rgb({r},{g},{b})", "width": 2},
+                         "xaxis": "x" + suffix, "yaxis": "y" + suffix})
+    return {"data": data, "layout": layout}
+
+
+def sweep_figure(result: Any) -> Any:
+    """``go.Figure`` of :func:`sweep_spec`."""
+    return figure(sweep_spec(result))

@@ -1,11 +1,13 @@
-"""Figures of adapter weights: the layer × module-type norm map, A/B/ΔW heatmaps, histograms."""
+"""Figures of adapter weights: the layer × module-type norm map, A/B/ΔW heatmaps, histograms (specs and figures)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import plotly.graph_objects as go
 
 from ..core.analysis.weights import ModuleMatrices, NormMap, WeightSummary
+from . import figure, panel_layout
 
 VALUE_LABELS = {"delta_norm": "‖ΔW‖_F", "ratio": "‖ΔW‖_F / ‖W‖_F", "a_norm": "‖A‖_F", "b_norm": "‖B‖_F"}
 
@@ -30,49 +32,63 @@ def value_histogram(values: np.ndarray, bins: int = 60) -> tuple[np.ndarray, np.
     return (edges[:-1] + edges[1:]) / 2, counts, float(edges[1] - edges[0])
 
 
-def norm_map_figure(summary: WeightSummary, value: str = "delta_norm") -> go.Figure:
+def norm_map_spec(summary: WeightSummary, value: str = "delta_norm") -> dict:
     """Heatmap of ``value`` per layer (rows) and module type (columns); hover names the module."""
     nm = summary.norm_map(value)
     label = VALUE_LABELS.get(value, value)
-    fig = go.Figure(go.Heatmap(
-        z=norm_z(nm), x=nm.cols, y=nm.rows, customdata=nm.names, colorscale="Viridis", colorbar=dict(title=label),
-        hovertemplate="%{customdata}<br>" + label + " = %{z:.4g}<extra></extra>",
-    ))
-    fig.update_layout(title=f"adapter `{summary.adapter}`: {label} per layer and module",
-                      xaxis_title="module", yaxis_title="layer", yaxis_autorange="reversed",
-                      xaxis_type="category", yaxis_type="category",
-                      height=max(260, 60 + 22 * len(nm.rows)), margin=dict(t=50, b=40))
-    return fig
+    heat = {"type": "heatmap", "z": norm_z(nm), "x": list(nm.cols), "y": list(nm.rows), "customdata": nm.names,
+            "colorscale": "Viridis", "colorbar": {"title": {"text": label}},
+            "hovertemplate": "%{customdata}<br>" + label + " = %{z:.4g}<extra></extra>"}
+    return {"data": [heat], "layout": panel_layout(
+        f"adapter `{summary.adapter}`: {label} per layer and module", "module", "layer",
+        max(260, 60 + 22 * len(nm.rows)), xaxis={"type": "category"},
+        yaxis={"type": "category", "autorange": "reversed"})}
 
 
-def matrix_figure(m: np.ndarray, title: str, x_title: str, y_title: str) -> go.Figure:
+def matrix_spec(m: np.ndarray, title: str, x_title: str, y_title: str) -> dict:
     """A diverging heatmap of matrix ``m`` centred on zero."""
     lo, hi = diverging_range(m)
-    fig = go.Figure(go.Heatmap(z=m, colorscale="RdBu", zmid=0.0, zmin=lo, zmax=hi,
-                               hovertemplate="row %{y}, col %{x}: %{z:.4g}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, yaxis_autorange="reversed",
-                      height=320, margin=dict(t=50, b=40))
-    return fig
+    heat = {"type": "heatmap", "z": np.asarray(m, dtype=float), "colorscale": "RdBu", "zmid": 0.0, "zmin": lo,
+            "zmax": hi, "hovertemplate": "row %{y}, col %{x}: %{z:.4g}<extra></extra>"}
+    return {"data": [heat], "layout": panel_layout(title, x_title, y_title, 320, yaxis={"autorange": "reversed"})}
 
 
-def module_figures(mm: ModuleMatrices) -> dict[str, go.Figure]:
+def module_specs(mm: ModuleMatrices) -> dict[str, dict]:
     """``{"A", "B", "ΔW"}`` heatmaps of one module (block averages when pooled)."""
     out, inp = mm.shape
     note = f", block-averaged to {mm.delta.shape[0]}×{mm.delta.shape[1]}" if mm.pooled else ""
     return {
-        "A": matrix_figure(mm.A, f"A ({mm.r}×{inp}{' pooled' if mm.A.shape[1] < inp else ''})", "input", "rank"),
-        "B": matrix_figure(mm.B, f"B ({out}×{mm.r}{' pooled' if mm.B.shape[0] < out else ''})", "rank", "output"),
-        "ΔW": matrix_figure(mm.delta, f"ΔW = s·B·A ({out}×{inp}{note})", "input", "output"),
+        "A": matrix_spec(mm.A, f"A ({mm.r}×{inp}{' pooled' if mm.A.shape[1] < inp else ''})", "input", "rank"),
+        "B": matrix_spec(mm.B, f"B ({out}×{mm.r}{' pooled' if mm.B.shape[0] < out else ''})", "rank", "output"),
+        "ΔW": matrix_spec(mm.delta, f"ΔW = s·B·A ({out}×{inp}{note})", "input", "output"),
     }
 
 
-def histogram_figure(mm: ModuleMatrices) -> go.Figure:
+def histogram_spec(mm: ModuleMatrices) -> dict:
     """Overlaid histograms of the entries of A and B (all zeros in B: the adapter has not learned)."""
     traces = []
     for label, values in (("A", mm.a_values), ("B", mm.b_values)):
         x, counts, width = value_histogram(values)
-        traces.append(go.Bar(x=x, y=counts, width=width, name=label, opacity=0.6))
-    fig = go.Figure(traces)
-    fig.update_layout(title=f"{mm.name} — values of A and B", barmode="overlay", xaxis_title="value",
-                      yaxis_title="count", height=300, margin=dict(t=50, b=40))
-    return fig
+        traces.append({"type": "bar", "x": x, "y": counts, "width": width, "name": label, "opacity": 0.6})
+    return {"data": traces, "layout": panel_layout(f"{mm.name} — values of A and B", "value", "count", 300,
+                                             barmode="overlay")}
+
+
+def norm_map_figure(summary: WeightSummary, value: str = "delta_norm") -> Any:
+    """``go.Figure`` of :func:`norm_map_spec`."""
+    return figure(norm_map_spec(summary, value))
+
+
+def matrix_figure(m: np.ndarray, title: str, x_title: str, y_title: str) -> Any:
+    """``go.Figure`` of :func:`matrix_spec`."""
+    return figure(matrix_spec(m, title, x_title, y_title))
+
+
+def module_figures(mm: ModuleMatrices) -> dict[str, Any]:
+    """``go.Figure``s of :func:`module_specs`."""
+    return {k: figure(v) for k, v in module_specs(mm).items()}
+
+
+def histogram_figure(mm: ModuleMatrices) -> Any:
+    """``go.Figure`` of :func:`histogram_spec`."""
+    return figure(histogram_spec(mm))

@@ -1,1 +1,1 @@
-"""ipywidgets + plotly FigureWidget views. A live view is a training callback."""
+"""Views: core ipywidgets with SVG charts (no custom JavaScript), or static SVG outputs; live views are callbacks."""

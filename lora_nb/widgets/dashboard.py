@@ -25,6 +25,8 @@ from ..core.training.callbacks import Callback
 from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import DataError, LoraNBError
+from .chart import ViewBox
+from .ui import close_tree
 
 TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum")
 _NAMES = (("data", "data"), ("eval_data", "eval data"), ("tokenizer", "tokenizer"), ("loss_fn", "loss"))
@@ -44,6 +46,7 @@ class Dashboard(Callback):
     def __init__(self, model: Any, lookup: Callable[[str], Any] | None = None, name: str = "model") -> None:
         self.model, self.lookup, self.name = registry.as_module(model), lookup or _no_namespace, name
         self.views: dict[str, Any] = {}
+        self.live_view = None  # the live training view of the last run started here
         self.run = None
         self.session = None
         self.status_html = W.HTML()
@@ -52,7 +55,8 @@ class Dashboard(Callback):
         pages = [W.VBox([self.status_html, self.attach_box]), W.VBox(), self.train_box, W.VBox(), W.VBox()]
         self.tabs = W.Tab(children=pages, titles=TABS)
         self.tabs.observe(self._on_tab, names="selected_index")
-        self.widget = W.VBox([W.HTML(f"<b>LoRA dashboard: <code>{html.escape(name)}</code></b>"), self.tabs])
+        self.widget = ViewBox([W.HTML(f"<b>LoRA dashboard: <code>{html.escape(name)}</code></b>"), self.tabs],
+                              fallback=lambda: self.status_html.value)
         self.widget._lora_dashboard = self  # the shown widget keeps the dashboard (a weak listener) alive
         self.refresh()
 
@@ -79,8 +83,9 @@ class Dashboard(Callback):
     def _forget_views(self) -> None:
         for i, title in enumerate(TABS):
             if title in self.views:
-                del self.views[title]
+                view = self.views.pop(title)
                 self.tabs.children[i].children = ()
+                view.close()
 
     # -- attach form ----------------------------------------------------------------------------
     def _build_attach_form(self) -> None:
@@ -157,6 +162,9 @@ class Dashboard(Callback):
             return
         self.run = run
         self.live.children = (live.widget,)
+        if self.live_view is not None:  # the view of the previous run (ended: Start is disabled while one runs)
+            self.live_view.close()
+        self.live_view = live
         self.refresh()
         if not run.done:
             self.train_message.value = html.escape(f"training adapter `{run.adapter}` on {run.where}…")
@@ -206,6 +214,17 @@ class Dashboard(Callback):
         self.views[title] = view
         page.children = (getattr(view, "widget", view),)
         return view
+
+    def close(self) -> None:
+        """Close every tab's view and the dashboard's widgets; stop following the model."""
+        if self.session is not None:
+            self.session.listeners.discard(self)
+        for view in self.views.values():
+            view.close()
+        if self.live_view is not None:
+            self.live_view.close()
+        self.views, self.live_view = {}, None
+        close_tree(self.widget)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -1,56 +1,34 @@
-"""Weights, spectrum and similarity explorers: FigureWidgets driven by dropdowns, live during training.
+"""Weights, spectrum and similarity explorers: SVG charts driven by dropdowns, live during training.
 
-A live explorer is a training callback: while a run trains the model it refreshes at most
-every ``interval`` seconds, and never more often than keeps its own cost under ``budget``
-(5%) of the wall time. It also listens to the session, so adapter changes made by magics
-or code (attach, delete, toggle …) show up at once.
+Each chart is a core ``ipywidgets.HTML`` holding an SVG (``Chart``): no custom JavaScript, so the
+views render in JupyterLab, Notebook 7, VS Code and Colab alike. A live explorer is a training
+callback: while a run trains the model it refreshes at most every ``interval`` seconds, and never
+more often than keeps its own cost under ``budget`` (5%) of the wall time. It also listens to the
+session, so adapter changes made by magics or code (attach, delete, toggle …) show up at once.
+Displayed, an explorer also carries an SVG picture of its main chart for tools without widgets
+(nbconvert, GitHub); ``close()`` releases its widgets and stops it following the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
-import json
 import re
 import time
 from collections.abc import Callable
 
 import ipywidgets as W
-import plotly.graph_objects as go
-import plotly.io as pio
 
 from ..core import registry
 from ..core.analysis.spectra import similarity, spectra
 from ..core.analysis.weights import matrices, weights
 from ..core.training.callbacks import Callback
 from ..errors import LoraNBError
-from ..viz.spectra import (
-    base_spectrum_figure,
-    effective_rank_figure,
-    similarity_figure,
-    spectrum_figure,
-    spectrum_title,
-)
-from ..viz.weights import (
-    VALUE_LABELS,
-    diverging_range,
-    histogram_figure,
-    module_figures,
-    norm_map_figure,
-    norm_z,
-    value_histogram,
-)
-
-
-def _replace(widget: go.FigureWidget, fig: go.Figure) -> None:
-    """Put ``fig``'s data and layout into ``widget`` in one message when the trace types match."""
-    with widget.batch_update():
-        if [t.type for t in widget.data] == [t.type for t in fig.data]:
-            for old, new in zip(widget.data, fig.data):
-                old.update({k: v for k, v in new.to_plotly_json().items() if k != "type"}, overwrite=True)
-        else:
-            widget.data = ()
-            widget.add_traces(fig.data)
-        widget.layout.update({k: v for k, v in fig.layout.to_plotly_json().items() if k != "template"})
+from ..viz.spectra import base_spectrum_spec, effective_rank_spec, similarity_spec, spectrum_spec
+from ..viz.svg import render
+from ..viz.weights import VALUE_LABELS, histogram_spec, module_specs, norm_map_spec
+from .chart import Chart
+from .ui import close_tree
 
 
 class LiveView(Callback):
@@ -69,22 +47,37 @@ class LiveView(Callback):
         self.session.listeners.add(self)
         self.follow_run()
 
-    def picture(self) -> go.FigureWidget:
-        """The view's main figure: what a saved notebook keeps as a static picture."""
+    def picture(self) -> Chart:
+        """The view's main chart: what a saved notebook keeps as a static picture."""
         raise NotImplementedError
 
     def _repr_mimebundle_(self, **kwargs):
-        """The widget, plus its main figure as plotly JSON for static views (nbconvert, untrusted notebooks).
+        """The widget, plus its main chart as SVG for tools without a widget manager (nbconvert, GitHub).
 
-        JupyterLab prefers the widget (its renderer ranks first); tools without a widget manager show the
-        figure as it was when displayed.
+        Widget front ends prefer the widget (its renderer ranks first); the others show the picture as
+        it was when displayed.
         """
         bundle = super()._repr_mimebundle_(**kwargs)
-        bundle["application/vnd.plotly.v1+json"] = json.loads(pio.to_json(go.Figure(self.picture()), validate=False))
+        bundle["image/svg+xml"] = render(self.picture().spec)
         return bundle
+
+    def close(self) -> None:
+        """Close every widget of the view and stop following the model and its run."""
+        session, run = getattr(self, "session", None), getattr(self, "live_run", None)
+        if session is not None:  # (also called by ipywidgets when a half-built view is collected)
+            session.listeners.discard(self)
+        if run is not None:
+            with contextlib.suppress(ValueError):  # the loop iterates over a copy; list.remove is atomic
+                run.callbacks.remove(self)
+            self.live_run = None
+        for child in (*self.children, self.layout):
+            close_tree(child)
+        W.VBox.close(self)
 
     def follow_run(self) -> None:
         """Attach to the session's run while it trains (``run.add_callback(self)``)."""
+        if self.comm is None:  # closed
+            return
         run = self.session.run
         if run is not None and run is not self.live_run and getattr(run, "state", None) in ("running", "paused"):
             run.add_callback(self)
@@ -106,11 +99,13 @@ class LiveView(Callback):
         self.next_refresh = now + max(self.interval, cost / self.budget)
 
     def on_train_end(self, run) -> None:
-        self.refresh()
+        if self.comm is not None:
+            self.refresh()
 
     def on_model_change(self, session, what: str) -> None:
-        self.follow_run()
-        self.refresh()
+        if self.comm is not None:
+            self.follow_run()
+            self.refresh()
 
     def refresh(self) -> None:  # pragma: no cover - every view overrides it
         raise NotImplementedError
@@ -130,7 +125,10 @@ def _module_dropdown(names: list[str]) -> W.Dropdown:
 
 
 class WeightsExplorer(LiveView, W.VBox):
-    """Norm map of the whole adapter, then A, B, ΔW heatmaps and histograms of the chosen module."""
+    """Norm map of the whole adapter, then A, B, ΔW heatmaps and histograms of the chosen module.
+
+    The module is chosen by name, or by layer and module type (the rows and columns of the norm map).
+    """
 
     def __init__(self, model, adapter: str | None = None, layers: str | None = None,
                  clock: Callable[[], float] | None = None) -> None:
@@ -138,45 +136,60 @@ class WeightsExplorer(LiveView, W.VBox):
         self.summary = weights(model, adapter, layers)
         self.adapter = self.summary.adapter
         self.color_by = W.Dropdown(options=[(v, k) for k, v in VALUE_LABELS.items()], value="delta_norm",
-                                description="color by")
+                                   description="color by")
         self.module = _module_dropdown(list(self.summary))
+        nm = self.summary.norm_map()
+        self.layer = W.Dropdown(options=list(nm.rows), description="layer", layout=W.Layout(width="180px"))
+        self.kind = W.Dropdown(options=list(nm.cols), description="type", layout=W.Layout(width="300px"))
         self.message = W.HTML()
-        self.norm = go.FigureWidget(norm_map_figure(self.summary))
-        mm = matrices(model, self.module.value, self.adapter)
-        self.heatmaps = {k: go.FigureWidget(f) for k, f in module_figures(mm).items()}
-        self.histogram = go.FigureWidget(histogram_figure(mm))
-        self.norm.data[0].on_click(self._clicked)
+        self.norm = Chart(norm_map_spec(self.summary))
+        self.heatmaps = {k: Chart(layout=W.Layout(width="33%")) for k in ("A", "B", "ΔW")}
+        self.histogram = Chart()
+        self._draw_module()
+        self._picking = False
         self.color_by.observe(lambda _: self._draw_norms(), "value")
         self.module.observe(lambda _: self._draw_module(), "value")
-        super().__init__([W.HBox([self.color_by, self.module]), self.message, self.norm,
-                          W.HBox(list(self.heatmaps.values())), self.histogram])
+        self.layer.observe(self._picked, "value")
+        self.kind.observe(self._picked, "value")
+        super().__init__([W.HBox([self.color_by, self.module]), W.HBox([self.layer, self.kind]), self.message,
+                          self.norm, W.HBox(list(self.heatmaps.values())), self.histogram])
         self._start_live(model, clock)
 
-    def picture(self) -> go.FigureWidget:
+    def picture(self) -> Chart:
         return self.norm
 
-    def _clicked(self, trace, points, state) -> None:
-        """A click on a norm-map cell (heatmap point index ``[row, col]``) selects that module."""
+    def select(self, layer: str, kind: str) -> None:
+        """Choose the module at norm-map row ``layer`` and column ``kind`` (no module there: nothing changes)."""
         nm = self.summary.norm_map(self.color_by.value)
-        for index, x, y in zip(points.point_inds, points.xs, points.ys):
-            if isinstance(index, (list, tuple)) and len(index) == 2:
-                i, j = index
-            else:  # no [row, col] from the frontend: go by the axis labels
-                i, j = nm.rows.index(str(y)), nm.cols.index(str(x))
-            if nm.names[i][j]:
-                self.module.value = nm.names[i][j]
+        if str(layer) in nm.rows and kind in nm.cols:
+            name = nm.names[nm.rows.index(str(layer))][nm.cols.index(kind)]
+            if name:
+                self.module.value = name
+
+    def _picked(self, _change=None) -> None:
+        if not self._picking:
+            self.select(self.layer.value, self.kind.value)
 
     def _draw_norms(self) -> None:
-        _replace(self.norm, norm_map_figure(self.summary, self.color_by.value))
+        self.norm.draw(norm_map_spec(self.summary, self.color_by.value))
 
     def _draw_module(self) -> None:
         mm = matrices(self.model, self.module.value, self.adapter)
-        for key, fig in module_figures(mm).items():
-            _replace(self.heatmaps[key], fig)
-        _replace(self.histogram, histogram_figure(mm))
+        for key, spec in module_specs(mm).items():
+            spec["layout"]["height"] = 300
+            self.heatmaps[key].draw(spec)
+        self.histogram.draw(histogram_spec(mm))
+        nm = self.summary.norm_map()
+        for i, row in enumerate(nm.names):  # the pickers follow the chosen module
+            if self.module.value in row:
+                self._picking = True
+                try:
+                    self.layer.value, self.kind.value = nm.rows[i], nm.cols[row.index(self.module.value)]
+                finally:
+                    self._picking = False
 
     def refresh(self) -> None:
-        """Re-read the adapter (a consistent snapshot) and send only the new numbers."""
+        """Re-read the adapter (a consistent snapshot) and redraw."""
         try:
             self.summary = weights(self.model, self.adapter, self.layers)
         except LoraNBError as exc:
@@ -185,16 +198,8 @@ class WeightsExplorer(LiveView, W.VBox):
         names = list(self.summary)
         if list(self.module.options) != names:
             self.module.options = names  # redraws the module through the dropdown
-        with self.norm.batch_update():
-            self.norm.data[0].z = norm_z(self.summary.norm_map(self.color_by.value))
-        mm = matrices(self.model, self.module.value, self.adapter)
-        for key, m in (("A", mm.A), ("B", mm.B), ("ΔW", mm.delta)):
-            with self.heatmaps[key].batch_update():
-                trace = self.heatmaps[key].data[0]
-                trace.z, (trace.zmin, trace.zmax) = m, diverging_range(m)
-        with self.histogram.batch_update():
-            for trace, values in zip(self.histogram.data, (mm.a_values, mm.b_values)):
-                trace.x, trace.y, trace.width = value_histogram(values)
+        self._draw_norms()
+        self._draw_module()
 
 
 class SpectrumExplorer(LiveView, W.VBox):
@@ -207,33 +212,33 @@ class SpectrumExplorer(LiveView, W.VBox):
         self.adapter = self.result.adapter
         self.module = _module_dropdown(list(self.result))
         self.message = W.HTML()
-        self.bars = go.FigureWidget(spectrum_figure(self.result, self.module.value))
-        self.base_fig = go.FigureWidget(self._base_figure()) if base else None
-        self.ranks = go.FigureWidget(effective_rank_figure(self.result))
+        self.bars = Chart(spectrum_spec(self.result, self.module.value))
+        self.base_fig = Chart(self._base_spec()) if base else None
+        self.ranks = Chart(effective_rank_spec(self.result))
         self.module.observe(lambda _: self._draw_module(), "value")
         parts = [self.module, self.message, self.bars, *([self.base_fig] if base else []), self.ranks]
         super().__init__(parts)
         self._start_live(model, clock)
 
-    def picture(self) -> go.FigureWidget:
+    def picture(self) -> Chart:
         return self.bars
 
-    def _base_figure(self) -> go.Figure:
+    def _base_spec(self) -> dict:
         """W vs W+ΔW for the chosen module only: computed lazily (dense SVDs), cached in core."""
         name = self.module.value
         out, inp, _ = self.result.shapes[name]
         self.message.value = f"computing the singular values of W and W+ΔW ({out}×{inp}) of <code>{name}</code>…"
         one = spectra(self.model, self.adapter, base=True, layers="^" + re.escape(name) + "$")
         self.message.value = html.escape(" ".join(one.notes))
-        return base_spectrum_figure(one, name)
+        return base_spectrum_spec(one, name)
 
     def _draw_module(self) -> None:
-        _replace(self.bars, spectrum_figure(self.result, self.module.value))
+        self.bars.draw(spectrum_spec(self.result, self.module.value))
         if self.base_fig is not None:
-            _replace(self.base_fig, self._base_figure())
+            self.base_fig.draw(self._base_spec())
 
     def refresh(self) -> None:
-        """Recompute the spectra (cheap: r × r SVDs) and send only the new numbers."""
+        """Recompute the spectra (cheap: r × r SVDs) and redraw."""
         try:
             self.result = spectra(self.model, self.adapter, layers=self.layers)
         except LoraNBError as exc:
@@ -241,15 +246,8 @@ class SpectrumExplorer(LiveView, W.VBox):
         self.message.value = ""
         if list(self.module.options) != list(self.result):
             self.module.options = list(self.result)
-        name = self.module.value
-        with self.bars.batch_update():
-            self.bars.data[0].y = self.result[name]
-            self.bars.layout.title.text = spectrum_title(self.result, name)
-        if self.base_fig is not None:
-            _replace(self.base_fig, self._base_figure())
-        with self.ranks.batch_update():
-            self.ranks.data[0].y = [self.result.stats[n].effective_rank for n in self.result]
-            self.ranks.data[1].y = [self.result.stats[n].stable_rank for n in self.result]
+        self._draw_module()
+        self.ranks.draw(effective_rank_spec(self.result))
 
 
 class SimilarityView(LiveView, W.VBox):
@@ -261,16 +259,16 @@ class SimilarityView(LiveView, W.VBox):
         self.result = similarity(model, a, b, layers, other)
         self.module = _module_dropdown(list(self.result))
         self.message = W.HTML()
-        self.heatmap = go.FigureWidget(similarity_figure(self.result, self.module.value))
+        self.heatmap = Chart(similarity_spec(self.result, self.module.value))
         self.module.observe(lambda _: self._draw(), "value")
         super().__init__([self.module, self.message, self.heatmap])
         self._start_live(model, clock)
 
-    def picture(self) -> go.FigureWidget:
+    def picture(self) -> Chart:
         return self.heatmap
 
     def _draw(self) -> None:
-        _replace(self.heatmap, similarity_figure(self.result, self.module.value))
+        self.heatmap.draw(similarity_spec(self.result, self.module.value))
 
     def refresh(self) -> None:
         try:
@@ -281,3 +279,4 @@ class SimilarityView(LiveView, W.VBox):
         if list(self.module.options) != list(self.result):
             self.module.options = list(self.result)
         self._draw()
+

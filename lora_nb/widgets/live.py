@@ -1,107 +1,129 @@
 """``LiveDashboard``: the live training view — curves, progress, Stop and Pause/Resume — as a callback.
 
 Cost per update is O(points), never O(history): records go into decimating buffers (≤ ``max_points``
-per trace); the plot is refreshed at most every ``interval`` seconds (4/s by default; with the final
-flush, ≤ 5/s on any run longer than a second) by one restyle of the traces that changed (arrays
-sent as binary buffers); the final state is always flushed when the run ends. A saved notebook keeps
-a static figure of the final curves: the dashboard reserves an output when displayed and fills it
-at the end (a FigureWidget's saved state holds only the data it had when it was displayed).
+per trace); the curves are one SVG (about one point per pixel) sent at most every ``chart_interval``
+seconds and never faster than ``byte_rate`` bytes per second; the progress line at most every
+``interval`` seconds; the final state is always drawn when the run ends. ``ui="widget"`` shows core
+ipywidgets (an ``HTML`` chart, buttons); ``ui="static"`` shows one output updated in place by display
+id (no widgets: Stop with ``%lora stop`` or the kernel's interrupt). When a displayed run ends, its
+output becomes a static SVG picture of the whole history (kept by saved notebooks, nbconvert, GitHub)
+and the widgets are closed; a failed run keeps its widgets so its error stays readable.
 """
 
 from __future__ import annotations
 
-import contextvars
 import html
-import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import ipywidgets as widgets
-import plotly.graph_objects as go
-
 from ..core.training.callbacks import Callback
 from ..core.training.reporting import Ema, begin_line, progress_line
-from ..viz.training import SERIES, SMOOTHING, history_figure, training_figure
-from .throttle import Decimator, Throttle
+from ..viz.training import SERIES, SMOOTHING, history_spec, mark_best, training_spec
+from .throttle import Decimator, RateLimit, Throttle
+from .ui import Slot, close_tree, svg_bundle
+
+
+def samples_table(samples: list[dict], last: int = 3) -> str:
+    """HTML table of the latest generated samples (``{"step", "prompt", "text"}``)."""
+    rows = "".join(f"<tr><td>{s.get('step', '')}</td><td>{html.escape(str(s.get('prompt', '')))}</td>"
+                   f"<td>{html.escape(str(s.get('text', '')))}</td></tr>" for s in samples[-last:])
+    return f"<table><tr><th>step</th><th>prompt</th><th>sample</th></tr>{rows}</table>"
 
 
 class LiveDashboard(Callback):
-    """Live plots of a run with Stop and Pause/Resume; display it, then train with it as a callback."""
+    """Live curves of a run with Stop and Pause/Resume; display it, then train with it as a callback."""
 
     def __init__(self, run: Any = None, *, max_points: int = 1000, interval: float = 0.25,
-                 clock: Callable[[], float] = time.monotonic, title: str | None = None,
-                 show_on_begin: bool = False) -> None:
+                 chart_interval: float = 0.5, byte_rate: float = 20_000, clock: Callable[[], float] = time.monotonic,
+                 title: str | None = None, show_on_begin: bool = False, ui: str = "widget") -> None:
         self.run = None
+        self.ui = ui  # "widget" | "static"
         self.show_on_begin = show_on_begin  # display itself when the run starts (blocking runs in a cell)
         self.title, self.max_points = title, max_points
-        self.figure = go.FigureWidget(training_figure(title))
+        self.throttle = Throttle(interval, clock)
+        self.chart_limit = RateLimit(chart_interval, byte_rate, clock)
+        self.updates = 0  # chart refreshes sent
+        self.slot = Slot()  # the output this view lives in once displayed
+        self.closed = False
+        self._units = ("samples/s", "memory (MB)")
+        if ui == "widget":
+            self._build_widgets()
+        self._reset()
+        if run is not None:
+            run.add_callback(self)
+
+    def _build_widgets(self) -> None:
+        import ipywidgets as widgets
+
+        from .chart import Chart
+
+        self.chart = Chart()
         self.progress = widgets.IntProgress(min=0, max=1, value=0, layout=widgets.Layout(width="30%"))
         self.label = widgets.HTML("waiting for the run to start…")
         self.pause_button = widgets.Button(description="Pause", icon="pause", disabled=True)
         self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
         self.error = widgets.HTML()
-        self._plot = widgets.Box([self.figure])
+        self.samples = widgets.HTML()
+        self.panels = widgets.VBox()  # extra panels callers add under the curves (``add_panel``)
         self.widget = widgets.VBox([
-            widgets.HBox([self.progress, self.pause_button, self.stop_button, self.label]), self.error, self._plot,
+            widgets.HBox([self.progress, self.pause_button, self.stop_button, self.label]), self.error, self.chart,
+            self.samples, self.panels,
         ])
         self.stop_button.on_click(self._on_stop)
         self.pause_button.on_click(self._on_pause)
-        self.throttle = Throttle(interval, clock)
-        self.updates = 0  # plot refreshes sent
-        self._handle = None  # display handle of the static picture left when the run ends
-        self._reset()
-        if run is not None:
-            run.add_callback(self)
+
+    def add_panel(self, widget: Any) -> None:
+        """Show ``widget`` under the curves (e.g. a spectra-history plot that follows the run)."""
+        self.panels.children = (*self.panels.children, widget)
 
     # -- training callback ---------------------------------------------------------------------
     def on_train_begin(self, run: Any) -> None:
         self.run = run
-        if self.show_on_begin and self._handle is None:
-            self._ipython_display_()
         self._reset()
         for record in list(run.history):  # a dashboard attached to a run in progress catches up once
             self._feed(record)
         for record in list(run.evals):
             self.series["eval_loss"].add(record["step"], record["eval_loss"])
-        self.figure.layout.annotations[4].text = (
-            "GPU memory allocated (MB)" if run.device.type == "cuda" else "process RSS (MB)")
-        self.progress.max = run.max_steps
-        self.label.value = html.escape(begin_line(run))
-        live = run.background and not run.done
-        self.pause_button.disabled = self.stop_button.disabled = not live
-        if not run.background:
-            self.stop_button.tooltip = "a blocking run stops with the kernel's interrupt (■)"
+        gpu = getattr(getattr(run, "device", None), "type", None) == "cuda"
+        self._units = (self._units[0], "GPU memory allocated (MB)" if gpu else "process RSS (MB)")
+        if self.ui == "widget":
+            self.progress.max = run.max_steps
+            self.label.value = html.escape(begin_line(run))
+            live = run.background and not run.done
+            self.pause_button.disabled = self.stop_button.disabled = not live
+            if not run.background:
+                self.stop_button.tooltip = "a blocking run stops with the kernel's interrupt (■)"
+        if self.show_on_begin and self.slot.handle is None:
+            self._ipython_display_()
         if run.history:
-            self._flush(run)
+            self._flush(run, final=False)
 
     def on_step_end(self, run: Any, record: dict) -> None:
         self._feed(record)
         if self.throttle.ready():
-            self._flush(run)
+            self._flush(run, final=False)
 
     def on_evaluate(self, run: Any, record: dict) -> None:
         self.series["eval_loss"].add(record["step"], record["eval_loss"])
 
     def on_train_end(self, run: Any) -> None:
-        self._flush(run)
-        self.pause_button.disabled = self.stop_button.disabled = True
-        self.label.value = html.escape(f"{run.state}: {run.message}")
-        if run.state == "failed":
-            self.error.value = (
-                f"<div style='color:#b00020'><b>training failed:</b> {html.escape(run.message)}</div>"
-                + (f"<details><summary>traceback</summary><pre>{html.escape(run.traceback)}</pre></details>"
-                   if run.traceback else ""))
+        self._flush(run, final=True)
+        if self.ui == "widget":
+            self.pause_button.disabled = self.stop_button.disabled = True
+            self.label.value = html.escape(f"{run.state}: {run.message}")
+            if run.state == "failed":
+                self.error.value = (
+                    f"<div style='color:#b00020'><b>training failed:</b> {html.escape(run.message)}</div>"
+                    + (f"<details><summary>traceback</summary><pre>{html.escape(run.traceback)}</pre></details>"
+                       if run.traceback else ""))
         self._leave_static_picture(run)
 
-    # -- plotting ------------------------------------------------------------------------------
+    # -- curves --------------------------------------------------------------------------------
     def _reset(self) -> None:
         self.series = {s.key: Decimator(self.max_points) for s in SERIES}
-        self._sent = [-1] * len(SERIES)
         self._ema = Ema(SMOOTHING)
         self._last: dict | None = None
-        self._titled = False
         self._smoothed = float("nan")
 
     def _feed(self, record: dict) -> None:
@@ -113,43 +135,75 @@ class LiveDashboard(Callback):
         series["grad_norm"].add(step, record.get("grad_norm"))
         series["throughput"].add(step, record.get("tokens_per_s", record.get("samples_per_s")))
         series["memory_mb"].add(step, record.get("memory_mb"))
+        if self._last is None:  # the throughput unit is known from the first record
+            self._units = ("tokens/s" if "tokens_per_s" in record else "samples/s", self._units[1])
         self._last = record
 
-    def _flush(self, run: Any) -> None:
-        """Send what changed since the last refresh: one plot update, one progress update."""
-        changed = [i for i, s in enumerate(SERIES) if self.series[s.key].version != self._sent[i]]
-        if changed:
-            if self._last is not None and not self._titled:  # the throughput unit is known from the first record
-                self.figure.layout.annotations[3].text = "tokens/s" if "tokens_per_s" in self._last else "samples/s"
-                self._titled = True
-            arrays = [self.series[SERIES[i].key].arrays() for i in changed]
-            self.figure.plotly_restyle({"x": [a[0] for a in arrays], "y": [a[1] for a in arrays]}, changed)
-            for i in changed:
-                self._sent[i] = self.series[SERIES[i].key].version
-            self.updates += 1
+    def spec(self) -> dict:
+        """The live curves as a spec (decimated buffers; the best eval marked when the run reports one)."""
+        values = {s.key: self.series[s.key].arrays() for s in SERIES}
+        spec = training_spec(self.title, self._units[0], self._units[1], values)
+        return mark_best(spec, getattr(self.run, "best", None))
+
+    @property
+    def figure(self) -> Any:
+        """The live curves as a plotly ``go.Figure``."""
+        from ..viz import figure
+
+        return figure(self.spec())
+
+    def _flush(self, run: Any, final: bool) -> None:
+        """Send what changed: the progress line, and the curves when their rate limit allows (always at the end)."""
         record = self._last
+        line = ""
         if record is not None:
+            line = progress_line(run, record, self._smoothed) + (" · paused" if run.state == "paused" else "")
+        if self.ui == "widget" and record is not None:
             with self.progress.hold_sync():
                 self.progress.value = min(record["step"], run.max_steps)
-            state = " · paused" if run.state == "paused" else ""
-            self.label.value = html.escape(progress_line(run, record, self._smoothed) + state)
+            self.label.value = html.escape(line)
+            samples = getattr(run, "samples", None)
+            if samples:
+                self.samples.value = samples_table(samples)
+        if not (final or self.chart_limit.ready()):
+            return
+        if self.ui == "widget":
+            sent = self.chart.draw(self.spec())
+            n_bytes = len(self.chart.value)
+        else:
+            sent, bundle = self.slot.handle is not None, svg_bundle(self.spec(), line or "<training curves>")
+            n_bytes = len(bundle["image/svg+xml"])
+            if sent:
+                self.slot.show(bundle, raw=True)
+        if sent:
+            self.updates += 1
+            self.chart_limit.sent(n_bytes)
 
-    def static_figure(self) -> go.Figure:
-        """The run's whole history as a plain figure (what a saved notebook keeps)."""
+    def static_spec(self) -> dict:
+        """The run's whole history as a spec (what a saved notebook keeps)."""
         run = self.run
-        return history_figure(run.history, run.evals, title=self.title or f"{run.state}: {run.summary_line()}")
+        return history_spec(run.history, run.evals, title=self.title or f"{run.state}: {run.summary_line()}",
+                            best=getattr(run, "best", None))
+
+    def static_figure(self) -> Any:
+        """The run's whole history as a plotly ``go.Figure``."""
+        from ..viz import figure
+
+        return figure(self.static_spec())
 
     def _leave_static_picture(self, run: Any) -> None:
-        if self._handle is None:
+        """Replace the displayed view by the picture of the whole run; close the widgets (unless it failed)."""
+        if self.slot.handle is None or (self.ui == "widget" and run.state == "failed"):
             return
-        figure = self.static_figure()
-        # a plotly figure's own display ignores display ids: send its mime bundle as the update instead
-        bundle = {"text/plain": f"<training curves: {self.run.summary_line()}>",
-                  "application/vnd.plotly.v1+json": json.loads(figure.to_json()), **figure._repr_mimebundle_()}
-        self._handle.update(bundle, raw=True)  # in JupyterLab: the output of the cell that started the run
-        if threading.current_thread() is not threading.main_thread():  # headless runners follow the latest cell
-            contextvars.Context().run(self._handle.update, bundle, raw=True)
-        self._plot.layout.display = "none"
+        self.slot.show(svg_bundle(self.static_spec(), f"<training curves: {run.summary_line()}>"), raw=True)
+        self.close()
+
+    def close(self) -> None:
+        """Close the widgets and drop the buffers (the view stops following its run)."""
+        if self.ui == "widget" and not self.closed:
+            close_tree(self.widget)
+        self.closed = True
+        self.series = {}
 
     # -- buttons -------------------------------------------------------------------------------
     def _on_stop(self, _button: Any = None) -> None:
@@ -172,9 +226,10 @@ class LiveDashboard(Callback):
 
     # -- display -------------------------------------------------------------------------------
     def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
-        display(self.widget)
-        self._handle = display(HTML(""), display_id=True)
         if self.run is not None and self.run.done:
-            self._leave_static_picture(self.run)
+            self.slot.show(svg_bundle(self.static_spec(), f"<training curves: {self.run.summary_line()}>"), raw=True)
+        elif self.ui == "widget":
+            self.slot.show(self.widget)
+        else:
+            self.slot.show(svg_bundle(self.spec(), "<training curves>"), raw=True)
+

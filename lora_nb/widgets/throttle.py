@@ -1,4 +1,4 @@
-"""Keeping live plots cheap: a time throttle and a decimating series buffer (O(1) amortized per point)."""
+"""Keeping live plots cheap: time and byte-rate throttles, a decimating series buffer (O(1) amortized per point)."""
 
 from __future__ import annotations
 
@@ -58,3 +58,19 @@ class Decimator:
         if self._last is not None and (not xs or xs[-1] != self._last[0]):
             xs, ys = xs + [self._last[0]], ys + [self._last[1]]
         return np.asarray(xs, dtype=np.int32), np.asarray(ys, dtype=np.float32)
+
+
+class RateLimit:
+    """``ready()`` at most every ``interval`` s, and no more often than keeps ``sent(bytes)`` under ``rate`` B/s."""
+
+    def __init__(self, interval: float, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval, self.rate, self.clock = interval, rate, clock
+        self.next = -float("inf")
+
+    def ready(self) -> bool:
+        return self.clock() >= self.next
+
+    def sent(self, n_bytes: int) -> None:
+        """Record a send of ``n_bytes`` now: the next one waits ``max(interval, n_bytes / rate)``."""
+        now = self.clock()
+        self.next = now + max(self.interval, n_bytes / self.rate)

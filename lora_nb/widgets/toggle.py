@@ -21,6 +21,8 @@ from ..core.adapters import switch
 from ..core.adapters.merge import merge, unmerge
 from ..core.adapters.switch import set_strength, strength
 from ..errors import LoraNBError
+from .chart import ViewBox
+from .ui import close_tree
 
 
 class AdapterPanel:
@@ -30,6 +32,7 @@ class AdapterPanel:
         self.session = registry.require(model)
         self.model = self.session.model
         self._syncing = False
+        self.closed = False
         self.toggles: dict[str, w.ToggleButton] = {}
         self.toggle_box = w.HBox()
         self.active_label = w.HTML()
@@ -42,10 +45,10 @@ class AdapterPanel:
         self.strength.observe(self._on_strength, names="value")
         self.merge_button.on_click(lambda _: self._act(lambda: merge(self.model), "merged"))
         self.unmerge_button.on_click(lambda _: self._act(lambda: unmerge(self.model), "unmerged"))
-        self.widget = w.VBox([
+        self.widget = ViewBox([
             self.toggle_box, self.active_label, self.strength,
             w.HBox([self.merged_label, self.merge_button, self.unmerge_button]), self.status_line,
-        ])
+        ], fallback=self.status_html)
         self.widget._lora_panel = self  # the displayed widget keeps the panel (a weakly held listener) alive
         self.session.listeners.add(self)
         self.refresh()
@@ -54,6 +57,8 @@ class AdapterPanel:
 
     def refresh(self, message: str | None = None) -> None:
         """Show peft's current state; ``message`` (if any) goes in the status line."""
+        if self.closed:
+            return None
         if registry.find(self.model) is not self.session:
             return self._show_detached()
         session = self.session
@@ -121,6 +126,18 @@ class AdapterPanel:
     def _on_strength(self, change: dict) -> None:
         if not self._syncing:
             self._act(lambda: set_strength(self.model, change["new"]), f"strength {change['new']:.2f}")
+
+    def status_html(self) -> str:
+        """The model's adapter table (what tools without widgets show of the panel)."""
+        if registry.find(self.model) is not self.session:
+            return html.escape("LoRA was removed from this model (detach)")
+        return core.status(self.model)._repr_html_()
+
+    def close(self) -> None:
+        """Close the panel's widgets and stop following the model."""
+        self.session.listeners.discard(self)
+        self.closed = True
+        close_tree(self.widget)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -1,4 +1,4 @@
-"""Fixtures for real-browser tests: a private JupyterLab server and headless Chromium (see BROWSER.md)."""
+"""Fixtures for real-browser tests: a private JupyterLab 4 or Notebook 7 server and headless Chromium."""
 
 from __future__ import annotations
 
@@ -34,10 +34,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class LabServer:
-    """One JupyterLab process on 127.0.0.1 with its own token, settings, workspaces, config and runtime."""
+APPS = {  # front end → (python -m module, app config class, page that answers when ready, notebook URL prefix)
+    "lab": ("jupyterlab", "LabApp", "/lab", "/lab/tree/"),
+    "notebook": ("notebook", "JupyterNotebookApp", "/tree", "/notebooks/"),
+}
 
-    def __init__(self, disabled_extensions: tuple[str, ...] = ()) -> None:
+
+class LabServer:
+    """One JupyterLab 4 or Notebook 7 process on 127.0.0.1 with its own token, settings, workspaces, config."""
+
+    def __init__(self, disabled_extensions: tuple[str, ...] = (), app: str = "lab") -> None:
+        self.app = app
         self.home = Path(tempfile.mkdtemp(prefix="lora_nb_e2e_"))
         self.root = self.home / "notebooks"
         self.port = _free_port()
@@ -52,10 +59,11 @@ class LabServer:
                                                    "JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR")}
         for d in [self.root, *dirs.values()]:
             d.mkdir(parents=True, exist_ok=True)
-        notif = dirs["JUPYTERLAB_SETTINGS_DIR"] / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        settings = dirs["JUPYTERLAB_SETTINGS_DIR"] / "@jupyterlab"
+        notif = settings / "apputils-extension" / "notification.jupyterlab-settings"
         notif.parent.mkdir(parents=True)
         notif.write_text(json.dumps(NOTIFICATIONS))
-        tracker = dirs["JUPYTERLAB_SETTINGS_DIR"] / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+        tracker = settings / "notebook-extension" / "tracker.jupyterlab-settings"
         tracker.parent.mkdir(parents=True)
         tracker.write_text(json.dumps({"windowingMode": "none"}))  # every cell's output stays in the DOM
         if self.disabled_extensions:  # the private config folder, never the shared sys-prefix one
@@ -67,10 +75,11 @@ class LabServer:
         return env
 
     def start(self, timeout: float = 60.0) -> "LabServer":
-        """Launch ``jupyter lab`` and wait until /api/status and /lab answer 200."""
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
+        """Launch ``jupyter lab`` (or ``jupyter notebook``) and wait until /api/status and its page answer 200."""
+        module, config, page, _ = APPS[self.app]
+        cmd = [sys.executable, "-m", module, "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
                "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-               f"--ServerApp.root_dir={self.root}", "--LabApp.expose_app_in_browser=True",
+               f"--ServerApp.root_dir={self.root}", f"--{config}.expose_app_in_browser=True",
                "--ServerApp.allow_root=True"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
@@ -78,11 +87,15 @@ class LabServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self._ok("/api/status") and self._ok("/lab"):
+                raise RuntimeError(f"jupyter {self.app} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self._ok("/api/status") and self._ok(page):
                 return self
             time.sleep(0.25)
-        raise RuntimeError(f"jupyter lab not ready after {timeout:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"jupyter {self.app} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def notebook_url(self, name: str) -> str:
+        """The page that opens notebook ``name`` in this front end."""
+        return f"{self.url}{APPS[self.app][3]}{name}"
 
     def request(self, path: str, method: str = "GET", timeout: float = 5.0) -> bytes:
         req = urllib.request.Request(self.url + path, method=method,
@@ -143,11 +156,11 @@ class LabServer:
 
 @pytest.fixture
 def lab_server() -> Iterator:
-    """Factory: ``lab_server(disabled_extensions=())`` starts a server; all are stopped at teardown."""
+    """Factory: ``lab_server(disabled_extensions=(), app="lab")`` starts a server; all are stopped at teardown."""
     servers: list[LabServer] = []
 
-    def start(disabled_extensions: tuple[str, ...] = ()) -> LabServer:
-        servers.append(LabServer(disabled_extensions))
+    def start(disabled_extensions: tuple[str, ...] = (), app: str = "lab") -> LabServer:
+        servers.append(LabServer(disabled_extensions, app))
         return servers[-1].start()
 
     yield start

@@ -87,12 +87,14 @@ def export(model: Any, path: str | os.PathLike, data: Any = None, eval_data: Any
 
 def _settings(session: registry.Session, given: dict | None) -> dict:
     """The last run's settings (``session.run``) for the active adapter, overridden by ``given``."""
-    from .settings import TrainSettings
+    from .settings import IN_PROCESS_ONLY, TrainSettings
 
     run = session.run
     base = asdict(run.settings) if run is not None and run.adapter == session.active else {}
     if not base:
         base = asdict(TrainSettings())
+    for name in IN_PROCESS_ONLY:  # checkpoints, samples, early stopping…: this kernel's run only
+        base[name] = TrainSettings.__dataclass_fields__[name].default
     base.update(given or {})
     base["processes"], base["device"] = 1, "auto"  # the launcher decides both
     unknown = set(base) - set(TrainSettings.__dataclass_fields__)

@@ -21,6 +21,8 @@ import torch
 
 from ...errors import LoraNBError
 from .data import Batches, count, to_device
+from .optimizer import group_scales, make_optimizer
+from .resume import DataPosition
 
 KEPT = "the adapter keeps what it learned"
 
@@ -49,6 +51,7 @@ class Loop:
         self.dirty = False  # True between the pre-step copy and the end of optimizer.step()
         self.iterator = None
         self.batches_seen = 0
+        self.position = DataPosition(batches.loader)  # epoch and batches drawn, for checkpoints
         self.loss_phase = "loss_fn" if run.custom_loss else "model forward"
         self._rss_at = -1.0
         self._rss = 0.0
@@ -65,7 +68,8 @@ class Loop:
             self.callbacks("on_train_begin", first)
             self.train()
             if run.step < run.max_steps:
-                state, message = "stopped", f"stopped at step {run.step}/{run.max_steps}; {KEPT}"
+                state, message = "stopped", (getattr(run, "stop_reason", "")
+                                             or f"stopped at step {run.step}/{run.max_steps}; {KEPT}")
         except KeyboardInterrupt:
             state, message = "stopped", f"interrupted at step {run.step}/{run.max_steps}; {KEPT}"
         except BaseException as exc:  # every failure ends the run; the kernel lives on
@@ -92,7 +96,8 @@ class Loop:
             p.requires_grad_(id(p) in ids)
         model.train()
         s = self.settings
-        self.opt = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
+        self.opt = make_optimizer(model, self.params, s)
+        self.lr_scales = group_scales(self.opt, s.lr)  # LoRA+: B's groups keep their ratio to A's
         self.values = [p.detach() for p in self.params]  # views that follow every in-place update
         self.backup = [v.clone() for v in self.values]
         self.started = time.perf_counter()
@@ -155,8 +160,8 @@ class Loop:
         s, run = self.settings, self.run
         t0 = time.perf_counter()
         lr = s.lr * self.lr_factor(run.step)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        for group, scale in zip(self.opt.param_groups, self.lr_scales):
+            group["lr"] = lr * scale
         total, samples, tokens = None, 0, 0
         for _ in range(s.grad_accum):
             loss, n, t = self.micro_step()
@@ -210,16 +215,17 @@ class Loop:
 
     def next_batch(self) -> Any:
         if self.iterator is None:
-            self.iterator = iter(self.batches.loader)
+            self.iterator = self.position.new_iterator()
         try:
             batch = next(self.iterator)
         except StopIteration:
-            self.iterator = iter(self.batches.loader)  # next epoch
+            self.iterator = self.position.new_iterator()  # next epoch
             try:
                 batch = next(self.iterator)
             except StopIteration:
                 raise LoraNBError("the training data yielded no batches") from None
         self.batches_seen += 1
+        self.position.consumed += 1
         return batch
 
     def restore_backup(self) -> None:

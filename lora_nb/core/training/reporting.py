@@ -80,6 +80,8 @@ class ConsoleReporter(Callback):
 
     def on_train_begin(self, run: Any) -> None:
         self._print(begin_line(run))
+        if getattr(run, "memory_plan", None) is not None:
+            self._print(run.memory_plan.line())
 
     def on_step_end(self, run: Any, record: dict) -> None:
         smoothed = self._ema.add(record["loss"])

@@ -15,6 +15,8 @@ How a run ends (``run.state``):
 ``samples_per_s``, ``tokens_per_s`` (token data), ``seconds`` (wall time of the step), ``memory_mb``
 (CUDA allocated on GPU, process RSS on CPU), ``peak_memory_mb`` (CUDA only), ``time`` (s since
 start) and ``epoch``; ``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``.
+``run.best``, ``run.samples``, ``run.memory_plan``: see ``long_run.py`` (checkpoints, resume, early
+stopping, samples and the memory plan are callbacks the run places before the views).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..adapters.status import adapter_named_parameters
 from .callbacks import Callback
 from .data import Batches, make_batches
 from .device import in_jupyter_kernel, place_model, resolve_device
+from .long_run import RunAdditions
 from .loop import Loop, uses_bf16
 from .settings import TrainSettings
 
@@ -61,6 +64,11 @@ class TrainRun:
     error: BaseException | None = None
     traceback: str | None = None
     callbacks: list[Callback] = field(default_factory=list)
+    best: dict | None = None  # {"step", "eval_loss"} of the lowest eval loss so far
+    samples: list[dict] = field(default_factory=list)  # {"step", "prompt", "text"} generated while training
+    sample_seconds: float = 0.0  # time spent generating samples (not in any step's "seconds")
+    memory_plan: Any = None  # the MemoryPlan measured when the run began
+    stop_reason: str = ""  # why the run stopped itself (early stopping), for its message
 
     def __post_init__(self) -> None:
         self._stop, self._resume, self._done = threading.Event(), threading.Event(), threading.Event()
@@ -178,6 +186,7 @@ class RunPlan:
     eval_batches: Batches | None
     max_steps: int
     params: list[torch.nn.Parameter]
+    tokenizer: Any = None
 
 
 def plan_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: Any, settings: TrainSettings,
@@ -203,7 +212,7 @@ def plan_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: A
         max_steps = max(1, math.ceil((settings.epochs or 1.0) * per_process / settings.grad_accum))
     if eval_batches is not None and settings.eval_every is None:
         settings.eval_every = max(1, max_steps // 10)
-    return RunPlan(settings, batches, eval_batches, max_steps, params)
+    return RunPlan(settings, batches, eval_batches, max_steps, params, tokenizer)
 
 
 def start_run(session: Any, run: TrainRun, work: Callable[[], None], background: bool,
@@ -239,6 +248,7 @@ def launch(session: Any, name: str, plan: RunPlan, background: bool | None = Non
     """
     settings = plan.settings
     target = resolve_device(settings.device)
+    additions = RunAdditions(session, plan)
     bf16 = uses_bf16(target, settings.precision)
     where = str(target) + (" (bf16 autocast)" if bf16 else "")
     background = in_jupyter_kernel() if background is None else bool(background)
@@ -248,6 +258,7 @@ def launch(session: Any, name: str, plan: RunPlan, background: bool | None = Non
         torch.manual_seed(settings.seed)
     place_model(session.model, target)
     loop = Loop(run, session, plan.batches, plan.eval_batches, plan.params, bf16)
+    run.callbacks[:0] = additions.callbacks(loop)
     return start_run(session, run, loop, background, names)
 
 

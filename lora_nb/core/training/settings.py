@@ -11,6 +11,23 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+# options the in-process run implements with its own callbacks (not the multi-process worker or an exported script)
+IN_PROCESS_ONLY = ("save_every", "save_dir", "keep", "resume", "patience", "min_delta", "restore_best",
+                   "sample_prompts", "sample_every", "sample_tokens", "grad_checkpointing", "lr_ratio")
+
+
+def as_flag(name: str, value: object) -> bool:
+    """A boolean option given as a bool or as true/false text (``%%lora`` cells, argparse)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off", "none", ""):
+        return False
+    raise OptionError(f"{name} takes true or false; got `{value}`")
+
+
 @dataclass
 class TrainSettings:
     """How to train (one place for defaults and checks; ``%lora train`` builds its options from it)."""
@@ -30,6 +47,21 @@ class TrainSettings:
     max_length: int = field(default=512, metadata={"help": "tokens per text at most (text data)"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on capable GPUs) | bf16 | fp32"})
     processes: int = field(default=1, metadata={"help": "data-parallel processes: N GPUs, or N CPU processes (gloo)"})
+    save_every: int | None = field(default=None, metadata={"help": "steps between checkpoints (with --save-dir)"})
+    save_dir: str | None = field(default=None, metadata={"help": "folder for checkpoints (with --save-every)"})
+    keep: int | None = field(default=None, metadata={"help": "newest checkpoints to keep (default: all)"})
+    resume: str | None = field(default=None, metadata={"help": "continue from a checkpoint (or a save-dir's latest)"})
+    patience: int | None = field(default=None,
+                                 metadata={"help": "stop after N evaluations without improving by --min-delta"})
+    min_delta: float = field(default=0.0, metadata={"help": "eval-loss drop that counts as an improvement"})
+    restore_best: bool = field(default=False, metadata={"help": "put the best evaluated adapter back at the end"})
+    sample_prompts: list | None = field(default=None,
+                                        metadata={"help": "variable with prompts to generate from while training"})
+    sample_every: int | None = field(default=None, metadata={"help": "steps between samples (default: ~5 per run)"})
+    sample_tokens: int = field(default=32, metadata={"help": "new tokens per sample (greedy)"})
+    grad_checkpointing: bool = field(default=False,
+                                     metadata={"help": "recompute activations in backward (less memory, slower)"})
+    lr_ratio: float | None = field(default=None, metadata={"help": "LoRA+: B's learning rate = R × A's (e.g. 16)"})
 
     def __post_init__(self) -> None:
         for name, kind, low in (("steps", int, 1), ("batch_size", int, 1), ("grad_accum", int, 1),
@@ -57,6 +89,43 @@ class TrainSettings:
             setattr(self, name, str(getattr(self, name)).lower())
         if self.warmup < 0 or self.weight_decay < 0:
             raise OptionError("warmup and weight_decay must be ≥ 0")
+        self._check_long_run_options()
+
+    def _check_long_run_options(self) -> None:
+        """Checkpoints, early stopping, samples and LoRA+: numbers in range, options that need each other."""
+        for name, low in (("save_every", 1), ("keep", 1), ("patience", 1), ("sample_every", 1),
+                          ("sample_tokens", 1)):
+            value = getattr(self, name)
+            if value is not None:
+                value = as_number(name, value, int)
+                if value < low:
+                    raise OptionError(f"{name} must be ≥ {low}; got {value}")
+                setattr(self, name, value)
+        for name in ("save_dir", "resume"):  # paths as text: settings are saved as JSON with checkpoints and exports
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
+        if (self.save_every is None) != (self.save_dir is None):
+            raise OptionError("checkpoints need both save_every and save_dir (`--save-every N --save-dir PATH`)")
+        self.min_delta = as_number("min_delta", self.min_delta, float)
+        if self.min_delta < 0:
+            raise OptionError(f"min_delta must be ≥ 0; got {self.min_delta:g}")
+        if self.lr_ratio is not None:
+            self.lr_ratio = as_number("lr_ratio", self.lr_ratio, float)
+            if not self.lr_ratio > 0:
+                raise OptionError(f"lr_ratio must be positive; got {self.lr_ratio:g}")
+        for name in ("restore_best", "grad_checkpointing"):
+            setattr(self, name, as_flag(name, getattr(self, name)))
+        if isinstance(self.sample_prompts, str):
+            self.sample_prompts = [self.sample_prompts]
+        if self.sample_prompts is not None and (not self.sample_prompts
+                                                or not all(isinstance(p, str) for p in self.sample_prompts)):
+            raise OptionError("sample_prompts must be a non-empty list of strings")
+
+    @property
+    def uses_long_run_options(self) -> bool:
+        """True when checkpoints, resume, early stopping, samples, LoRA+ or gradient checkpointing are asked for."""
+        return any(getattr(self, name) != TrainSettings.__dataclass_fields__[name].default
+                   for name in IN_PROCESS_ONLY)
 
     def warmup_steps(self, total: int) -> int:
         return int(self.warmup) if self.warmup >= 1 else round(self.warmup * total)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import fields
 from typing import Any
+
+import torch
 
 from ...errors import OptionError
 from .. import registry
 from .callbacks import Callback
 from .data import takes_model
+from .device import resolve_device
+from .loop import uses_bf16
+from .memory_plan import MemoryPlan, make_plan
 from .processes import launch_processes
+from .recompute import check_grad_checkpointing
 from .run import TrainRun, launch, plan_run
 from .settings import TrainSettings
 
@@ -33,7 +41,30 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
                              device=device, **extras)
     session = registry.require(model)
     session.ensure_idle("start another training run")
+    if settings.processes > 1 and settings.uses_long_run_options:
+        raise OptionError("checkpoints, resume, early stopping, samples, LoRA+ and gradient checkpointing train in "
+                          "one process; drop --processes or those options")
     if settings.processes > 1:  # data-parallel over processes (processes.py); it decides the devices
         return launch_processes(session, settings, data, eval_data, tokenizer, loss_fn, background, callbacks, names)
     plan = plan_run(session, data, eval_data, tokenizer, loss_fn, settings)
     return launch(session, session.active, plan, background, callbacks, takes_model(loss_fn), names)
+
+
+def plan_memory(model: Any, data: Any, tokenizer: Any = None, loss_fn: Any = None, batch_size: int = 8,
+                device: str = "auto", **extras: Any) -> MemoryPlan:
+    """The memory plan of ``train(model, data, ...)`` with these settings: measured, nothing trained or changed."""
+    unknown = set(extras) - {f.name for f in fields(TrainSettings)}
+    if unknown:
+        raise OptionError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    settings = TrainSettings(batch_size=batch_size, device=device, **extras)
+    session = registry.require(model)
+    session.ensure_idle("measure a memory plan")
+    if settings.grad_checkpointing:
+        check_grad_checkpointing(session.model)
+    plan = plan_run(session, data, None, tokenizer, loss_fn, settings)
+    target = resolve_device(settings.device)
+    here = plan.params[0].device
+    autocast = contextlib.nullcontext
+    if uses_bf16(target, settings.precision) and here.type == target.type:
+        autocast = functools.partial(torch.autocast, here.type, dtype=torch.bfloat16)
+    return make_plan(session.model, plan.params, plan.batches, settings, target, autocast, plan.batches.loss)

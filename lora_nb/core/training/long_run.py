@@ -1,0 +1,71 @@
+"""What a run adds for long runs, as callbacks placed before the views: checked before the run starts.
+
+In order: ``Resume`` (a checkpoint back before the first step), ``GradCheckpointing``, the memory
+plan (``run.memory_plan``, one line at the start), ``BestTracker`` (``run.best``; early stopping and
+restore-best), ``Sampler`` (``run.samples``) and ``Checkpointer`` (last, so a checkpoint holds
+what the others did at that step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ...errors import OptionError
+from .callbacks import Callback
+from .early_stop import BestTracker
+from .memory_plan import make_plan
+from .recompute import GradCheckpointing, check_grad_checkpointing
+from .resume import Checkpointer, Resume
+from .samples import Sampler, check_can_sample
+
+
+class MemoryPlanner(Callback):
+    """Measures the run's memory plan when it begins (after gradient checkpointing is on)."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+
+    def on_train_begin(self, run: Any) -> None:
+        loop = self.loop
+        autocast = getattr(loop, "autocast", contextlib.nullcontext)
+        # a loss_fn(model, batch) is the user's code, which the measurement does not call unasked; a forward-only
+        # count cannot see what gradient checkpointing recomputes in backward, so that case measures fully
+        plan = make_plan(loop.model, loop.params, loop.batches, loop.settings, run.device, autocast,
+                         measure=not run.custom_loss, quick=not loop.settings.grad_checkpointing)
+        run.memory_plan = plan
+
+
+class RunAdditions:
+    """The long-run options of one run, checked now (one-line errors, before anything changes)."""
+
+    def __init__(self, session: Any, plan: Any) -> None:
+        s, model = plan.settings, session.model
+        self.session, self.plan = session, plan
+        if s.patience is not None and plan.eval_batches is None:
+            raise OptionError("early stopping (patience) needs evaluation data (`--eval VAR`, eval_data=…)")
+        if s.restore_best and plan.eval_batches is None:
+            raise OptionError("restore_best needs evaluation data (`--eval VAR`, eval_data=…)")
+        if s.sample_prompts:
+            check_can_sample(model, plan.tokenizer)
+        if s.grad_checkpointing:
+            check_grad_checkpointing(model)
+        self.resume = Resume(session, s.resume, plan.max_steps, s) if s.resume else None
+
+    def callbacks(self, loop: Any) -> list[Callback]:
+        s, plan, session = self.plan.settings, self.plan, self.session
+        added: list[Callback] = []
+        if self.resume is not None:
+            self.resume.loop = loop
+            added.append(self.resume)
+        if s.grad_checkpointing:
+            added.append(GradCheckpointing(session.model))
+        added.append(MemoryPlanner(loop))
+        if plan.eval_batches is not None:
+            added.append(BestTracker(loop.params, session.lock, s.patience, s.min_delta, s.restore_best))
+        if s.sample_prompts:
+            every = s.sample_every or max(1, plan.max_steps // 5)
+            added.append(Sampler(session.model, plan.tokenizer, s.sample_prompts, every, s.sample_tokens))
+        if s.save_every:
+            added.append(Checkpointer(loop))
+        return added

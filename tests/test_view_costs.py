@@ -1,0 +1,39 @@
+"""What views cost in a real kernel: bytes to the front end, saved-notebook size, first-contact times (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.slow
+
+
+def last_json_line(args: list[str], timeout: float) -> dict:
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_views_cost_kilobytes_and_the_story_notebook_stays_small(tmp_path):
+    got = last_json_line([str(BENCHMARKS / "ui_bytes.py"), "--steps", "300", "--json",
+                          "--notebook", str(tmp_path / "story.ipynb")], timeout=1200)
+    assert not got["errors"]
+    assert max(got["opens"].values()) <= 200_000, got["opens"]  # any view: ≤ 200 KB kernel → front end
+    assert got["live_bytes_per_s"] <= 30_000  # a live run
+    assert got["notebook_bytes"] <= 2 * 2**20  # the whole story, saved with widget state
+
+
+def test_first_views_cost_at_most_three_times_the_second():
+    # one plain training step first: torch's own first forward/backward is not the views' to pay
+    got = last_json_line([str(BENCHMARKS / "first_contact.py"), "--json", "--kernels", "2", "--warm-torch"],
+                         timeout=900)
+    assert not [t for t in got["times"].values() if t["error"]]
+    assert got["ratios"]["train"] <= 3.0, got
+    assert got["ratios"]["spectrum"] <= 3.0, got
+    assert got["ratios"]["toggle"] <= 3.0, got
+    assert got["times"]["train 1"]["first_output"] <= 1.0  # the first live view is on screen within a second
