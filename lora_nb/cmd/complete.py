@@ -79,10 +79,15 @@ def is_inputs(obj: Any) -> bool:
     return isinstance(obj, Mapping) or (torch is not None and isinstance(obj, torch.Tensor))
 
 
+def is_prompts(obj: Any) -> bool:
+    """A non-empty list or tuple of texts (``compare --prompts``)."""
+    return isinstance(obj, (list, tuple)) and bool(obj) and all(isinstance(p, str) for p in obj)
+
+
 _VARIABLE_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "model": ("model", is_model), "data": ("dataset", is_dataset), "eval_data": ("dataset", is_dataset),
     "tokenizer": ("tokenizer", is_tokenizer), "loss": ("function", is_loss), "loss_fn": ("function", is_loss),
-    "inputs": ("inputs", is_inputs),
+    "inputs": ("inputs", is_inputs), "prompts": ("prompts", is_prompts),
 }
 
 

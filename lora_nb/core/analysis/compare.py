@@ -1,6 +1,7 @@
 """The model with its active adapter on vs off, side by side; the adapter state is left as it was.
 
-Causal / seq2seq LMs with a prompt: greedy generation both ways, differing tokens marked.
+Causal / seq2seq LMs with a prompt (or several, shown as a table): generation both ways, greedy or seeded sampling,
+the prompt as is or as a chat user turn; differing tokens marked (see ``generation``).
 Classifiers (2-D ``logits``): top-k class probabilities both ways. Anything else: how far the
 outputs differ (max |Δ|, relative L2). Adapters are switched through peft's per-layer state (see
 ``switch``), which is not thread-safe, so compare refuses to run while training runs.
@@ -18,51 +19,9 @@ import torch
 from ...errors import OptionError
 from .. import registry
 from ..adapters import switch
+from .generation import GenerationComparison, GenerationTable, Sampling, as_prompts, encode, generate
 
-
-@dataclass
-class GenerationComparison:
-    """Greedy continuations of ``prompt`` with the adapter on and off."""
-
-    adapter: str
-    prompt: str
-    on: list[str]
-    off: list[str]
-    on_text: str
-    off_text: str
-
-    @property
-    def differs(self) -> list[bool]:
-        """Per position of the longer continuation: do the two token lists differ there?"""
-        n = max(len(self.on), len(self.off))
-        return [i >= len(self.on) or i >= len(self.off) or self.on[i] != self.off[i] for i in range(n)]
-
-    def _marked(self, tokens: list[str], mark) -> str:
-        flags = self.differs
-        return " ".join(mark(t) if flags[i] else t for i, t in enumerate(tokens))
-
-    def __str__(self) -> str:
-        n = sum(self.differs)
-        return "\n".join([
-            f"prompt: {self.prompt}",
-            f"on  ({self.adapter}): {self._marked(self.on, lambda t: f'[{t}]')}",
-            f"off (base): {self._marked(self.off, lambda t: f'[{t}]')}",
-            f"{n} of {len(self.differs)} generated tokens differ ([…] marks them)",
-        ])
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        def cell(tokens: list[str]) -> str:
-            flags = self.differs
-            return " ".join(f"<mark>{html.escape(t)}</mark>" if flags[i] else html.escape(t)
-                            for i, t in enumerate(tokens))
-
-        return (f"<div class='lora-nb-compare'><div><b>prompt:</b> {html.escape(self.prompt)}</div>"
-                f"<table><tr><th>adapter <code>{html.escape(self.adapter)}</code> on</th><th>off (base)</th></tr>"
-                f"<tr><td>{cell(self.on)}</td><td>{cell(self.off)}</td></tr></table>"
-                f"<small>{sum(self.differs)} of {len(self.differs)} generated tokens differ "
-                "(highlighted)</small></div>")
+__all__ = ["ClassComparison", "GenerationComparison", "GenerationTable", "OutputComparison", "compare"]
 
 
 @dataclass
@@ -158,14 +117,6 @@ def _forward(model: torch.nn.Module, inputs: Any) -> tuple[torch.Tensor, bool]:
     return _main_tensor(out).detach().float().cpu(), is_logits
 
 
-def _generate(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[list[str], str]:
-    encoded = _to(dict(tokenizer(prompt, return_tensors="pt")), _device(model))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    new = ids[0, encoded["input_ids"].shape[1]:].tolist() if not model.config.is_encoder_decoder else ids[0].tolist()
-    return tokenizer.convert_ids_to_tokens(new), tokenizer.decode(new, skip_special_tokens=True)
-
-
 def _on_off(session, run) -> tuple[Any, Any]:
     """``run()`` with the active adapter on, then off; peft's per-layer state is put back after."""
     from ..adapters.merge import merge
@@ -193,21 +144,24 @@ def _on_off(session, run) -> tuple[Any, Any]:
     return on, off
 
 
-def compare(model: Any, prompt: str | None = None, tokenizer: Any = None, inputs: Any = None,
-            max_new_tokens: int = 20, top_k: int = 3):
-    """Outputs with the active adapter on vs off (generation, class probabilities or difference norms)."""
+def compare(model: Any, prompt: str | list[str] | None = None, tokenizer: Any = None, inputs: Any = None,
+            max_new_tokens: int = 20, top_k: int = 3, chat: bool = False, temperature: float = 0.0,
+            top_p: float = 1.0, seed: int | None = None):
+    """Outputs with the active adapter on vs off (generation, class probabilities or difference norms).
+
+    ``prompt``: a text, or a list of texts (a ``GenerationTable``, one row per prompt); ``chat``: each prompt is
+    a user turn under the tokenizer's chat template; ``temperature`` > 0 samples (with ``top_p``), and ``seed``
+    makes each sample reproducible, the same seed on and off. Greedy by default.
+    """
     session = registry.require(model)
     session.ensure_idle("compare adapters on and off")
-    adapter = session.active
     if prompt is not None:
-        if tokenizer is None:
-            raise OptionError("compare with a prompt needs its tokenizer (--tokenizer VAR)")
-        if not hasattr(session.model, "generate"):
-            raise OptionError(f"{type(session.model).__name__} cannot generate text; pass --inputs instead")
-        on, off = _on_off(session, lambda: _generate(session.model, tokenizer, prompt, max_new_tokens))
-        return GenerationComparison(adapter, prompt, on[0], off[0], on[1], off[1])
+        sampling = Sampling(float(temperature or 0), float(top_p), None if seed is None else int(seed))
+        return _compare_generation(session, as_prompts(prompt), tokenizer, max_new_tokens, chat, sampling,
+                                   single=isinstance(prompt, str))
     if inputs is None:
         raise OptionError("compare needs --prompt TEXT with --tokenizer VAR, or --inputs VAR")
+    adapter = session.active
     (on, is_logits), (off, _) = _on_off(session, lambda: _forward(session.model, inputs))
     if is_logits and on.dim() == 2:  # a classifier
         id2label = getattr(getattr(session.model, "config", None), "id2label", None) or {}
@@ -216,3 +170,20 @@ def compare(model: Any, prompt: str | None = None, tokenizer: Any = None, inputs
     diff = (on - off).abs()
     rel = (on - off).norm() / off.norm().clamp_min(1e-12)
     return OutputComparison(adapter, tuple(on.shape), float(diff.max()), float(rel))
+
+
+def _compare_generation(session, prompts: list[str], tokenizer: Any, max_new_tokens: int, chat: bool,
+                        sampling: Sampling, single: bool):
+    """Each prompt generated with the adapter on, then off: one comparison, or a table for several prompts."""
+    if tokenizer is None:
+        raise OptionError("compare with a prompt needs its tokenizer (--tokenizer VAR)")
+    model = session.model
+    if not hasattr(model, "generate"):
+        raise OptionError(f"{type(model).__name__} cannot generate text; pass --inputs instead")
+    encoded = [_to(encode(tokenizer, p, chat), _device(model)) for p in prompts]
+    run = lambda: [generate(model, tokenizer, e, max_new_tokens, sampling) for e in encoded]
+    on, off = _on_off(session, run)
+    how = sampling.describe() + (", chat template" if chat else "")
+    rows = [GenerationComparison(session.active, p, a[0], b[0], a[1], b[1], how=how)
+            for p, a, b in zip(prompts, on, off)]
+    return rows[0] if single else GenerationTable(session.active, rows, how=how)

@@ -3,6 +3,8 @@
 Accepted forms, checked up front with a one-line ``DataError``:
 
 - a sequence of ``str`` with a tokenizer: causal-LM batches (labels = input ids, padding → -100);
+- chat data with a tokenizer (see ``chat``): conversations (lists of ``{"role", "content"}`` messages, or dicts /
+  a dataset column ``messages``) and ``{"prompt", "completion"}`` pairs, with the loss on the answers only;
 - a ``datasets.Dataset``, a torch ``Dataset``/``DataLoader`` or a sequence of dicts: ``model(**batch).loss``;
 - ``(inputs, targets)`` items, a ``TensorDataset`` or one ``(X, Y)`` tuple of tensors:
   ``loss_fn(output, target)``, cross-entropy by default;
@@ -22,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from ...errors import DataError
+from .chat import ChatExamples, is_chat_item, pad, pad_token_id
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -47,6 +50,9 @@ def make_batches(data: Any, *, tokenizer: Any = None, loss_fn: Callable | None =
         what = f"{len(data)} texts, tokenized (≤ {max_length} tokens)"
         data.tokenize(tokenizer, max_length)
         collate = data.collate
+    elif isinstance(data, _Chat):
+        data = ChatExamples(data.items, tokenizer, max_length)
+        what, collate = data.describe(max_length), data.collate
     else:
         collate = _collate_for(data)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -94,6 +100,8 @@ def _as_items(data: Any, tokenizer: Any) -> tuple[Any, str]:
     if len(data) == 0:
         raise DataError("the training data is empty")
     first = data[0]
+    if is_chat_item(first) and not isinstance(data, Dataset):
+        return _Chat(list(data)), ""
     if isinstance(first, str):
         if tokenizer is None:
             raise DataError("texts need a tokenizer: pass tokenizer=… (`--tokenizer VAR`)")
@@ -113,6 +121,8 @@ def _hf_dataset(data: Any, tokenizer: Any) -> tuple[Any, str]:
     columns = list(data.column_names)
     if len(data) == 0:
         raise DataError("the training dataset is empty")
+    if "messages" in columns or {"prompt", "completion"} <= set(columns):
+        return _Chat(data.to_list()), ""
     numeric = [c for c in columns if not isinstance(data[0][c], str)]
     if "input_ids" in numeric or ("text" not in columns and numeric):
         return data.with_format("torch", columns=numeric), f"Dataset ({len(data)} rows; {', '.join(numeric)})"
@@ -122,6 +132,13 @@ def _hf_dataset(data: Any, tokenizer: Any) -> tuple[Any, str]:
         return _Texts(list(data["text"])), ""
     raise DataError(f"cannot use a dataset with columns {', '.join(columns)}: tokenize it (input_ids) or pass "
                     "a loss_fn(model, batch)")
+
+
+@dataclass
+class _Chat:
+    """Chat items still to be tokenized (``ChatExamples`` does it once the tokenizer is known)."""
+
+    items: list[Any]
 
 
 class _Texts(Dataset):
@@ -141,10 +158,7 @@ class _Texts(Dataset):
             raise DataError(f"the tokenizer failed on the texts: {type(exc).__name__}: {exc}") from None
         if not any(self.ids):
             raise DataError("the tokenizer turned every text into zero tokens")
-        for name in ("pad_token_id", "eos_token_id"):
-            if getattr(tokenizer, name, None) is not None:
-                self.pad_id = int(getattr(tokenizer, name))
-                break
+        self.pad_id = pad_token_id(tokenizer)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -153,13 +167,7 @@ class _Texts(Dataset):
         return self.ids[i]
 
     def collate(self, items: list[list[int]]) -> dict[str, torch.Tensor]:
-        width = max(1, max(map(len, items)))
-        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, seq in enumerate(items):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        return pad(items, items, self.pad_id)
 
 
 _PAD = {"labels": -100, "attention_mask": 0}
