@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Real-browser tests: install Debian chromium if it is missing, then run the e2e marker (JupyterLab 4 and
-# Notebook 7 + Playwright), then the views' cost checks in real kernels (bytes per view, saved-notebook size,
-# first-contact ratios: slow marker). Usage: scripts/e2e.sh [extra pytest args for the browser tests].
+# Notebook 7 + Playwright). Usage: scripts/e2e.sh [extra pytest args for the browser tests].
 # Never runs `playwright install` (its download fails offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +14,3 @@ python -c "import notebook" 2>/dev/null || python -m pip install -q "notebook>=7
 start=$(date +%s)
 trap 'echo "e2e stage: $(( $(date +%s) - start )) s"' EXIT
 python -m pytest -m e2e tests/e2e "$@"
-python -m pytest -q -p no:cacheprovider -m slow tests/test_view_costs.py tests/test_view_lifecycle.py
