@@ -29,11 +29,12 @@ def test_views_cost_kilobytes_and_the_story_notebook_stays_small(tmp_path):
 
 
 def test_first_views_cost_at_most_three_times_the_second():
-    # one plain training step first: torch's own first forward/backward is not the views' to pay
-    got = last_json_line([str(BENCHMARKS / "first_contact.py"), "--json", "--kernels", "2", "--warm-torch"],
-                         timeout=900)
-    assert not [t for t in got["times"].values() if t["error"]]
+    # the plain sequence a newcomer runs: load_ext → attach → train (live view) → train → spectrum ×2 → toggle ×2
+    got = last_json_line([str(BENCHMARKS / "first_contact.py"), "--json", "--kernels", "2"], timeout=900)
+    times = got["times"]
+    assert not [t for t in times.values() if t["error"]]
     assert got["ratios"]["train"] <= 3.0, got
-    assert got["ratios"]["spectrum"] <= 3.0, got
-    assert got["ratios"]["toggle"] <= 3.0, got
-    assert got["times"]["train 1"]["first_output"] <= 1.0  # the first live view is on screen within a second
+    for view in ("spectrum", "toggle"):  # views of a few ms: a ratio of tiny numbers is noise, so allow 0.1 s
+        first, second = times[f"{view} 1"]["seconds"], times[f"{view} 2"]["seconds"]
+        assert first <= max(3.0 * second, second + 0.1), got
+    assert times["train 1"]["first_output"] <= 1.0  # the first live view is on screen within a second
