@@ -5,7 +5,8 @@ spectrum → weights → similarity → compare → dashboard → vs-full. For e
 the kernel sends that a front end would render or sync is counted (comm_open, comm_msg,
 display_data, update_display_data, execute_result): its content as JSON plus binary buffers
 ("payload"), and with the message envelope (header, parent header, metadata: "wire"). The live
-rate is the training cell's and its wait cell's bytes over the training seconds. Then the same story
+rate is the steady state of the run: the bytes the view sends while the run trains (after the view opened,
+before its closing picture), per second of that window. Then the same story
 runs through nbclient with widget state stored, and the saved notebook's size is reported.
 
 Run the same script against another checkout (e.g. main, with plotly FigureWidget views) to compare:
@@ -68,7 +69,7 @@ def run_kernel(cells: list[tuple[str, str]], env: dict) -> list[dict]:
         for name, code in cells:
             t0 = time.perf_counter()
             msg_id = kc.execute(code)
-            row = {"cell": name, "messages": 0, "payload": 0, "wire": 0, "error": None}
+            row = {"cell": name, "messages": 0, "payload": 0, "wire": 0, "error": None, "sent": []}
             while True:
                 msg = kc.get_iopub_msg(timeout=600)
                 kind = msg["msg_type"]
@@ -79,6 +80,7 @@ def run_kernel(cells: list[tuple[str, str]], env: dict) -> list[dict]:
                     row["messages"] += 1
                     row["payload"] += payload
                     row["wire"] += wire
+                    row["sent"].append((time.perf_counter() - t0, wire))
                 if (kind == "status" and msg["content"]["execution_state"] == "idle"
                         and msg["parent_header"].get("msg_id") == msg_id):
                     break
@@ -91,6 +93,16 @@ def run_kernel(cells: list[tuple[str, str]], env: dict) -> list[dict]:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     return rows
+
+
+def steady_rate_window(sent: list[tuple[float, int]]) -> tuple[int, float]:
+    """(bytes, seconds) the live view sent while the run trained: the wait cell's messages up to 0.5 s before
+    its last one (the closing picture and comm closes come together at the end)."""
+    if not sent:
+        return 0, 1.0
+    end = sent[-1][0] - 0.5
+    window = [w for t, w in sent if t <= end]
+    return sum(window), max(end, 1e-9)
 
 
 def saved_size(cells: list[tuple[str, str]], env: dict, out: Path) -> int:
@@ -122,8 +134,7 @@ def main() -> int:
         print(f"{r['cell']:16s} {r['seconds']:8.2f} {r['messages']:9d} {r['payload'] / 1e3:11.1f} "
               f"{r['wire'] / 1e3:9.1f}" + (f"  ERROR {r['error']}" if r["error"] else ""))
     by = {r["cell"]: r for r in rows}
-    live = by["train (live)"]["wire"] + by["wait"]["wire"]
-    live_s = by["train (live)"]["seconds"] + by["wait"]["seconds"]
+    live, live_s = steady_rate_window(by["wait"]["sent"])
     opens = {k: by[k]["wire"] for k in ("toggle", "spectrum", "weights", "similarity", "compare", "dashboard")}
     print(f"largest view opening: {max(opens.values()) / 1e3:.1f} KB ({max(opens, key=opens.get)}); "
           f"live training: {live / 1e3:.1f} KB in {live_s:.1f} s = {live / live_s / 1e3:.1f} KB/s")

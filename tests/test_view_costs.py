@@ -20,11 +20,11 @@ def last_json_line(args: list[str], timeout: float) -> dict:
 
 
 def test_views_cost_kilobytes_and_the_story_notebook_stays_small(tmp_path):
-    got = last_json_line([str(BENCHMARKS / "ui_bytes.py"), "--steps", "300", "--json",
+    got = last_json_line([str(BENCHMARKS / "ui_bytes.py"), "--steps", "1500", "--json",
                           "--notebook", str(tmp_path / "story.ipynb")], timeout=1200)
     assert not got["errors"]
     assert max(got["opens"].values()) <= 200_000, got["opens"]  # any view: ≤ 200 KB kernel → front end
-    assert got["live_bytes_per_s"] <= 30_000  # a live run
+    assert got["live_bytes_per_s"] <= 30_000  # a live run, at steady state (its opening and closing left out)
     assert got["notebook_bytes"] <= 2 * 2**20  # the whole story, saved with widget state
 
 
