@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from helpers import classification_pairs, tiny_gpt2, tiny_llama, tiny_mlp
+from helpers import classification_pairs, ragged_token_items, tiny_gpt2, tiny_llama, tiny_mlp
 
 import lora_nb
 from lora_nb.core.training.allocations import TrackedAllocations
@@ -30,12 +30,7 @@ MB = 2**20
 
 
 def token_items(n=64, width=48):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for i in range(n):
-        ids = torch.randint(1, 100, (width - (i % 5) * 3,), generator=g)
-        items.append({"input_ids": ids, "labels": ids})
-    return items
+    return ragged_token_items(n, width)
 
 
 def pairs():

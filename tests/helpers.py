@@ -178,6 +178,16 @@ def token_items(n=10):
     return items
 
 
+def ragged_token_items(n=32, width=48):
+    """``n`` causal-LM samples of ``width`` − 0, 3, 6, 9 or 12 random tokens (batches of them need padding)."""
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        ids = torch.randint(1, 100, (width - (i % 5) * 3,), generator=g)
+        items.append({"input_ids": ids, "labels": ids})
+    return items
+
+
 WORDS = ["[PAD]", "[UNK]", *"the cat sat on mat dog ran to a park and big red ball".split()]
 
 

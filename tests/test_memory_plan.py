@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import classification_pairs, tiny_gpt2, tiny_llama, tiny_mlp
+from helpers import classification_pairs, ragged_token_items, tiny_gpt2, tiny_llama, tiny_mlp
 
 import lora_nb
 from lora_nb.core.training import memory_plan
@@ -15,12 +15,7 @@ from lora_nb.errors import OptionError
 
 
 def token_data(n=32, width=48):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for i in range(n):
-        ids = torch.randint(1, 100, (width - (i % 5) * 3,), generator=g)
-        items.append({"input_ids": ids, "labels": ids})
-    return items
+    return ragged_token_items(n, width)
 
 
 def pairs():
