@@ -178,6 +178,17 @@ def token_items(n=10):
     return items
 
 
+def adapted_with_pristine(build):
+    """``(model, pristine)``: ``build()`` with an r=4 adapter whose update is not zero, and an untouched copy."""
+    import copy
+
+    model = build()
+    pristine = copy.deepcopy(model)
+    lora_nb.attach(model, r=4)
+    make_b_nonzero(model, scale=2.0)
+    return model, pristine
+
+
 def ragged_token_items(n=32, width=48):
     """``n`` causal-LM samples of ``width`` − 0, 3, 6, 9 or 12 random tokens (batches of them need padding)."""
     g = torch.Generator().manual_seed(0)

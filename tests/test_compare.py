@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import make_b_nonzero, run, sample_inputs, tiny_bert, tiny_gpt2, tiny_mlp
+from helpers import adapted_with_pristine, make_b_nonzero, run, sample_inputs, tiny_bert, tiny_gpt2, tiny_mlp
 from IPython.core.error import UsageError
 from peft.tuners.lora import LoraLayer
 
@@ -43,11 +43,7 @@ def greedy(model, tok, prompt, n):
 
 @pytest.fixture
 def gpt():
-    model = tiny_gpt2()
-    pristine = copy.deepcopy(model)
-    lora_nb.attach(model, r=4)
-    make_b_nonzero(model, scale=2.0)
-    return model, pristine
+    return adapted_with_pristine(tiny_gpt2)
 
 
 @pytest.mark.parametrize("before", ["on", "off", "merged"])

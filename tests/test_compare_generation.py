@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from helpers import chat_tokenizer, make_b_nonzero, tiny_llama
+from helpers import adapted_with_pristine, chat_tokenizer, tiny_llama
 from IPython.core.error import UsageError
 
 import lora_nb
@@ -18,11 +16,7 @@ PROMPTS = ["w1 w2 w3", "w7", "w40 w41"]
 
 @pytest.fixture
 def llama():
-    model = tiny_llama()
-    pristine = copy.deepcopy(model)
-    lora_nb.attach(model, r=4)
-    make_b_nonzero(model, scale=2.0)
-    return model, pristine
+    return adapted_with_pristine(tiny_llama)
 
 
 def generated(model, tok, ids, n, seed=None, **sampling):
