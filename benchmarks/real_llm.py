@@ -4,7 +4,8 @@ Three figures, LoRA r=8 on q_proj and v_proj (60 modules), chat data from Rotten
 
   1. training overhead: ``lora_nb.train`` (b) against a minimal hand-written torch loop (a) on the same model, the same
      batches, AdamW, cosine schedule and clipping; (a) and (b) alternate in paired rounds (a b, b a, …) so machine
-     noise hits both alike, each round a fresh run of ``--steps`` steps; the ratio b/a per round and over all;
+     noise hits both alike, each round a fresh run of ``--steps`` steps on the same batches for (a) and (b)
+     (the loader's shuffle state is reset between them); the ratio b/a per round and over all;
   2. ``lora_nb.spectra`` over all 60 adapted modules (ΔW's singular values), median wall time;
   3. toggle latency: ``lora_nb.disable`` / ``lora_nb.enable`` median wall time.
 
@@ -33,6 +34,7 @@ from train_overhead import hand_loop  # noqa: E402
 
 import lora_nb  # noqa: E402
 from lora_nb.core.training.data import make_batches  # noqa: E402
+from lora_nb.core.training.resume import loader_generators  # noqa: E402
 
 QUESTION = "Is this movie review positive or negative? Answer with one word.\n\nReview: {}"
 
@@ -58,9 +60,12 @@ def overhead(model, data, rounds: int, steps: int) -> None:
     hand_loop(model, data, 2)  # warm up both code paths
     lora_nb_loop(model, data, 2)
     wall, ratios = {"a": 0.0, "b": 0.0}, []
+    shufflers = loader_generators(data)
     for r in range(rounds):
-        now = {}
+        now, start = {}, [g.get_state() for g in shufflers]
         for which in ("a", "b") if r % 2 == 0 else ("b", "a"):
+            for g, state in zip(shufflers, start):  # both variants of a round train on the same batches
+                g.set_state(state)
             now[which] = hand_loop(model, data, steps)[0] if which == "a" else lora_nb_loop(model, data, steps)
         wall["a"], wall["b"] = wall["a"] + now["a"], wall["b"] + now["b"]
         ratios.append(now["b"] / now["a"])

@@ -98,7 +98,7 @@ def main() -> None:
     b, a = statistics.median(before), statistics.median(after)
     print(f"ΔW spectra of {n} modules, median of 3 (first run: before {before[0]:.3f} s, after {after[0]:.3f} s):")
     print(f"  before (copy factors, one thin-QR + r×r SVD per module): {b:.3f} s ({1e3 * b / n:.2f} ms per module)")
-    print(f"  after  (lora_nb.spectra: float64 Gram per factor, one r×r eigh + SVD batch per shape): {a:.3f} s "
+    print(f"  after  (lora_nb.spectra: float64 Gram per factor, one batched r×r Cholesky + SVD per shape): {a:.3f} s "
           f"({1e3 * a / n:.2f} ms per module), {b / a:.1f}× faster")
     gap = max(float(np.max(np.abs(result[k] - v) / v[0])) for k, v in looped.items())
     print(f"  largest difference before vs after, relative to σ₁ of the module: {gap:.1e}")

@@ -30,12 +30,17 @@ def with_lora(build):
     return model
 
 
-def measured_peak(model, data, batch_size, **options):
-    """Weights plus the most tensor memory alive at once during two real training steps (every allocation tracked)."""
+def measured_run(model, data, batch_size, **options):
+    """The run of two real training steps, and weights plus the most tensor memory alive at once during it
+    (every allocation tracked)."""
     with TrackedAllocations() as tracked:
         run = lora_nb.train(model, data, steps=2, batch_size=batch_size, background=False, **options)
     assert run.state == "finished"
-    return weight_bytes(model) + tracked.peak
+    return run, weight_bytes(model) + tracked.peak
+
+
+def measured_peak(model, data, batch_size, **options):
+    return measured_run(model, data, batch_size, **options)[1]
 
 
 @pytest.mark.parametrize("build, data, batch_size", [(tiny_gpt2, token_data, 16), (tiny_llama, token_data, 16),
@@ -48,6 +53,19 @@ def test_the_estimate_is_within_a_quarter_of_the_measured_peak(build, data, batc
     assert plan.activations > plan.optimizer > 0 and plan.fits  # a tiny model fits; activations dominate
     params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert plan.gradients == 4 * params  # fp32 gradients of the adapter, exactly
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
+def test_a_runs_own_plan_costs_one_forward_and_holds_the_same_bound(build, monkeypatch):
+    """At its start a CPU run measures one forward on the longest sample (saved tensors, times the batch size)."""
+    model, forwards = with_lora(build), []
+    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(kwargs["input_ids"].shape),
+                                    with_kwargs=True)
+    run, measured = measured_run(model, token_data(), 16)
+    plan = run.memory_plan
+    assert forwards[0] == (1, 48) and len(forwards) == 3  # the plan's one sample, then the two training steps
+    assert plan.measured_on.startswith("1 sample of 48 tokens") and plan.batch_size == 16
+    assert 0.75 <= plan.total / measured <= 1.25, (plan.total, measured)
 
 
 def test_gradient_checkpointing_is_planned_and_trained_with_less_memory():

@@ -1,10 +1,11 @@
-"""Singular values of many LoRA updates ΔW = s·B·A at once, exact, without forming ΔW (torch only).
+"""Singular values of many LoRA updates ΔW = s·B·A at once, exact, without forming ΔW (torch and numpy only).
 
 The singular values of s·B·A depend on B only through its Gram matrix BᵀB and on A only through
-AAᵀ (both r × r), computed in float64 (one ``mm`` per factor, through one reusable buffer). Same-shaped
-modules then go through one batched pass: with BᵀB = V_B Λ_B V_Bᵀ and AAᵀ = V_A Λ_A V_Aᵀ (batched r × r
-``eigh``), ΔW's singular values are s × those of Λ_B^½ V_Bᵀ V_A Λ_A^½. A singular value σᵢ is exact to
-about 1e-16·(σ₁/σᵢ)² relative.
+AAᵀ (both r × r), computed in float64 (one matrix product per factor, through one reusable buffer).
+Same-shaped modules then go through one batched pass: with BᵀB = R_BᵀR_B and AAᵀ = R_AᵀR_A (batched
+r × r Cholesky; the eigen-root where a Gram is singular), B·A = Q_B·R_B·R_Aᵀ·Q_Aᵀ for orthonormal Q_B, Q_A,
+so ΔW's singular values are s × those of the r × r product R_B·R_Aᵀ (one batched ``svdvals``). A singular
+value σᵢ is exact to about 1e-16·(σ₁/σᵢ)² relative.
 
 Training imports this module (to record spectra over a run), so it knows no analysis and no peft:
 it reads a LoRA layer's factors by their attribute names.
@@ -16,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,12 +73,22 @@ def work_device(t: torch.Tensor) -> torch.device:
 def _grams(mats: Sequence[torch.Tensor], rows_first: bool) -> torch.Tensor:
     """Float64 Grams of same-shaped factors: MᵀM for out × r matrices (``rows_first``), else MMᵀ for r × in ones.
 
-    Each factor is copied (as r × length) into one reusable float64 buffer and multiplied by its own
-    transpose with one ``mm``: on CPUs this runs several times faster than a batched ``bmm`` of float64.
+    Each factor is copied into one reusable float64 buffer as it is laid out (no transposing copy) and
+    multiplied by its own transpose: an out × r factor through numpy's ``matmul``, which runs ``MᵀM`` of a
+    contiguous buffer as a symmetric rank-k update (half the multiplications; 1.7× faster than ``torch.mm``
+    on this 2-core CPU), an r × in factor through one ``torch.mm`` (several times faster on CPUs than a
+    batched ``bmm`` of float64). Off the CPU, ``torch.mm`` throughout.
     """
     n, dev = len(mats), work_device(mats[0])
     r, length = (mats[0].shape[1], mats[0].shape[0]) if rows_first else mats[0].shape
     gram = torch.empty(n, r, r, dtype=torch.float64, device=dev)
+    if rows_first and dev.type == "cpu":
+        buf = torch.empty(length, r, dtype=torch.float64)
+        rows, out = buf.numpy(), gram.numpy()
+        for k, m in enumerate(mats):
+            buf.copy_(m)
+            np.matmul(rows.T, rows, out=out[k])
+        return gram
     buf = torch.empty(r, length, dtype=torch.float64, device=dev)
     for k, m in enumerate(mats):
         buf.copy_(m.T if rows_first else m)
@@ -85,9 +97,16 @@ def _grams(mats: Sequence[torch.Tensor], rows_first: bool) -> torch.Tensor:
 
 
 def _root(gram: torch.Tensor) -> torch.Tensor:
-    """R with RᵀR = ``gram`` (batched, PSD; tiny negative eigenvalues from rounding count as 0)."""
-    values, vectors = torch.linalg.eigh(gram)
-    return values.clamp_min(0).sqrt()[..., :, None] * vectors.mT
+    """R with RᵀR = ``gram`` (batched, PSD): the Cholesky factor, or for a singular Gram (a zero B at the
+    start of training, a rank-deficient factor) the eigen-root, where tiny negative eigenvalues from rounding
+    count as 0. Both are backward stable, so ΔW's singular values come out equally exact either way."""
+    lower, info = torch.linalg.cholesky_ex(gram)
+    root = lower.mT.contiguous()
+    failed = info != 0
+    if bool(failed.any()):
+        values, vectors = torch.linalg.eigh(gram[failed])
+        root[failed] = values.clamp_min(0).sqrt()[..., :, None] * vectors.mT
+    return root
 
 
 def _group_values(pairs: Sequence[Pair]) -> torch.Tensor:

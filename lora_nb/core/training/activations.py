@@ -132,6 +132,9 @@ def activations_at(model: torch.nn.Module, params: list[torch.nn.Parameter], bat
 
     The growth per sample is the larger of the peak's and the saved tensors' (on a few samples the
     peak can sit in a batch-independent moment of backward, while saved activations always grow).
+    ``quick`` (what every CPU run measures at its start): one forward on the longest sample, its saved
+    bytes times ``size`` (at a fixed width saved activations grow in proportion to the samples; the
+    few batch-independent ones are counted ``size`` times, which errs on the safe side).
     """
     one = measuring_batch(batches, 1)
     if one is None:
@@ -141,6 +144,8 @@ def activations_at(model: torch.nn.Module, params: list[torch.nn.Parameter], bat
     where = f" of {width} tokens (the longest)" if width else ""
     where += " (forward only: saved tensors, no backward temporaries)" if quick else ""
     inputs = tensor_bytes(one[0])
+    if quick and size > 1 and params[0].device.type != "cuda":
+        return int((peak_one + inputs) * size), f"1 sample{where}, times {size}"
     if size == 1:
         return peak_one + inputs, f"1 sample{where}"
     more, n = measuring_batch(batches, min(size, MEASURE_MAX))
