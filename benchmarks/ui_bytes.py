@@ -1,8 +1,8 @@
 """Benchmark: what lora_nb's views send from the kernel to the front end, and what a saved story notebook weighs.
 
 A fresh kernel (jupyter_client) runs the story: attach → train with the live dashboard → toggle →
-spectrum → weights → similarity → compare → dashboard → vs-full. For each cell every iopub message
-the kernel sends that a front end would render or sync is counted (comm_open, comm_msg,
+spectrum → weights → similarity → compare → history → intruders → dashboard → vs-full. For each cell
+every iopub message the kernel sends that a front end would render or sync is counted (comm_open, comm_msg,
 display_data, update_display_data, execute_result): its content as JSON plus binary buffers
 ("payload"), and with the message envelope (header, parent header, metadata: "wire"). The live
 rate is the steady state of the run: the bytes the view sends while the run trains (after the view opened,
@@ -32,6 +32,7 @@ torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))
 x = torch.randn(256, 16); pairs = (x, x[:, :5].argmax(1)); probe = x[:8]
 lora_nb.attach(model, r=8); lora_nb.attach(model, r=4, name="second"); lora_nb.enable(model, "default")
+metric = lambda m: float(m(probe).pow(2).mean())
 """
 
 
@@ -46,6 +47,8 @@ def story(steps: int) -> list[tuple[str, str]]:
         ("weights", "%lora weights model"),
         ("similarity", "%lora similarity model --adapter default --other second"),
         ("compare", "%lora compare model --inputs probe"),
+        ("history", "%lora history model"),
+        ("intruders", "%lora intruders model --metric metric"),
         ("dashboard", "%lora dashboard model"),
         ("vs-full (live)", "res = %lora vs-full model --data pairs --eval pairs --steps 200 --r 4"),
     ]
@@ -135,7 +138,8 @@ def main() -> int:
               f"{r['wire'] / 1e3:9.1f}" + (f"  ERROR {r['error']}" if r["error"] else ""))
     by = {r["cell"]: r for r in rows}
     live, live_s = steady_rate_window(by["wait"]["sent"])
-    opens = {k: by[k]["wire"] for k in ("toggle", "spectrum", "weights", "similarity", "compare", "dashboard")}
+    opens = {k: by[k]["wire"] for k in ("toggle", "spectrum", "weights", "similarity", "compare", "history",
+                                        "intruders", "dashboard")}
     print(f"largest view opening: {max(opens.values()) / 1e3:.1f} KB ({max(opens, key=opens.get)}); "
           f"live training: {live / 1e3:.1f} KB in {live_s:.1f} s = {live / live_s / 1e3:.1f} KB/s")
     size = None

@@ -10,6 +10,7 @@ import lora_nb
 from lora_nb.core import find
 from lora_nb.core.analysis.advisor import advise
 from lora_nb.errors import OptionError
+from lora_nb.viz.svg import render
 
 TRUE_RANKS = {"0": 1, "2": 2, "4": 4}  # the update each layer needs: rank 1, 2 and 4
 
@@ -68,5 +69,7 @@ def test_advise_and_attach_with_the_advice_from_the_magics(ip):
     assert "global r=4" in repr(report)
     bars = report.figures[0].data
     assert list(bars[0].y) == [5, 5, 5] and list(bars[1].y) == [1, 2, 4]
+    svg = render(report.specs[0])
+    assert svg.count("advised rank") == 3 and svg.count(": r = 5</title>") == 3  # a bar per module and measure
     ip.run_line_magic("lora", "attach model --name lean --rank-pattern advised")
     assert {n: model.get_submodule(n).lora_A["lean"].weight.shape[0] for n in TRUE_RANKS} == TRUE_RANKS

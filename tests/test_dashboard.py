@@ -129,6 +129,35 @@ def test_form_starts_from_the_last_settings_and_errors_are_one_line(notebook):
     assert "attach one first" in dash.tabs.children[4].children[0].value and "Spectrum" not in dash.views
 
 
+def test_history_tab_and_train_tab_show_ranks_over_steps_live_and_follow_each_run(notebook):
+    from lora_nb.widgets.dashboard import TABS
+
+    model = notebook.user_ns["model"]
+    lora_nb.attach(model, r=4)
+    dash = open_dashboard(notebook)
+    dash.tabs.selected_index = TABS.index("History")
+    page = dash.tabs.children[TABS.index("History")]
+    assert "has not been trained yet" in page.children[0].value and "History" not in dash.views
+
+    dash.names["data"].value, dash.steps.value, dash.lr.value, dash.batch_size.value = "pairs", 1_000_000, 0.01, 8
+    dash.start_button.click()  # a long run from the Train tab
+    first = dash.run
+    history, panel = dash.views["History"], dash.live_history  # the tab's view was built when the run started
+    assert page.children == (history.widget,) and history.run is first
+    assert panel.widget in dash.live_view.panels.children and panel.run is first  # under the live curves
+    wait_until(lambda: "<image" in panel.heatmap.value and "<image" in history.heatmap.value)
+    assert first.state == "running"  # both drew the heatmap while the run trained
+    dash.stop_button.click()
+    assert history.drawn == len(first.spectra_history) == panel.drawn  # the whole run once it ended
+
+    notebook.run_line_magic("lora", "train model --data pairs --steps 6 --lr 0.01 --batch-size 8 --wait")
+    second = registry.find(model).run
+    assert second is not first and history.run is second and history not in first.callbacks
+    assert list(history.heatmap.figure.data[0].x) == second.spectra_history.steps and history.drawn > 0
+    dash.close()
+    assert history.widget.comm is None and panel.widget.comm is None and panel not in first.callbacks
+
+
 def test_without_a_widget_frontend_it_prints_the_status(ip):
     ip.user_ns["model"] = model = tiny_mlp()
     text = str(ip.run_line_magic("lora", "dashboard model"))

@@ -10,6 +10,8 @@ from torch import nn
 from lora_nb.core.analysis.directions import FactorWatch, WeightWatch, compare, overlap
 from lora_nb.core.analysis.factors import Factors
 from lora_nb.core.analysis.vs_full import vs_full
+from lora_nb.viz.analysis import directions_spec
+from lora_nb.viz.svg import render
 
 
 def _rank_one_task(n=256, d=16, seed=0):
@@ -37,6 +39,11 @@ def test_both_arms_find_the_one_direction_the_task_needs():
     row = result.rows()[-1]
     assert row.aspect == "directions" and float(row.lora) == pytest.approx(overlap(d.left), abs=5e-4)
     assert "directions of LoRA vs full fine-tuning in 1 layers" in repr(result.directions)
+    svg = render(directions_spec(result.directions))
+    bars = [f"<title>0: {overlap(d.left):.3f}</title>", f"<title>0: {overlap(d.right):.3f}</title>",
+            f"<title>0: {d.grad_a0:.3f}</title>", f"<title>0: {d.grad_b:.3f}</title>"]
+    assert all(bar in svg for bar in bars) and ">overlap (1 = same subspace)</text>" in svg
+    assert svg.count("<circle") == 2 + 2  # a random subspace on each side, and their legend marks
 
 
 def _factors(a, b):

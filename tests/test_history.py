@@ -61,18 +61,26 @@ def test_rank_at_energy_counts_the_top_values_holding_the_share():
     assert rank_at_energy(torch.ones(2).numpy(), 0.5) == 1
 
 
-def test_history_view_follows_a_background_run_and_switches_module_and_measure():
+def test_history_view_draws_a_background_run_live_and_switches_module_and_measure():
     from lora_nb.widgets.history import HistoryView
 
     model = tiny_mlp()
     lora_nb.attach(model, r=4)
+    view = HistoryView(interval=0.0, byte_rate=float("inf"))  # given to train: it follows the run from step 1
     run = lora_nb.train(model, classification_pairs(), steps=40, lr=5e-2, batch_size=8, background=True,
-                        spectra_every=4)
-    view = HistoryView(run, interval=0.0)
+                        spectra_every=4, callbacks=[view])
     run.wait()
+    assert view.run is run and view.drawn == 10
+    assert view.heatmap.draws == 10  # once per new record (each changes the map), while the run trained
+    assert view.redraws == 10  # steps without a new record redraw nothing; the end adds no new picture
+    svg = view.heatmap.value
+    assert svg.count("<image") == 1 and "data:image/png;base64," in svg  # the whole map: one PNG
+    assert ">step</text>" in svg and ">module</text>" in svg and ">rank</text>" in svg  # axis and colour-bar titles
+    assert "<title>4<br>" not in svg and "<title>4\nstep 40: " in svg  # hover text of a cell
     assert view.heatmap.figure.data[0].z.shape == (3, 10)  # 3 modules × steps 4, 8, …, 40
     assert list(view.heatmap.figure.data[0].x) == list(range(4, 41, 4))
     view.module.value = "4"
+    assert view.lines.value.count("<path ") == 4  # one line per σ
     lines = view.lines.figure.data
     assert len(lines) == 4 and lines[0].name == "σ1"
     np.testing.assert_allclose(lines[0].y[-1], lora_nb.spectra(model)["4"][0], rtol=1e-9)
@@ -80,6 +88,66 @@ def test_history_view_follows_a_background_run_and_switches_module_and_measure()
     z = view.heatmap.figure.data[0].z
     assert set(np.unique(z)) <= {1.0, 2.0, 3.0, 4.0} and "90%" in view.heatmap.figure.layout.title.text
     assert "10 recorded steps" in view.note.value
+    bundle = view._repr_mimebundle_()  # what tools without widgets show, and saved notebooks keep
+    assert bundle["text/html"] == view.heatmap.value + view.lines.value == bundle["image/svg+xml"] + view.lines.value
+    view.close()
+    assert view.heatmap.comm is None and view.widget.comm is None and view not in run.callbacks
+
+
+def test_history_view_redraws_at_most_once_per_interval_and_within_its_byte_rate():
+    from lora_nb.widgets.history import HistoryView
+
+    model = tiny_mlp()
+    lora_nb.attach(model, r=4)
+    view = HistoryView(interval=2.0, clock=lambda: 0.0)  # a clock that stands still: the interval never passes
+    run = lora_nb.train(model, classification_pairs(), steps=20, lr=5e-2, batch_size=8, background=True,
+                        spectra_every=2, callbacks=[view])
+    run.wait()
+    assert len(run.spectra_history) == 10
+    assert view.redraws == 2 and view.drawn == 10  # the first record, then the whole run when it ended
+
+
+def test_history_view_keeps_what_it_sends_within_its_byte_rate():
+    from lora_nb.core.training.run import TrainRun, TrainSettings
+    from lora_nb.widgets.history import HistoryView
+
+    run = TrainRun(torch.nn.Linear(1, 1), "default", TrainSettings(), 60, torch.device("cpu"), "cpu", "records")
+    now = [0.0]
+    view = HistoryView(run, interval=1.0, byte_rate=2_000, clock=lambda: now[0])
+    rng = np.random.default_rng(0)
+    for step in range(1, 61):  # a record every step, a step every second
+        for name in ("a", "b"):
+            run.spectra_history.values.setdefault(name, []).append(np.sort(rng.random(16))[::-1])
+        run.spectra_history.steps.append(step)
+        now[0] = float(step)
+        view.on_step_end(run, {"step": step})
+    per_redraw = view.sent_bytes / view.redraws
+    assert per_redraw > 2_000  # 16 σ lines: more than a second's worth of bytes each time
+    assert view.redraws < 60 * 2_000 / per_redraw + 2  # so it redraws less often than every record
+    assert view.sent_bytes <= 2_000 * 60 + per_redraw * 2
+
+
+def test_a_view_of_a_run_without_spectra_says_so():
+    from lora_nb.widgets.history import HistoryView
+
+    _, run = _trained(steps=3, spectra_every=0)
+    view = HistoryView(run)
+    assert view.heatmap.value == "" and "recorded no spectra" in view.note.value
+
+
+def test_rank_map_spec_draws_one_png_with_module_rows_top_down():
+    from lora_nb.core.analysis.history import RankMap
+    from lora_nb.viz.analysis import rank_map_spec
+    from lora_nb.viz.svg import render
+
+    ranks = RankMap(["model.layers.0.q", "model.layers.1.q"], [1, 7, 20], np.array([[1.0, 2, 3], [4, 5, 6]]),
+                    "effective rank")
+    svg = render(rank_map_spec(ranks))
+    assert svg.count("<image") == 1 and "effective rank of ΔW over the run" in svg
+    assert "<title>0.q\nstep 7: 2.00</title>" in svg  # steps are columns, one per recording
+    labels = [svg.index(f">{name}</text>") for name in ("0.q", "1.q")]
+    y = [float(svg[:i].rsplit("y='", 1)[1].split("'")[0]) for i in labels]
+    assert y[0] < y[1]  # the first module on top
 
 
 def test_history_verb_in_a_terminal_shell(ip):

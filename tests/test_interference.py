@@ -11,6 +11,7 @@ import lora_nb
 from lora_nb.core.adapters.combine import combination_error
 from lora_nb.core.analysis.interference import interference
 from lora_nb.errors import LoraNBWarning, OptionError
+from lora_nb.viz.svg import render
 
 
 def _copy_factors(model, source, target, sign=1.0):
@@ -83,6 +84,10 @@ def test_similarity_verb_maps_several_adapters_and_combine_says_how_exact(ip):
     assert "interference of adapters `first`, `other`, `twin`" in repr(report)
     heat = report.figures[0].data[0]
     assert list(heat.x) == ["first·other", "first·twin", "other·twin"] and heat.z[0][1] == pytest.approx(1.0)
+    svg = render(report.specs[0])
+    assert svg.count("<image") == 1 and ">cos ΔW</text>" in svg and "mean φ = " in svg
+    blue, red = "rgb(5,48,97)", "rgb(103,0,31)"  # RdBu reversed: +1 (the same update) is red, -1 blue
+    assert svg.index(red) > svg.index(blue)  # the colour bar's gradient runs from -1 (first stop) to +1
     text = ip.run_line_magic("lora", "combine model --adapters first,other --weights 1,1 --type svd --name sq")
     assert "relative error" in text and "max" in text
     text = ip.run_line_magic("lora", "combine model --adapters first,other --weights 1,1 --type cat --name ct")

@@ -47,14 +47,19 @@ def test_slider_scales_intruders_metrics_follow_and_restore_is_exact():
     assert "<td>0</td><td>1</td>" in view.table.value
     assert view.measured["new task"][1.0] == 0.0
     old_trained = view.measured["old task"][1.0]
+    first = view.curve.value
     view.slider.value = 0.5
+    assert view.curve.value != first and view.curve.draws == 2  # the slider redraws the curve chart
     view.slider.value = 0.0
     old, new = view.measured["old task"], view.measured["new task"]
     assert old[0.0] < old[0.5] < old_trained * 0.6  # removing the intruder brings the base behaviour back
     assert new[0.0] > new[0.5] > 0.0  # at the price of what the adapter learned
     assert "λ = 0.00" in view.readout.value
     fig = view.curve.figure
-    assert [t.name for t in fig.data] == ["old task", "new task"] and list(fig.data[0].x) == [0.0, 0.5, 1.0]
+    assert [t.name for t in fig.data[:2]] == ["old task", "new task"] and list(fig.data[0].x) == [0.0, 0.5, 1.0]
+    svg = view.curve.value
+    assert svg.count("<circle") == 2 * 3  # 2 metrics × 3 measured λ
+    assert "<title>new task at λ=0.50: " in svg and "stroke-dasharray='2,3'" in svg  # the current λ: dotted
     view.restore_button.click()
     a1, b1 = _factors(model)
     assert view.slider.value == 1.0 and torch.equal(a0, a1) and torch.equal(b0, b1)
@@ -81,11 +86,19 @@ def test_dial_on_transposed_gpt2_layers_matches_peft_delta_and_undoes():
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_" in n)
 
 
-def test_the_view_leaves_a_static_picture_of_its_curve():
+def test_the_view_carries_a_picture_and_closing_restores_the_factors():
     from lora_nb.widgets.intruders import IntruderView
 
     model, metrics = _model_with_an_intruder()
+    a0, b0 = _factors(model)
     view = IntruderView(model, metrics, k=4)
     bundle = view._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert [t["name"] for t in bundle["application/vnd.plotly.v1+json"]["data"]] == ["old task", "new task"]
+    picture = bundle["text/html"]  # what nbconvert and GitHub show: the table and the curve as SVG
+    assert "intruder dimensions of adapter" in picture and "<svg" in picture and "<title>old task</title>" in picture
+    assert bundle["image/svg+xml"] == view.curve.value  # what a saved notebook keeps as its picture
+    view.slider.value = 0.25
+    assert not torch.equal(_factors(model)[1], b0)
+    view.close()
+    a1, b1 = _factors(model)
+    assert torch.equal(a0, a1) and torch.equal(b0, b1) and view.widget.comm is None and view.curve.comm is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -15,6 +16,8 @@ from lora_nb.core import registry
 from lora_nb.core.training.run import TrainRun, TrainSettings
 from lora_nb.widgets.dashboard import Dashboard
 from lora_nb.widgets.explorers import SimilarityView, SpectrumExplorer, WeightsExplorer
+from lora_nb.widgets.history import HistoryView
+from lora_nb.widgets.intruders import IntruderView
 from lora_nb.widgets.live import LiveDashboard
 from lora_nb.widgets.toggle import AdapterPanel
 
@@ -41,17 +44,26 @@ def watch(live: LiveDashboard, run: TrainRun) -> None:
     live.on_train_end(run)
 
 
+def recorded_run() -> TrainRun:
+    """A run in progress with spectra recorded at two steps."""
+    run = finished_run(2)
+    run.spectra_history.steps[:] = [1, 2]
+    run.spectra_history.values.update({"0": [np.ones(4), np.arange(4.0, 0.0, -1.0)], "2": [np.ones(4), np.ones(4)]})
+    return run
+
+
 def open_and_close_views(model) -> None:
-    views = [SpectrumExplorer(model), WeightsExplorer(model), SimilarityView(model, "default", "other"),
-             AdapterPanel(model), Dashboard(model)]
+    views = [IntruderView(model, lambda m: 0.0, k=4), SpectrumExplorer(model), WeightsExplorer(model),
+             SimilarityView(model, "default", "other"), AdapterPanel(model), Dashboard(model),
+             HistoryView(recorded_run(), interval=0.0)]
     live = LiveDashboard()
     watch(live, finished_run())
-    views[0].follow_run()
+    views[1].follow_run()
     for view in [*views, live]:
         view.close()
 
 
-@pytest.mark.parametrize("rounds", [2, pytest.param(9, marks=pytest.mark.slow)])  # 6 views a round: 12, 54
+@pytest.mark.parametrize("rounds", [2, pytest.param(9, marks=pytest.mark.slow)])  # 8 views a round: 16, 72
 def test_views_opened_and_closed_leave_no_widgets_or_listeners(rounds):
     model = tiny_mlp()
     lora_nb.attach(model, r=4)
@@ -66,7 +78,7 @@ def test_views_opened_and_closed_leave_no_widgets_or_listeners(rounds):
     views = [v for v in registry.find(model).listeners if type(v).__module__.startswith("lora_nb.widgets")]
     assert views == []  # no closed view still follows the model
     growth = psutil.Process().memory_info().rss - rss_before
-    assert growth < 30 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB over {6 * rounds} views"
+    assert growth < 30 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB over {8 * rounds} views"
 
 
 def test_a_closed_explorer_stops_following_the_run():

@@ -236,12 +236,16 @@ def test_live_curves_in_a_notebook(ip, monkeypatch):
         assert list(traces[(arm, "eval")].y) == pytest.approx([e["eval_loss"] for e in evals], rel=1e-6)
     assert 1 <= live.updates <= seconds / 0.5 + 2 + 1  # throttled: ≤ 2/s, plus one flush per main arm's end
     assert live.closed and live.widget.comm is None  # the displayed view became pictures; its widgets are released
+    assert live.slots[2].updates == 1  # one of them: the directions chart
     fresh = VsFullLive(show_table=True)  # a view not displayed yet shows the table and the sweep in its widgets
     fresh.on_result(result)
     assert fresh.table.value == result._repr_html_()
     sweep = fresh.sweep_chart.figure
     assert list(sweep.data[0].x) == [50, 100]
     assert list(sweep.data[0].y) == pytest.approx([result.sweep_arm("lora", n).eval_loss for n in (50, 100)])
+    svg = fresh.directions_chart.value  # which directions both arms moved each layer in: marks per layer
+    assert "which directions LoRA and full fine-tuning move each layer in" in svg
+    assert svg.count("<title>0: ") == svg.count("<title>2: ") >= 4  # overlap bars and random-subspace markers
 
 
 def test_peak_memory_sees_what_a_block_allocates():
@@ -270,7 +274,7 @@ def test_saved_notebook_keeps_the_pictures():  # a real kernel: live view shown,
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True).execute()
     assert not [o for c in nb.cells for o in c.outputs if o.output_type == "error"]
-    curves, sweep, table = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    curves, sweep, directions, _table = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
     assert "application/vnd.jupyter.widget-view+json" not in curves.data  # the live view became its pictures
     assert curves.data["text/plain"] == "<LoRA vs full fine-tuning: loss curves>"
     svg = curves.data["image/svg+xml"]
@@ -278,5 +282,6 @@ def test_saved_notebook_keeps_the_pictures():  # a real kernel: live view shown,
         assert f"<title>{arm} train loss (smoothed)</title>" in svg
     assert sweep.data["image/svg+xml"].count("<circle") == 2 * 2 * 3  # 2 arms × 2 sizes × 3 panels (accuracy)
     assert sweep.data["text/plain"] == "<data-size sweep>"
+    assert "overlap (1 = same subspace)" in directions.data["image/svg+xml"]
     (dashboard,) = [o for o in nb.cells[2].outputs if o.output_type in ("display_data", "execute_result")]
     assert "application/vnd.jupyter.widget-view+json" in dashboard.data

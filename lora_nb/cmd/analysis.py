@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..core.analysis.advisor import advise
 from ..core.analysis.history import rank_map, spectra_history, values_over_steps
 from ..errors import OptionError
-from ..widgets.ui import Report
+from ..widgets.ui import Pictures, Report
 from .router import UI, arg, verb
 
 
@@ -27,17 +27,18 @@ def _history(ctx, args):
     module = args.module or history.modules[0]
     if module not in history.values:
         raise OptionError(f"no recorded spectra for `{module}`; modules: {', '.join(history.modules[:4])} …")
-    if ctx.view_mode(args) == "widget":
+    mode = ctx.view_mode(args)
+    if mode == "widget":
         from ..widgets.history import HistoryView
 
         view = HistoryView.of(model)
         view.module.value = module
         return view
-    from ..viz.analysis import rank_map_figure, values_over_steps_figure
+    from ..viz.analysis import rank_map_spec, values_over_steps_spec
 
-    figures = [rank_map_figure(rank_map(history)),
-               values_over_steps_figure(history.steps, values_over_steps(history, module), module)]
-    return Report(_history_text(history), figures)
+    specs = [rank_map_spec(rank_map(history)),
+             values_over_steps_spec(history.steps, values_over_steps(history, module), module)]
+    return (Pictures if mode == "static" else Report)(_history_text(history), specs)
 
 
 @verb("advise", "per module, the rank holding a share of ΔW's energy; `attach --rank-pattern advised` uses it",
@@ -48,9 +49,9 @@ def _history(ctx, args):
                 "%lora attach model --name lean --rank-pattern advised"])
 def _advise(ctx, args):
     advice = advise(ctx.model(args.model), args.energy, args.adapter, args.layers)
-    from ..viz.analysis import advice_figure
+    from ..viz.analysis import advice_spec
 
-    return Report(repr(advice), [advice_figure(advice)], advice._repr_html_())
+    return Report(repr(advice), [advice_spec(advice)], advice._repr_html_())
 
 
 @verb("intruders", "intruder dimensions per layer; with --metric, a slider that scales them (undoable)",

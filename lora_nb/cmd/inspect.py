@@ -79,10 +79,10 @@ def _similarity(ctx, args):
     if args.adapters:
         if args.adapter or args.other:
             raise OptionError("%lora similarity: give --adapters a,b,… or --adapter A --other B, not both")
-        from ..viz.analysis import interference_figure
+        from ..viz.analysis import interference_spec
 
         result = interference(model, args.adapters, args.layers)
-        return _report(mode, repr(result), [interference_figure(result)], result._repr_html_())
+        return _report(mode, repr(result), [interference_spec(result)], result._repr_html_())
     if not (args.adapter and args.other):
         raise OptionError("%lora similarity: give --adapter A --other B, or --adapters a,b,…")
     if mode == "widget":

@@ -152,7 +152,7 @@ def heatmap_marks(trace: dict, x_axis: Axis, y_axis: Axis, canvas: Any) -> list[
     image = z[::-1] if ya > yb else z  # PNG row 0 is the top row on screen
     image = image[:, ::-1] if xa > xb else image
     lo, hi = z_range(trace, z)
-    uri = heatmap_data_uri(image, trace.get("colorscale"), lo, hi)
+    uri = heatmap_data_uri(image, trace.get("colorscale"), lo, hi, bool(trace.get("reversescale")))
     x0, y0 = min(xa, xb), min(ya, yb)
     w, h = abs(xb - xa), abs(yb - ya)
     out = [f"<image x='{x0:.1f}' y='{y0:.1f}' width='{w:.1f}' height='{h:.1f}' preserveAspectRatio='none' "
@@ -184,8 +184,9 @@ def _cell_titles(trace, z, xs, ys, x_axis, y_axis, steps) -> list[str]:
 
 def colorbar(trace: dict, lo: float, hi: float, canvas: Any) -> list[str]:
     """A vertical colour gradient with its low, middle and high values, right of the plot."""
-    colors = palette(trace.get("colorscale"), 9)
-    gid = f"cb{abs(hash((lo, hi, str(trace.get('colorscale'))))) % 10**8}"
+    reverse = bool(trace.get("reversescale"))
+    colors = palette(trace.get("colorscale"), 9, reverse)
+    gid = f"cb{abs(hash((lo, hi, str(trace.get('colorscale')), reverse))) % 10**8}"
     stops = "".join(f"<stop offset='{i / 8:.3f}' stop-color='rgb({r},{g},{b})'/>" for i, (r, g, b) in
                     enumerate(colors.tolist()))
     x, y0, y1 = canvas.x1 + 18, canvas.y0, canvas.y1

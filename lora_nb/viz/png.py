@@ -34,9 +34,11 @@ def scale_stops(colorscale) -> list[tuple[float, tuple[int, int, int]]]:
     return stops
 
 
-def palette(colorscale, n: int = LEVELS) -> np.ndarray:
-    """``n`` RGB colours (uint8, n × 3) evenly sampled along a colour scale."""
+def palette(colorscale, n: int = LEVELS, reverse: bool = False) -> np.ndarray:
+    """``n`` RGB colours (uint8, n × 3) evenly sampled along a colour scale (end to start with ``reverse``)."""
     stops = scale_stops(colorscale)
+    if reverse:  # plotly's reversescale
+        stops = [(1.0 - pos, rgb) for pos, rgb in reversed(stops)]
     pos = np.array([p for p, _ in stops])
     rgb = np.array([c for _, c in stops], dtype=float)
     t = np.linspace(0.0, 1.0, n)
@@ -65,7 +67,7 @@ def indexed_png(indices: np.ndarray, colors: np.ndarray) -> bytes:
             + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 9)) + _chunk(b"IEND", b""))
 
 
-def heatmap_data_uri(z: np.ndarray, colorscale, zmin: float, zmax: float) -> str:
+def heatmap_data_uri(z: np.ndarray, colorscale, zmin: float, zmax: float, reverse: bool = False) -> str:
     """A ``data:image/png;base64,...`` URI with one pixel per cell of ``z`` (row 0 at the top)."""
-    png = indexed_png(color_indices(z, zmin, zmax), palette(colorscale))
+    png = indexed_png(color_indices(z, zmin, zmax), palette(colorscale, reverse=reverse))
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

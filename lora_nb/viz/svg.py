@@ -2,9 +2,10 @@
 
 Input is a ``go.Figure`` or its plain-dict form (``{"data": [...], "layout": {...}}``). Supported: scatter
 (lines, markers, gaps at ``None``), bars (grouped or overlaid, explicit widths), heatmaps (one embedded PNG
-pixel per cell, colour bar), subplots through axis domains, linear / log / category axes, reversed axes,
-titles, axis titles, paper-positioned annotations and a legend. Hover text comes as SVG ``<title>`` elements
-(from ``hovertemplate`` where given). Long traces are thinned to about one point per pixel.
+pixel per cell, colour bar, reversed scales), subplots through axis domains, linear / log / category axes,
+reversed axes, fixed axis ranges, titles, axis titles, paper-positioned annotations and a legend. Hover text
+comes as SVG ``<title>`` elements (from ``hovertemplate`` where given). Long traces are thinned to about one
+point per pixel.
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ def build_axes(layout: dict, traces: list[dict], canvas: Canvas) -> dict[str, Ax
         axes[ref] = axis
     for ref, axis in axes.items():
         fit_axis(axis, [t for t in traces if t.get(ref[0] + "axis", ref[0]) == ref])
+        span = axis.options.get("range")
+        if span is not None and len(span) == 2 and None not in span:  # in axis coordinates, as plotly reads it
+            axis.lo, axis.hi = sorted(float(v) for v in span)
+            axis.reversed = axis.reversed != (float(span[0]) > float(span[1]))
     return axes
 
 
@@ -212,6 +217,8 @@ def draw_legend(canvas: Canvas, colors: dict[int, str]) -> list[str]:
         color = colors[id(trace)]
         if trace.get("type") == "bar":
             mark = f"<rect x='{x:.0f}' y='{y - 9:.0f}' width='22' height='10' fill='{color}'/>"
+        elif "lines" not in trace.get("mode", "lines"):
+            mark = f"<circle cx='{x + 11:.0f}' cy='{y - 4:.0f}' r='3.5' fill='{color}'/>"
         else:
             dash = (trace.get("line") or {}).get("dash")
             mark = (f"<line x1='{x:.0f}' x2='{x + 22:.0f}' y1='{y - 4:.0f}' y2='{y - 4:.0f}' stroke='{color}' "

@@ -32,6 +32,11 @@ class Chart(W.HTML):
         self.sent_bytes += len(svg)
         return True
 
+    def clear(self) -> None:
+        """Show nothing (until the next ``draw``)."""
+        self.spec = None
+        self.value = ""
+
     @property
     def figure(self) -> Any:
         """The chart as a plotly ``go.Figure`` (for further styling or export)."""

@@ -1,13 +1,14 @@
-"""``Dashboard``: one widget for a model — Status, Adapters, Train, Weights and Spectrum tabs.
+"""``Dashboard``: one widget for a model — Status, Adapters, Train, Weights, Spectrum and History tabs.
 
 Someone who never types another magic can attach an adapter (Status tab), switch it on and off
-(Adapters: the ``AdapterPanel``), train it and watch the live dashboard, Stop it (Train), and look
-inside it (Weights, Spectrum: the explorers, built the first time their tab is opened). The
-training form starts from the model's last training settings (``session.last_train``,
-written whenever a run starts). Variables are found through a ``lookup`` function
-given by the magic layer (the notebook namespace), so nothing here depends on IPython. The
-status table follows every change (the dashboard is a session listener and a training callback);
-errors a user can cause are shown in one line, and change nothing.
+(Adapters: the ``AdapterPanel``), train it and watch the live dashboard with ΔW's ranks over the steps
+under its curves, Stop it (Train), and look inside it (Weights, Spectrum: the explorers; History: the
+``HistoryView`` of the current or last run, which moves to each new run however it was started; each
+built the first time its tab is opened). The training form starts from the model's last training
+settings (``session.last_train``, written whenever a run starts). Variables are found through a
+``lookup`` function given by the magic layer (the notebook namespace), so nothing here depends on
+IPython. The status table follows every change (the dashboard is a session listener and a training
+callback); errors a user can cause are shown in one line, and change nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from ..errors import DataError, LoraNBError
 from .chart import ViewBox
 from .ui import close_tree
 
-TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum")
+TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum", "History")
+LAZY = ("Adapters", "Weights", "Spectrum", "History")  # tabs whose view is built when first opened
 _NAMES = (("data", "data"), ("eval_data", "eval data"), ("tokenizer", "tokenizer"), ("loss_fn", "loss"))
 
 
@@ -47,12 +49,13 @@ class Dashboard(Callback):
         self.model, self.lookup, self.name = registry.as_module(model), lookup or _no_namespace, name
         self.views: dict[str, Any] = {}
         self.live_view = None  # the live training view of the last run started here
+        self.live_history = None  # its spectra-history panel
         self.run = None
         self.session = None
         self.status_html = W.HTML()
         self._build_attach_form()
         self._build_train_form()
-        pages = [W.VBox([self.status_html, self.attach_box]), W.VBox(), self.train_box, W.VBox(), W.VBox()]
+        pages = [W.VBox([self.status_html, self.attach_box]), W.VBox(), self.train_box, W.VBox(), W.VBox(), W.VBox()]
         self.tabs = W.Tab(children=pages, titles=TABS)
         self.tabs.observe(self._on_tab, names="selected_index")
         self.widget = ViewBox([W.HTML(f"<b>LoRA dashboard: <code>{html.escape(name)}</code></b>"), self.tabs],
@@ -79,6 +82,19 @@ class Dashboard(Callback):
         if what == "detach":
             self._forget_views()
         self.refresh()
+        if what == "train":
+            self._follow_run()
+
+    def _follow_run(self) -> None:
+        """The History tab moves to the run that just started (built now if it showed "no run yet" or is open)."""
+        run = self.session.run if self.session is not None else None
+        view = self.views.get("History")
+        if run is None:
+            return
+        if view is not None:
+            view.follow(run)
+        elif self.tabs.children[TABS.index("History")].children or TABS[self.tabs.selected_index or 0] == "History":
+            self.open("History")
 
     def _forget_views(self) -> None:
         for i, title in enumerate(TABS):
@@ -146,6 +162,7 @@ class Dashboard(Callback):
 
     def start(self, _button: Any = None) -> None:
         """Start a background run with the form's settings and show its live dashboard here."""
+        from .history import HistoryView
         from .live import LiveDashboard
 
         try:
@@ -161,10 +178,11 @@ class Dashboard(Callback):
             self.train_message.value = _error(exc)
             return
         self.run = run
+        history = HistoryView(run)  # ranks over steps, live under the curves
+        live.add_panel(history.widget)
         self.live.children = (live.widget,)
-        if self.live_view is not None:  # the view of the previous run (ended: Start is disabled while one runs)
-            self.live_view.close()
-        self.live_view = live
+        self._close_live()  # the view of the previous run (ended: Start is disabled while one runs)
+        self.live_view, self.live_history = live, history
         self.refresh()
         if not run.done:
             self.train_message.value = html.escape(f"training adapter `{run.adapter}` on {run.where}…")
@@ -196,18 +214,20 @@ class Dashboard(Callback):
         self.refresh()
         index = change["new"]
         title = TABS[index] if index is not None else None
-        if title in ("Adapters", "Weights", "Spectrum") and title not in self.views:
+        if title in LAZY and title not in self.views:
             self.open(title)
 
     def open(self, title: str) -> Any:
         """Build the view of tab ``title`` (a one-line message in the tab if the model cannot show it yet)."""
         from .explorers import SpectrumExplorer, WeightsExplorer
+        from .history import HistoryView
         from .toggle import AdapterPanel
 
         page = self.tabs.children[TABS.index(title)]
         try:
             view = {"Adapters": lambda: AdapterPanel(self.model), "Weights": lambda: WeightsExplorer(self.model),
-                    "Spectrum": lambda: SpectrumExplorer(self.model)}[title]()
+                    "Spectrum": lambda: SpectrumExplorer(self.model), "History": lambda: HistoryView.of(self.model),
+                    }[title]()
         except LoraNBError as exc:
             page.children = (W.HTML(_error(exc)),)
             return None
@@ -221,10 +241,15 @@ class Dashboard(Callback):
             self.session.listeners.discard(self)
         for view in self.views.values():
             view.close()
-        if self.live_view is not None:
-            self.live_view.close()
-        self.views, self.live_view = {}, None
+        self._close_live()
+        self.views = {}
         close_tree(self.widget)
+
+    def _close_live(self) -> None:
+        for view in (self.live_history, self.live_view):
+            if view is not None:
+                view.close()
+        self.live_view = self.live_history = None
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

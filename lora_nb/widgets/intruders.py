@@ -1,4 +1,9 @@
-"""``IntruderView``: each layer's intruder dimensions, a slider that scales them, and the user's metrics live."""
+"""``IntruderView``: each layer's intruder dimensions, a slider that scales them, and the user's metrics live.
+
+The curve of each metric against λ is an SVG chart (``Chart``) redrawn on every slider move; displayed, the
+view also carries its table and curve as HTML for tools without widgets. ``close()`` puts the trained
+factors back and releases the widgets.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from typing import Any
 import ipywidgets as W
 
 from ..core.analysis.intruders import IntruderDial
-from ..viz.analysis import intruder_curve_figure
-from .figure_box import FigureBox, with_picture
+from ..viz.analysis import intruder_curve_spec
+from .chart import Chart, ViewBox
+from .ui import close_tree
 
 Metric = Callable[[Any], float]
 
@@ -30,8 +36,10 @@ class IntruderView:
         self.slider = W.FloatSlider(value=1.0, min=0.0, max=1.0, step=step, description="intruder scale λ",
                                     continuous_update=False, style={"description_width": "initial"})
         self.restore_button = W.Button(description="Restore", tooltip="put the trained factors back exactly")
-        self.table, self.readout, self.curve = W.HTML(self._table()), W.HTML(), FigureBox()
-        self.widget = W.VBox([self.table, W.HBox([self.slider, self.restore_button]), self.readout, self.curve])
+        self.table, self.readout, self.curve = W.HTML(self._table()), W.HTML(), Chart()
+        self.closed = False
+        self.widget = ViewBox([self.table, W.HBox([self.slider, self.restore_button]), self.readout, self.curve],
+                              fallback=lambda: self.table.value + self.curve.value)
         self.slider.observe(lambda change: self.apply(change["new"]), "value")
         self.restore_button.on_click(lambda _: setattr(self.slider, "value", 1.0))
         self.apply(1.0)
@@ -43,7 +51,7 @@ class IntruderView:
         for label, value in values.items():
             self.measured[label][round(scale, 6)] = value
         self.readout.value = html.escape(f"λ = {scale:.2f}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
-        self.curve.draw(intruder_curve_figure(self.measured, scale))
+        self.curve.draw(intruder_curve_spec(self.measured, scale))
 
     def _table(self) -> str:
         esc = html.escape
@@ -54,6 +62,19 @@ class IntruderView:
                 f"best |cos| with W's &lt; {self.dial.eps})</b><table><tr><th>module</th><th>intruders</th>"
                 f"<th>best |cos| of each top vector</th></tr>{rows}</table>")
 
+    def close(self) -> None:
+        """Put the trained factors back (λ = 1) and close the widgets."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.dial.scale != 1.0:
+                self.dial.restore()
+        finally:
+            close_tree(self.widget)
+
     def _repr_mimebundle_(self, **kwargs):
-        """The widget, plus its main figure as plotly JSON for static views (nbconvert, saved notebooks)."""
-        return with_picture(self.widget, self.curve.figure, **kwargs)
+        """The widget, plus its table and curve as HTML and the curve as SVG for tools without a widget manager."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["image/svg+xml"] = self.curve.value
+        return bundle

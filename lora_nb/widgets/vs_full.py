@@ -1,11 +1,12 @@
-"""``VsFullLive``: both arms' loss curves overlaid, live while ``vs_full`` trains them, then the table.
+"""``VsFullLive``: both arms' loss curves overlaid, live while ``vs_full`` trains them, then the table and charts.
 
 It is a ``VsFullCallback`` on every arm: each step goes into a decimating buffer (O(1)); the curves are
 redrawn (one SVG) at most every ``interval`` seconds and never faster than ``byte_rate`` bytes per
 second, and once more when an arm ends. Sweep runs (one per training-set size and arm) move the
 progress line only. ``ui="widget"`` shows core ipywidgets; ``ui="static"`` one output updated in place.
-When the result arrives the displayed view becomes static SVG pictures (curves, sweep) that a saved
-notebook keeps, and its widgets are closed.
+When the result arrives the view adds the directions chart (which subspaces LoRA's and full fine-tuning's
+updates share, per layer) and the sweep; the displayed view becomes static SVG pictures (curves, sweep,
+directions) that a saved notebook keeps, and its widgets are closed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from ..core.analysis.vs_full import VsFullCallback
 from ..core.training.reporting import Ema
+from ..viz.analysis import directions_spec
 from ..viz.training import SMOOTHING
 from ..viz.vs_full import CURVES, LABELS, curves_spec, result_curves_spec, sweep_spec
 from .throttle import Decimator, RateLimit
@@ -38,7 +40,7 @@ class VsFullLive(VsFullCallback):
         self.updates = 0  # curve pictures sent
         self.result = None
         self.closed = False
-        self.slots = (Slot(), Slot(), Slot())  # the live view, then the curves; the sweep; the table
+        self.slots = (Slot(), Slot(), Slot(), Slot())  # the live view, then the curves; sweep; directions; table
         self.line = "waiting for the first arm…"
         if ui == "widget":
             self._build_widgets()
@@ -53,7 +55,9 @@ class VsFullLive(VsFullCallback):
         self.label = W.HTML(self.line)
         self.table = W.HTML()
         self.sweep_chart = Chart()
-        self.widget = W.VBox([W.HBox([self.progress, self.label]), self.chart, self.table, self.sweep_chart])
+        self.directions_chart = Chart()
+        self.widget = W.VBox([W.HBox([self.progress, self.label]), self.chart, self.table, self.sweep_chart,
+                              self.directions_chart])
 
     # -- vs_full and training callbacks ---------------------------------------------------------
     def on_arm_begin(self, arm: str, size: int | None) -> None:
@@ -94,6 +98,8 @@ class VsFullLive(VsFullCallback):
             self.table.value = result._repr_html_() if self.show_table else ""
             if result.sizes:
                 self.sweep_chart.draw(sweep_spec(result))
+            if result.directions:
+                self.directions_chart.draw(directions_spec(result.directions))
         self._leave_static_pictures(result)
 
     # -- drawing --------------------------------------------------------------------------------
@@ -142,8 +148,11 @@ class VsFullLive(VsFullCallback):
                            raw=True)
         if result.sizes:
             self.slots[1].show(svg_bundle(sweep_spec(result), "<data-size sweep>"), raw=True)
+        if result.directions:
+            self.slots[2].show(svg_bundle(directions_spec(result.directions), "<directions of LoRA vs full FT>"),
+                               raw=True)
         if self.show_table:
-            self.slots[2].show({"text/html": result._repr_html_(), "text/plain": result.headline()}, raw=True)
+            self.slots[3].show({"text/html": result._repr_html_(), "text/plain": result.headline()}, raw=True)
         self.close()
 
     def close(self) -> None:

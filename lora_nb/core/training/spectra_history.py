@@ -39,6 +39,12 @@ class SpectraHistory:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def snapshot(self) -> "SpectraHistory":
+        """A consistent copy of the steps recorded so far and their values (safe while a run records)."""
+        n = len(self.steps)  # a recording appends every module's values first, then its step
+        values = {name: list(v[:n]) for name, v in list(self.values.items())}
+        return SpectraHistory(list(self.steps[:n]), values, self.seconds, self.every, self.adapter)
+
     def __repr__(self) -> str:
         return (f"SpectraHistory({len(self.values)} modules × {len(self.steps)} recorded steps, every {self.every} "
                 f"steps, {self.seconds:.3f} s spent recording)")
