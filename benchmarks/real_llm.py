@@ -47,34 +47,44 @@ def chat_batches(tokenizer, n: int, batch_size: int):
     return make_batches(talk, tokenizer=tokenizer, batch_size=batch_size, seed=1, max_length=160).loader
 
 
-def lora_nb_loop(model, data, steps: int) -> float:
-    """(b): ``lora_nb.train`` in the foreground with its default settings; wall seconds."""
+def lora_nb_loop(model, data, steps: int, step_times: list | None = None) -> float:
+    """(b): ``lora_nb.train`` in the foreground with its default settings; wall seconds (each step's own wall
+    seconds, as the run records them, appended to ``step_times``)."""
     t0 = time.perf_counter()
     run = lora_nb.train(model, data, steps=steps, lr=2e-4, background=False, seed=None)
     seconds = time.perf_counter() - t0
     assert run.state == "finished", run.message
+    if step_times is not None:
+        step_times.extend(h["seconds"] for h in run.history)
     return seconds
 
 
 def overhead(model, data, rounds: int, steps: int) -> None:
     hand_loop(model, data, 2)  # warm up both code paths
     lora_nb_loop(model, data, 2)
-    wall, ratios = {"a": 0.0, "b": 0.0}, []
+    wall, ratios, steps_of = {"a": 0.0, "b": 0.0}, [], {"a": [], "b": []}
     shufflers = loader_generators(data)
     for r in range(rounds):
         now, start = {}, [g.get_state() for g in shufflers]
         for which in ("a", "b") if r % 2 == 0 else ("b", "a"):
             for g, state in zip(shufflers, start):  # both variants of a round train on the same batches
                 g.set_state(state)
-            now[which] = hand_loop(model, data, steps)[0] if which == "a" else lora_nb_loop(model, data, steps)
+            now[which] = (hand_loop(model, data, steps, step_times=steps_of["a"])[0] if which == "a"
+                          else lora_nb_loop(model, data, steps, steps_of["b"]))
         wall["a"], wall["b"] = wall["a"] + now["a"], wall["b"] + now["b"]
         ratios.append(now["b"] / now["a"])
         print(f"  round {r + 1}: a {now['a']:6.2f} s, b {now['b']:6.2f} s, b/a {ratios[-1]:.3f} "
               f"(load {os.getloadavg()[0]:.1f})")
     total = rounds * steps
     print(f"(a) hand-written loop: {wall['a'] / total:.3f} s/step; (b) lora_nb.train: {wall['b'] / total:.3f} s/step")
-    print(f"    b/a = {wall['b'] / wall['a']:.3f} over {total} steps each (median of rounds "
-          f"{statistics.median(ratios):.3f})")
+    print(f"    whole runs of {steps} steps: b/a = {wall['b'] / wall['a']:.3f} over {total} steps each (median of "
+          f"rounds {statistics.median(ratios):.3f})")
+    # the same runs split: the steps themselves (median, robust to the machine's slow moments) and what a run
+    # costs around its steps (setup, memory plan, spectra, the end), per run
+    step_a, step_b = statistics.median(steps_of["a"]), statistics.median(steps_of["b"])
+    fixed = (wall["b"] - sum(steps_of["b"]) - (wall["a"] - sum(steps_of["a"]))) / rounds
+    print(f"    per step: median {step_a:.3f} s (a) vs {step_b:.3f} s (b), b/a = {step_b / step_a:.3f}; around the "
+          f"steps lora_nb spends {fixed:+.2f} s per run more than (a) (memory plan, spectra records, set-up)")
 
 
 def main() -> None:

@@ -58,8 +58,10 @@ def loader(n: int = 512, length: int = 64, batch_size: int = 8) -> DataLoader:
     return DataLoader(items, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(2))
 
 
-def hand_loop(model, data: DataLoader, steps: int, lr: float = 2e-4, bf16: bool = False) -> tuple[float, float]:
-    """(a): the loop a user would write; returns (wall seconds, CPU seconds of this process)."""
+def hand_loop(model, data: DataLoader, steps: int, lr: float = 2e-4, bf16: bool = False,
+              step_times: list | None = None) -> tuple[float, float]:
+    """(a): the loop a user would write; returns (wall seconds, CPU seconds of this process). ``step_times``:
+    a list that gets each step's wall seconds (batch drawn through optimizer step, as ``lora_nb`` records them)."""
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -68,6 +70,7 @@ def hand_loop(model, data: DataLoader, steps: int, lr: float = 2e-4, bf16: bool 
     model.train()
     losses, it, t0, c0 = [], iter(data), time.perf_counter(), time.process_time()
     for _ in range(steps):
+        t_step = time.perf_counter()
         try:
             batch = next(it)
         except StopIteration:
@@ -82,6 +85,8 @@ def hand_loop(model, data: DataLoader, steps: int, lr: float = 2e-4, bf16: bool 
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if step_times is not None:
+            step_times.append(time.perf_counter() - t_step)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     model.eval()
     return seconds, cpu

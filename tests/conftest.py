@@ -31,6 +31,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_unless_a_gpu_test(request, monkeypatch):
+    """The suite checks the CPU behaviour on any machine: with a GPU present, `device="auto"` still means the CPU
+    here, except in tests marked ``gpu`` (tests/test_gpu.py), which check the GPU."""
+    if request.node.get_closest_marker("gpu") is None and torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture
 def ip():
     """A plain (terminal-like) IPython shell with lora_nb loaded."""

@@ -210,3 +210,11 @@ def word_tokenizer():
     core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")
+
+
+# torch refuses autograd in a forked child once the parent ran a backward pass on a machine with a CUDA device
+# (the engine's GPU threads do not survive fork), and earlier tests have: CPU worker processes are tested on
+# machines without one
+forks_cpu_workers = pytest.mark.skipif(torch.cuda.device_count() > 0,
+                                       reason="forked CPU workers cannot run autograd after a backward in this "
+                                              "process on a machine with a GPU")

@@ -2,7 +2,7 @@
 
 Slow (excluded from the default run): ``scripts/run_examples.sh`` or ``pytest -m slow tests/test_examples.py``.
 Cells tagged ``picture`` show a plot; a saved notebook must keep a static copy of it (a plotly JSON or image
-output), since a FigureWidget's saved state only holds the data it had when displayed (see shared/BROWSER.md).
+output), since a widget's saved state only holds what it showed when it was displayed.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_gpt2, tiny_mlp
+from helpers import forks_cpu_workers, tiny_gpt2, tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -38,6 +38,7 @@ def token_data(n=64):
     return out
 
 
+@forks_cpu_workers
 def test_exported_script_continues_the_run_under_accelerate_launch(tmp_path):
     torch.manual_seed(0)
     model = tiny_gpt2()

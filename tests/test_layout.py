@@ -100,8 +100,16 @@ def test_no_private_name_crosses_a_module():
     assert private == []
 
 
-def test_the_package_refers_to_nothing_outside_it():
+def test_the_project_refers_to_no_document_outside_it():
+    """The package cites none of the planning documents; tests, scripts, benchmarks, examples and the README
+    cite no document outside the repository (the shared folder beside it, or its files by name)."""
     outside = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py")
                for i, line in enumerate(p.read_text().splitlines(), 1)
                if any(ref in line for ref in ("DESIGN.md", "RELIABILITY.md", "STYLE.md", "shared/"))]
+    root = PACKAGE.parent
+    names = ("shared/", "DESIGN.md", "STYLE.md", "BROWSER.md", "PEFT_NOTES.md")
+    files = [root / "README.md", *[p for folder in ("tests", "scripts", "benchmarks", "examples")
+                                   for p in (root / folder).rglob("*") if p.suffix in (".py", ".sh", ".md", ".ipynb")]]
+    outside += [f"{p.relative_to(root)}:{i}" for p in files if p.resolve() != Path(__file__).resolve()
+                for i, line in enumerate(p.read_text().splitlines(), 1) if any(ref in line for ref in names)]
     assert outside == []

@@ -71,7 +71,8 @@ def experiment():
     model = digits_mlp()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     recorder = Recorder()
-    result = vs_full(model, train, test, steps=STEPS, sizes=[30, 120], callbacks=[recorder], **LORA)
+    result = vs_full(model, train, test, steps=STEPS, sizes=[30, 120], callbacks=[recorder], device="cpu",
+                     **LORA)
     return model, before, train, test, result, recorder
 
 

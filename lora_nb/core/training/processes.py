@@ -40,6 +40,7 @@ from .run import TrainRun, plan_run, start_run
 from .worker import WEIGHTS, Job, run_worker
 
 _FORK = multiprocessing.get_context("fork")
+AUTOGRAD_AFTER_FORK = "autograd's threading in combination with fork-based multiprocessing"  # torch's words
 
 
 class WorkerError(TrainingError):
@@ -217,6 +218,10 @@ class _Driver:
         if self.errors:
             _, rank, message, tb = self.errors[0]
             run.error, run.traceback = WorkerError(message), tb
+            if AUTOGRAD_AFTER_FORK in message:
+                message = ("this kernel already ran a backward pass on a machine with a GPU, and torch's autograd "
+                           "cannot run in processes forked after that: restart the kernel and start the multi-process "
+                           "run before any other training, or `%lora export` it and use `accelerate launch`")
             return "failed", f"{message} (in process {rank + 1} of {n}; {kept})"
         if failure is not None or self.ended is None:
             run.error = failure or WorkerError("the worker processes ended without a result")
