@@ -20,9 +20,11 @@ def _trained(steps=200, **kw):
 
 
 def test_every_run_records_spectra_within_two_percent_of_step_time():
-    model, run = _trained()
+    # 800 sub-millisecond steps: long enough that the first recording (which also pays the linear-algebra
+    # libraries' one-time start, ~2 ms) leaves budget for more
+    model, run = _trained(steps=800)
     history = run.spectra_history
-    assert history.steps[0] == 1 and history.steps[-1] == 200  # first step measures the cost; the last is kept
+    assert history.steps[0] == 1 and history.steps[-1] == 800  # first step measures the cost; the last is kept
     assert len(history.steps) >= 3
     assert set(history.modules) == {"0", "2", "4"}
     overhead = history.seconds / run.seconds
@@ -66,7 +68,8 @@ def test_history_view_draws_a_background_run_live_and_switches_module_and_measur
 
     model = tiny_mlp()
     lora_nb.attach(model, r=4)
-    view = HistoryView(interval=0.0, byte_rate=float("inf"))  # given to train: it follows the run from step 1
+    # no interval, byte or time limit; given to train: it follows the run from step 1
+    view = HistoryView(interval=0.0, byte_rate=float("inf"), share=None)
     run = lora_nb.train(model, classification_pairs(), steps=40, lr=5e-2, batch_size=8, background=True,
                         spectra_every=4, callbacks=[view])
     run.wait()
@@ -157,3 +160,26 @@ def test_history_verb_in_a_terminal_shell(ip):
     assert "4 recorded steps" in repr(report) and repr(report).count("→") == 6  # 3 modules × (rank, σ₁)
     heat, lines = report.figures
     assert list(heat.data[0].x) == [5, 10, 15, 20] and lines.layout.title.text.startswith("2:")
+
+
+def test_history_view_keeps_its_drawing_within_five_percent_of_the_wall_time():
+    from lora_nb.core.training.run import TrainRun, TrainSettings
+    from lora_nb.widgets.history import HistoryView
+
+    run = TrainRun(torch.nn.Linear(1, 1), "default", TrainSettings(), 200, torch.device("cpu"), "cpu", "records")
+    now = [0.0]
+    view = HistoryView(run, interval=1.0, byte_rate=1e12, clock=lambda: now[0])
+    draw = view.heatmap.draw
+
+    def slow_draw(spec):  # each redraw takes a second of the training thread's time
+        now[0] += 1.0
+        return draw(spec)
+
+    view.heatmap.draw = slow_draw
+    for step in range(1, 201):  # a record every step, a step every second
+        run.spectra_history.values.setdefault("a", []).append(np.array([float(step), 1.0]))
+        run.spectra_history.steps.append(step)
+        now[0] += 1.0
+        view.on_step_end(run, {"step": step})
+    drawing, wall = view.redraws * 1.0, now[0]
+    assert 3 <= view.redraws and drawing / wall <= 0.05 + 1 / wall, (view.redraws, wall)

@@ -2,10 +2,11 @@
 
 Both charts are SVG (``Chart``); the heatmap is one embedded PNG, so a redraw costs kilobytes. While the
 run trains, the view is one of its callbacks: it redraws only when a new spectra record arrived, at most
-every ``interval`` seconds and never faster than keeps what it sends under ``byte_rate`` bytes per second
-(many σ lines of a large rank cost more); when the run ends it draws the whole history. ``follow(run)`` moves it to
-another run (the dashboard's History tab follows each new run); ``close()`` releases its widgets and stops
-following the run. Displayed, it also carries its current charts as HTML for tools without widgets.
+every ``interval`` seconds, never faster than keeps what it sends under ``byte_rate`` bytes per second
+(many σ lines of a large rank cost more), and with its own drawing under 5% of the wall time; when the run
+ends it draws the whole history. ``follow(run)`` moves it to another run (the dashboard's History tab
+follows each new run); ``close()`` releases its widgets and stops following the run. Displayed, it also
+carries its current charts as HTML for tools without widgets.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .chart import Chart, ViewBox
 from .throttle import RateLimit
 from .ui import close_tree
 
+SHARE = 0.05  # of the wall time that live redraws may take on the training thread (as the explorers)
+
 
 class HistoryView(Callback):
     """Shows ``run.spectra_history``: live while the run records (throttled), whole once it ended.
@@ -36,10 +39,11 @@ class HistoryView(Callback):
     """
 
     def __init__(self, run: Any = None, interval: float = 2.0, energy: float = 0.9, byte_rate: float = 10_000,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, share: float | None = SHARE) -> None:
         self.run: Any = None
         self.energy = energy
-        self.limit = RateLimit(interval, byte_rate, clock or time.monotonic)
+        self.clock = clock or time.monotonic
+        self.limit = RateLimit(interval, byte_rate, self.clock, share=share)
         self.lock = threading.RLock()  # the training thread and the front end both redraw
         self.closed = False
         self.drawn = 0  # spectra records of ``run`` on screen
@@ -119,10 +123,10 @@ class HistoryView(Callback):
             if chosen in history.values:
                 self.module.value = chosen
         module = self.module.value if self.module.value in history.values else history.modules[0]
-        sent = self.sent_bytes
+        sent, start = self.sent_bytes, self.clock()
         self.heatmap.draw(rank_map_spec(rank_map(history, self.measure.value, self.energy)))
         self.lines.draw(values_over_steps_spec(history.steps, values_over_steps(history, module), module))
-        self.limit.sent(self.sent_bytes - sent)
+        self.limit.sent(self.sent_bytes - sent, self.clock() - start)
         self.drawn = len(history)
         self.redraws += 1
         self.note.value = html.escape(f"{len(history.steps)} recorded steps, every {history.every}; recording took "

@@ -61,16 +61,19 @@ class Decimator:
 
 
 class RateLimit:
-    """``ready()`` at most every ``interval`` s, and no more often than keeps ``sent(bytes)`` under ``rate`` B/s."""
+    """``ready()`` at most every ``interval`` s, no more often than keeps ``sent(bytes)`` under ``rate`` B/s, and
+    (with ``share``) no more often than keeps the time the sends took under that share of the wall time."""
 
-    def __init__(self, interval: float, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval, self.rate, self.clock = interval, rate, clock
+    def __init__(self, interval: float, rate: float, clock: Callable[[], float] = time.monotonic,
+                 share: float | None = None) -> None:
+        self.interval, self.rate, self.clock, self.share = interval, rate, clock, share
         self.next = -float("inf")
 
     def ready(self) -> bool:
         return self.clock() >= self.next
 
-    def sent(self, n_bytes: int) -> None:
-        """Record a send of ``n_bytes`` now: the next one waits ``max(interval, n_bytes / rate)``."""
+    def sent(self, n_bytes: int, seconds: float = 0.0) -> None:
+        """Record a send of ``n_bytes`` that took ``seconds`` to make, now: the next one waits
+        ``max(interval, n_bytes / rate, seconds / share)``."""
         now = self.clock()
-        self.next = now + max(self.interval, n_bytes / self.rate)
+        self.next = now + max(self.interval, n_bytes / self.rate, seconds / self.share if self.share else 0.0)
