@@ -76,6 +76,23 @@ def test_svg_has_axes_legend_hover_text_and_gaps():
     assert ">loss</text>" in svg and ">counts</text>" in svg  # legend entries
 
 
+def test_category_axes_keep_their_labels_readable():
+    """Long module names on a heatmap's y axis get the left margin they need; many step columns on its x axis
+    are labelled every few columns, upright, without overlapping."""
+    names = [f"{i}.self_attn.q_proj" for i in range(12)]
+    steps = [str(s) for s in range(100, 3100, 30)]  # 100 columns of 3–4 digit labels
+    spec = {"data": [{"type": "heatmap", "z": np.ones((12, 100)), "x": steps, "y": names}],
+            "layout": {"width": 720, "xaxis": {"type": "category", "title": {"text": "step"}},
+                       "yaxis": {"type": "category", "title": {"text": "module"}}}}
+    svg = render(spec)
+    ys = [(float(x), label) for x, label in re.findall(r"<text x='([\d.]+)' y='[\d.]+' text-anchor='end'>([^<]+)<", svg)]
+    assert {label for _, label in ys} == set(names)
+    assert min(x - 6.5 * len(label) for x, label in ys) >= 0  # every module name starts inside the picture
+    xs = [float(x) for x, label in re.findall(r"<text x='([\d.]+)' y='[\d.]+' text-anchor='middle'>(\d+)<", svg)]
+    assert 8 <= len(xs) <= 20 and "rotate(-35)" not in svg
+    assert min(b - a for a, b in zip(xs, xs[1:])) >= 6.5 * 4 + 4  # room for a 4-digit label between ticks
+
+
 def test_static_mode_verbs_show_svg_pictures_and_no_widgets(ip, monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj, raw=False, display_id=None: shown.append(obj))

@@ -123,9 +123,12 @@ class Axis:
             return [(float(c), format_number(v, 1.0, opts.get("tickformat")))
                     for c, v in zip(self.positions(vals), vals) if np.isfinite(c)]
         if self.kind == "category":
-            every = max(1, math.ceil(len(self.categories) / max(2, abs(self.p1 - self.p0) // 14)))
-            longest = max((len(c) for c in self.categories), default=0)
-            self.rotate = self.name[0] == "x" and longest * 6.5 > abs(self.p1 - self.p0) / max(1, len(self.categories))
+            span, n = abs(self.p1 - self.p0), max(1, len(self.categories))
+            longest = max((len(str(c)) for c in self.categories), default=0)
+            # a label needs a line (14 px) on a y axis; on an x axis its width, up to 6 characters (longer ones slant)
+            room = 14.0 if self.name[0] != "x" else max(14.0, 6.5 * min(longest, 6) + 8)
+            every = max(1, math.ceil(n / max(2, span // room)))
+            self.rotate = self.name[0] == "x" and longest * 6.5 > span / n * every
             return [(float(i), str(c)) for i, c in enumerate(self.categories) if i % every == 0]
         if self.kind == "log":
             return self._log_ticks()

@@ -68,6 +68,9 @@ class Canvas:
         margin = layout.get("margin") or {}
         title = text_of(layout.get("title"))
         self.left = max(int(margin.get("l", 60)), 58)
+        y_title = text_of((layout.get("yaxis") or {}).get("title") or {})
+        if (labels := category_label_px(traces, "y")) > self.left - 26:  # long category names (e.g. module names)
+            self.left = int(min(labels + 14 + (26 if y_title else 8), 0.4 * self.width))
         self.right = int(margin.get("r", 20)) + (COLORBAR if any(_colorbar(t) for t in traces) else 0)
         self.top = max(int(margin.get("t", 50 if title else 20)), 34 if title else 10)
         self.bottom = max(int(margin.get("b", 50)), 44)
@@ -81,6 +84,13 @@ class Canvas:
         self.legend_height = rows * LEGEND_ROW + 6 if self.legend else 0
         self.x0, self.x1 = self.left, self.width - self.right
         self.y0, self.y1 = self.top, self.height - self.bottom
+
+
+def category_label_px(traces: list[dict], letter: str) -> float:
+    """About how wide the longest text label on the ``letter`` axis is drawn (0 where its values are numbers)."""
+    longest = max((len(v) for t in traces for v in (t.get(letter) if isinstance(t.get(letter), list) else [])
+                   if isinstance(v, str)), default=0)
+    return 6.5 * longest
 
 
 def _colorbar(trace: dict) -> bool:
@@ -185,10 +195,11 @@ def draw_axis(axis: Axis, other: Axis) -> list[str]:
             out.append(f"<line x1='{lo:.1f}' x2='{hi:.1f}' y1='{p:.1f}' y2='{p:.1f}' stroke='#eee'/>"
                        f"<text x='{lo - 4:.1f}' y='{p + 4:.1f}' text-anchor='end'>{esc(label)}</text>")
     if title and axis.name[0] == "x":
-        below = hi + (12 + 4.2 * max(len(c) for c in axis.categories) if axis.rotate else 32)
+        below = hi + (28 + 3.8 * max(len(str(c)) for c in axis.categories) if axis.rotate else 32)
         out.append(f"<text x='{(axis.p0 + axis.p1) / 2:.1f}' y='{below:.1f}' text-anchor='middle'>{esc(title)}</text>")
     elif title:
-        x, y = lo - 46, (axis.p0 + axis.p1) / 2
+        labels = 6.5 * max((len(str(c)) for c in axis.categories), default=0) if axis.kind == "category" else 0
+        x, y = lo - max(46, labels + 16), (axis.p0 + axis.p1) / 2
         out.append(f"<text transform='translate({x:.1f},{y:.1f}) rotate(-90)' text-anchor='middle'>{esc(title)}</text>")
     box = (f"<rect x='{lo:.1f}' y='{min(axis.p0, axis.p1):.1f}' width='{hi - lo:.1f}' "
            f"height='{abs(axis.p1 - axis.p0):.1f}' fill='none' stroke='#bbb'/>") if axis.name[0] == "y" else ""

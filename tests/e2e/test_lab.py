@@ -41,10 +41,12 @@ STATE = "print(json.dumps({'state': run.state, 'step': run.step}))"
 TOGGLE = "%lora toggle model"
 PROBE = "with torch.no_grad():\n    print(json.dumps({'equal_base': bool(torch.equal(model(probe), base_out))}))"
 SPECTRUM = "%lora spectrum model"
+HISTORY = "%lora history model"
 NO_STOP = "run.stop = lambda: None  # sabotage: Stop now does nothing"
 
-STORY = [SETUP, MODEL, ATTACH, TRAIN, STATE, TOGGLE, PROBE, SPECTRUM]
-C = {name: i for i, name in enumerate(["setup", "model", "attach", "train", "state", "toggle", "probe", "spectrum"])}
+STORY = [SETUP, MODEL, ATTACH, TRAIN, STATE, TOGGLE, PROBE, SPECTRUM, HISTORY]
+C = {name: i for i, name in enumerate(["setup", "model", "attach", "train", "state", "toggle", "probe", "spectrum",
+                                       "history"])}
 
 
 def make_notebook(cells: list[str]) -> nbformat.NotebookNode:
@@ -172,6 +174,33 @@ def check_spectrum(lab: LabPage, cell: int, expected: dict[str, int]) -> None:
             raise WidgetFailure(f"spectrum of module `{module}` shows {got} bars, expected {bars}")
 
 
+def history_picture(lab: LabPage, cell: int) -> dict:
+    """The history view's two charts: whether the rank map holds its PNG, and the σ lines drawn for the module."""
+    return lab.page.evaluate(
+        """(sel) => { const svgs = Array.from(document.querySelectorAll(sel));
+                      const png = svgs.length > 0 && Array.from(svgs[0].querySelectorAll('image')).some(
+                          i => (i.getAttribute('href') || '').startsWith('data:image/png;base64,'));
+                      return {charts: svgs.length, png: png, lines: svgs.length > 1 ?
+                              svgs[1].querySelectorAll('path').length : 0}; }""",
+        f"{lab.cell_node(cell)} .widget-html svg")
+
+
+def check_history(lab: LabPage, cell: int, expected: dict[str, int]) -> None:
+    """ΔW's ranks over the run: the rank map is one PNG; each module picked shows one σ line per singular value."""
+    lab.wait_rendered(cell, CHART)
+    lab.scroll_to(cell)
+    select = lab.page.locator(f"{lab.cell_node(cell)} .widget-dropdown select").first
+    for module, lines in expected.items():
+        select.select_option(label=module)
+        deadline = time.monotonic() + 10
+        while (got := history_picture(lab, cell))["lines"] != lines and time.monotonic() < deadline:
+            time.sleep(0.3)
+        lab.shot(f"history-{module}")
+        if got != {"charts": 2, "png": True, "lines": lines}:
+            raise WidgetFailure(f"history of module `{module}`: saw {got}, expected 2 charts, the rank map's PNG "
+                                f"and {lines} σ lines")
+
+
 def check_console(lab: LabPage) -> None:
     """No widget anywhere shows an error box, and the browser logged no error (network noise aside)."""
     broken = lab.page.locator(".jupyter-widgets-error-widget").count()
@@ -192,7 +221,8 @@ def run_cells(lab: LabPage, cells: list[int]) -> None:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("app", ["lab", "notebook"])
 def test_lora_story(app, lab_server, browser, screenshots):
-    """attach → train live → Stop → picture → toggle → spectrum, in JupyterLab 4 and Notebook 7, no console errors."""
+    """attach → train live → Stop → picture → toggle → spectrum → ranks over the run, in JupyterLab 4 and Notebook 7,
+    no console errors."""
     server = lab_server(app=app)
     with notebook_page(server, browser, screenshots, STORY) as lab:
         lab.shot("opened")
@@ -211,6 +241,8 @@ def test_lora_story(app, lab_server, browser, screenshots):
         check_toggle(lab, C["toggle"], C["probe"])
         lab.run_cell(C["spectrum"])
         check_spectrum(lab, C["spectrum"], BARS)
+        lab.run_cell(C["history"])
+        check_history(lab, C["history"], BARS)
         check_console(lab)
         print(f"{app}: browser console errors (all, before the noise filter):", lab.console)
 
