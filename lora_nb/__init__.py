@@ -36,6 +36,7 @@ _EXPORTS = {
     "LiveDashboard": "lora_nb.widgets.live:LiveDashboard",
     "spectra": "lora_nb.core.analysis.spectra:spectra",
     "similarity": "lora_nb.core.analysis.spectra:similarity",
+    "interference": "lora_nb.core.analysis.interference:interference",
     "amplification": "lora_nb.core.analysis.spectra:amplification",
     "intruders": "lora_nb.core.analysis.spectra:intruders",
     "weights": "lora_nb.core.analysis.weights:weights",

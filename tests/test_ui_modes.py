@@ -91,6 +91,10 @@ def test_category_axes_keep_their_labels_readable():
     xs = [float(x) for x, label in re.findall(r"<text x='([\d.]+)' y='[\d.]+' text-anchor='middle'>(\d+)<", svg)]
     assert 8 <= len(xs) <= 20 and "rotate(-35)" not in svg
     assert min(b - a for a, b in zip(xs, xs[1:])) >= 6.5 * 4 + 4  # room for a 4-digit label between ticks
+    # a bar per module with long names: every bar keeps its name, slanted
+    bars = render({"data": [{"type": "bar", "x": names + ["12.mlp.up_proj", "13.mlp.up_proj"], "y": list(range(14))}],
+                   "layout": {"width": 720}})
+    assert bars.count("rotate(-35)") == 14
 
 
 def test_static_mode_verbs_show_svg_pictures_and_no_widgets(ip, monkeypatch):

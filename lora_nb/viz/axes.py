@@ -125,8 +125,9 @@ class Axis:
         if self.kind == "category":
             span, n = abs(self.p1 - self.p0), max(1, len(self.categories))
             longest = max((len(str(c)) for c in self.categories), default=0)
-            # a label needs a line (14 px) on a y axis; on an x axis its width, up to 6 characters (longer ones slant)
-            room = 14.0 if self.name[0] != "x" else max(14.0, 6.5 * min(longest, 6) + 8)
+            # a label needs a line (14 px) on a y axis; on an x axis its width, up to 6 characters; longer ones are
+            # drawn slanted, one above the other, and need about a line and a half along the axis
+            room = 14.0 if self.name[0] != "x" else max(14.0, 6.5 * longest + 8) if longest <= 6 else 20.0
             every = max(1, math.ceil(n / max(2, span // room)))
             self.rotate = self.name[0] == "x" and longest * 6.5 > span / n * every
             return [(float(i), str(c)) for i, c in enumerate(self.categories) if i % every == 0]
