@@ -8,8 +8,8 @@ import torch
 from helpers import make_b_nonzero, tiny_mlp
 
 import lora_nb
-from lora_nb.core.adapters.combine import combination_error
 from lora_nb import interference
+from lora_nb.core.adapters.combine import combination_error
 from lora_nb.errors import LoraNBWarning, OptionError
 from lora_nb.viz.svg import render
 
