@@ -159,16 +159,23 @@ def spectrum_bars(lab: LabPage, cell: int) -> int:
         f"{lab.cell_node(cell)} svg rect title")
 
 
-def check_spectrum(lab: LabPage, cell: int, expected: dict[str, int]) -> None:
-    """For each module chosen in the view's dropdown, the bar count is min(r, out, in)."""
+def each_module(lab: LabPage, cell: int, expected: dict, read, shown) -> Iterator[tuple]:
+    """Pick each module of ``expected`` in the view's dropdown; yield ``(module, wanted, seen)``, ``seen`` being what
+    ``read(lab, cell)`` gave once ``shown(seen, wanted)`` held, or after 10 s."""
     lab.wait_rendered(cell, CHART)
     lab.scroll_to(cell)
     select = lab.page.locator(f"{lab.cell_node(cell)} .widget-dropdown select").first
-    for module, bars in expected.items():
+    for module, wanted in expected.items():
         select.select_option(label=module)
         deadline = time.monotonic() + 10
-        while (got := spectrum_bars(lab, cell)) != bars and time.monotonic() < deadline:
+        while not shown(seen := read(lab, cell), wanted) and time.monotonic() < deadline:
             time.sleep(0.3)
+        yield module, wanted, seen
+
+
+def check_spectrum(lab: LabPage, cell: int, expected: dict[str, int]) -> None:
+    """For each module chosen in the view's dropdown, the bar count is min(r, out, in)."""
+    for module, bars, got in each_module(lab, cell, expected, spectrum_bars, lambda seen, bars: seen == bars):
         lab.shot(f"spectrum-{module}")
         if got != bars:
             raise WidgetFailure(f"spectrum of module `{module}` shows {got} bars, expected {bars}")
@@ -187,14 +194,8 @@ def history_picture(lab: LabPage, cell: int) -> dict:
 
 def check_history(lab: LabPage, cell: int, expected: dict[str, int]) -> None:
     """ΔW's ranks over the run: the rank map is one PNG; each module picked shows one σ line per singular value."""
-    lab.wait_rendered(cell, CHART)
-    lab.scroll_to(cell)
-    select = lab.page.locator(f"{lab.cell_node(cell)} .widget-dropdown select").first
-    for module, lines in expected.items():
-        select.select_option(label=module)
-        deadline = time.monotonic() + 10
-        while (got := history_picture(lab, cell))["lines"] != lines and time.monotonic() < deadline:
-            time.sleep(0.3)
+    for module, lines, got in each_module(lab, cell, expected, history_picture,
+                                          lambda seen, lines: seen["lines"] == lines):
         lab.shot(f"history-{module}")
         if got != {"charts": 2, "png": True, "lines": lines}:
             raise WidgetFailure(f"history of module `{module}`: saw {got}, expected 2 charts, the rank map's PNG "
