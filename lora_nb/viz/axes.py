@@ -58,6 +58,14 @@ def nice_step(span: float, count: int = 5) -> float:
     return 10 * mag
 
 
+CHAR_PX = 6.5  # about how wide one character of a tick label is drawn (11 px sans-serif)
+
+
+def text_px(labels) -> float:
+    """About how wide the longest of ``labels`` is drawn."""
+    return CHAR_PX * max((len(str(label)) for label in labels), default=0)
+
+
 @dataclass
 class Axis:
     """One axis: its pixel span (``p0`` ↔ low value, ``p1`` ↔ high value), scale and ticks."""
@@ -73,6 +81,16 @@ class Axis:
     options: dict = field(default_factory=dict)
     integer: bool = False  # every data value is a whole number: ticks too
     rotate: bool = False  # category labels too long for their slots are drawn slanted
+
+    @property
+    def label_px(self) -> float:
+        """Width of the longest category label (0 on a numeric axis)."""
+        return text_px(self.categories) if self.kind == "category" else 0.0
+
+    @property
+    def slanted_px(self) -> float:
+        """Height the slanted category labels take under an x axis (drawn at -35°)."""
+        return 0.6 * self.label_px + 12
 
     def category_index(self, values) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.categories)}
@@ -123,13 +141,12 @@ class Axis:
             return [(float(c), format_number(v, 1.0, opts.get("tickformat")))
                     for c, v in zip(self.positions(vals), vals) if np.isfinite(c)]
         if self.kind == "category":
-            span, n = abs(self.p1 - self.p0), max(1, len(self.categories))
-            longest = max((len(str(c)) for c in self.categories), default=0)
+            span, n, width = abs(self.p1 - self.p0), max(1, len(self.categories)), self.label_px
             # a label needs a line (14 px) on a y axis; on an x axis its width, up to 6 characters; longer ones are
             # drawn slanted, one above the other, and need about a line and a half along the axis
-            room = 14.0 if self.name[0] != "x" else max(14.0, 6.5 * longest + 8) if longest <= 6 else 20.0
+            room = 14.0 if self.name[0] != "x" else max(14.0, width + 8) if width <= 6 * CHAR_PX else 20.0
             every = max(1, math.ceil(n / max(2, span // room)))
-            self.rotate = self.name[0] == "x" and longest * 6.5 > span / n * every
+            self.rotate = self.name[0] == "x" and width > span / n * every
             return [(float(i), str(c)) for i, c in enumerate(self.categories) if i % every == 0]
         if self.kind == "log":
             return self._log_ticks()

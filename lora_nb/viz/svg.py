@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .axes import Axis, is_category, numbers
+from .axes import Axis, is_category, numbers, text_px
 from .marks import bar_marks, heatmap_marks, scatter_marks
 
 COLORS = ("#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880", "#FF97FF",
@@ -88,9 +88,8 @@ class Canvas:
 
 def category_label_px(traces: list[dict], letter: str) -> float:
     """About how wide the longest text label on the ``letter`` axis is drawn (0 where its values are numbers)."""
-    longest = max((len(v) for t in traces for v in (t.get(letter) if isinstance(t.get(letter), list) else [])
-                   if isinstance(v, str)), default=0)
-    return 6.5 * longest
+    return text_px(v for t in traces for v in (t.get(letter) if isinstance(t.get(letter), list) else [])
+                   if isinstance(v, str))
 
 
 def _colorbar(trace: dict) -> bool:
@@ -195,11 +194,10 @@ def draw_axis(axis: Axis, other: Axis) -> list[str]:
             out.append(f"<line x1='{lo:.1f}' x2='{hi:.1f}' y1='{p:.1f}' y2='{p:.1f}' stroke='#eee'/>"
                        f"<text x='{lo - 4:.1f}' y='{p + 4:.1f}' text-anchor='end'>{esc(label)}</text>")
     if title and axis.name[0] == "x":
-        below = hi + (28 + 3.8 * max(len(str(c)) for c in axis.categories) if axis.rotate else 32)
+        below = hi + (axis.slanted_px + 16 if axis.rotate else 32)
         out.append(f"<text x='{(axis.p0 + axis.p1) / 2:.1f}' y='{below:.1f}' text-anchor='middle'>{esc(title)}</text>")
     elif title:
-        labels = 6.5 * max((len(str(c)) for c in axis.categories), default=0) if axis.kind == "category" else 0
-        x, y = lo - max(46, labels + 16), (axis.p0 + axis.p1) / 2
+        x, y = lo - max(46, axis.label_px + 16), (axis.p0 + axis.p1) / 2
         out.append(f"<text transform='translate({x:.1f},{y:.1f}) rotate(-90)' text-anchor='middle'>{esc(title)}</text>")
     box = (f"<rect x='{lo:.1f}' y='{min(axis.p0, axis.p1):.1f}' width='{hi - lo:.1f}' "
            f"height='{abs(axis.p1 - axis.p0):.1f}' fill='none' stroke='#bbb'/>") if axis.name[0] == "y" else ""
@@ -258,7 +256,7 @@ def render(fig: Any, width: int | None = None, height: int | None = None) -> str
                 parts += draw_axis(axis, axes[x_ref]) + draw_axis(axes[x_ref], axis)
     for axis in axes.values():  # room under the plot for slanted category labels
         if axis.name[0] == "x" and axis.kind == "category" and (axis.ticks() and axis.rotate):
-            canvas.height += int(max(0, 4.2 * max(map(len, axis.categories)) + 30 - canvas.bottom))
+            canvas.height += int(max(0, axis.slanted_px + 30 - canvas.bottom))
     colors = {id(t): trace_color(t, i) for i, t in enumerate(traces)}
     bars = [t for t in traces if t.get("type") == "bar"]
     for t in traces:
