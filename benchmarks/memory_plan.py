@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from helpers import classification_pairs, ragged_token_items, tiny_gpt2, tiny_llama, tiny_mlp
 
 import lora_nb
-from lora_nb.core.training.allocations import TrackedAllocations
-from lora_nb.core.training.memory_plan import weight_bytes
+from lora_nb.core.training.memory.allocations import TrackedAllocations
+from lora_nb.core.training.memory.plan import weight_bytes
 
 MB = 2**20
 

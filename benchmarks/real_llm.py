@@ -33,8 +33,8 @@ from toggle import timed  # noqa: E402
 from train_overhead import hand_loop  # noqa: E402
 
 import lora_nb  # noqa: E402
-from lora_nb.core.training.data import make_batches  # noqa: E402
-from lora_nb.core.training.resume import loader_generators  # noqa: E402
+from lora_nb.core.training.data.batches import make_batches  # noqa: E402
+from lora_nb.core.training.data.position import loader_generators  # noqa: E402
 
 QUESTION = "Is this movie review positive or negative? Answer with one word.\n\nReview: {}"
 

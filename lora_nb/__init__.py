@@ -53,7 +53,7 @@ _EXPORTS = {
     "vs_full": "lora_nb.core.analysis.vs_full:vs_full",
     "VsFullResult": "lora_nb.core.analysis.vs_full:VsFullResult",
     "VsFullCallback": "lora_nb.core.analysis.vs_full:VsFullCallback",
-    "export": "lora_nb.core.training.export:export",
+    "export": "lora_nb.core.training.processes.export:export",
     "smollm2": "lora_nb.datasets:smollm2",
     "smollm2_folder": "lora_nb.datasets:smollm2_folder",
     "rotten_tomatoes": "lora_nb.datasets:rotten_tomatoes",

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from helpers import base_params, chat_tokenizer, tiny_llama
 
 import lora_nb
-from lora_nb.core.training.chat import ChatExamples
-from lora_nb.core.training.data import make_batches
+from lora_nb.core.training.data.batches import make_batches
+from lora_nb.core.training.data.chat import ChatExamples
 from lora_nb.errors import DataError
 
 TALK = [

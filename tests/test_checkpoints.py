@@ -14,7 +14,7 @@ from helpers import classification_pairs, gpt2_lora, mlp_with_lora, tiny_mlp, to
 from IPython.core.error import UsageError
 
 import lora_nb
-from lora_nb.core.training import checkpoint
+from lora_nb.core.training.longrun import checkpoint_files as checkpoint
 from lora_nb.errors import CheckpointError, LoraNBWarning, OptionError
 
 TESTS = Path(__file__).parent

@@ -7,7 +7,7 @@ import torch
 from helpers import classification_pairs, lora_params, mlp_with_lora
 
 import lora_nb
-from lora_nb.core.training.data import cross_entropy
+from lora_nb.core.training.data.batches import cross_entropy
 from lora_nb.errors import OptionError
 
 

@@ -15,14 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import lora_nb
-from lora_nb.core.training.export import export
+from lora_nb.core.training.processes.export import export
 from lora_nb.errors import AdapterError, OptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port():
-    from lora_nb.core.training.processes import _free_port
+    from lora_nb.core.training.processes.driver import _free_port
 
     return _free_port()
 

@@ -21,7 +21,7 @@ from helpers import (
 )
 
 import lora_nb
-from lora_nb.core.training.memory_plan import weight_bytes
+from lora_nb.core.training.memory.plan import weight_bytes
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

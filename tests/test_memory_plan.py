@@ -7,10 +7,10 @@ import torch
 from helpers import classification_pairs, ragged_token_items, tiny_gpt2, tiny_llama, tiny_mlp
 
 import lora_nb
-from lora_nb.core.training import memory_plan
-from lora_nb.core.training.allocations import TrackedAllocations
-from lora_nb.core.training.memory_plan import weight_bytes
-from lora_nb.core.training.recompute import is_checkpointing
+from lora_nb.core.training.memory import plan as memory_plan
+from lora_nb.core.training.memory.allocations import TrackedAllocations
+from lora_nb.core.training.memory.plan import weight_bytes
+from lora_nb.core.training.memory.recompute import is_checkpointing
 from lora_nb.errors import OptionError
 
 

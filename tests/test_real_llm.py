@@ -15,7 +15,7 @@ import torch
 from helpers import base_params, smollm2_dir
 
 import lora_nb
-from lora_nb.core.training.data import make_batches
+from lora_nb.core.training.data.batches import make_batches
 
 pytestmark = pytest.mark.slow
 

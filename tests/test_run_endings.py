@@ -70,7 +70,7 @@ def test_a_failing_listener_neither_undoes_nor_hides_a_model_change():
 
 @pytest.mark.timeout(120)
 def test_a_process_run_whose_weights_cannot_come_back_is_marked_done(monkeypatch):
-    from lora_nb.core.training import worker
+    from lora_nb.core.training.processes import worker
 
     def corrupt_result(job, session, run):  # rank 0 leaves garbage where the adapter's weights belong
         from pathlib import Path

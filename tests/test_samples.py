@@ -9,7 +9,7 @@ import torch
 from helpers import mlp_with_lora, tiny_gpt2, token_items, word_tokenizer
 
 import lora_nb
-from lora_nb.core.training import samples
+from lora_nb.core.training.longrun import samples
 from lora_nb.errors import OptionError
 
 TEXTS = ["the cat sat on the mat"] * 16

@@ -87,7 +87,7 @@ def test_magic_trains_texts_with_a_tokenizer(ip, capsys):  # done-when: the magi
 
 
 def test_text_batches_mask_padding_out_of_the_labels():
-    from lora_nb.core.training.data import make_batches
+    from lora_nb.core.training.data.batches import make_batches
 
     batches = make_batches(["the cat", "a dog ran to the park"], tokenizer=word_tokenizer(), batch_size=2,
                            shuffle=False)

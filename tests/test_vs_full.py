@@ -250,7 +250,7 @@ def test_live_curves_in_a_notebook(ip, monkeypatch):
 
 
 def test_peak_memory_sees_what_a_block_allocates():
-    from lora_nb.core.training.memory import PeakMemory
+    from lora_nb.core.training.memory.budget import PeakMemory
 
     with PeakMemory(torch.device("cpu")) as quiet:
         time.sleep(0.05)

@@ -6,7 +6,7 @@ Multi-process training in the notebook is ``%lora train MODEL … --processes N`
 from __future__ import annotations
 
 from ..core import registry
-from ..core.training.export import export
+from ..core.training.processes.export import export
 from .data_options import data_names, data_options
 from .router import arg, verb
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..training.callbacks import Callback
-from ..training.data import to_device
+from ..training.data.batches import to_device
 from . import factors as F
 from .spectra import delta_svd
 from .weights import TableResult

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ...errors import OptionError
-from ..training.chat import has_chat_template, render
+from ..training.data.chat import has_chat_template, render
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,10 @@ from ..adapters.attach import attach, strip_lora
 from ..adapters.io import WEIGHTS, save
 from ..adapters.options import AttachOptions
 from ..training.callbacks import Callback
-from ..training.data import count, takes_model, to_device
+from ..training.data.batches import count, takes_model, to_device
 from ..training.device import place_model, resolve_device
 from ..training.loop import uses_bf16
-from ..training.memory import PeakMemory, trainable_state_bytes
+from ..training.memory.budget import PeakMemory, trainable_state_bytes
 from ..training.run import launch, plan_run, trainable_parameters
 from ..training.settings import TrainSettings
 from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients

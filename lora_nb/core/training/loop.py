@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from ...errors import LoraNBError
-from .data import Batches, count, to_device
+from .data.batches import Batches, count, to_device
+from .data.position import DataPosition
 from .optimizer import group_scales, make_optimizer
-from .resume import DataPosition
 
 KEPT = "the adapter keeps what it learned"
 

@@ -36,12 +36,12 @@ from ...errors import OptionError, TrainingError
 from .. import registry
 from ..adapters.status import adapter_named_parameters
 from .callbacks import Callback
-from .data import Batches, make_batches
+from .data.batches import Batches, make_batches
 from .device import in_jupyter_kernel, place_model, resolve_device
-from .long_run import RunAdditions
+from .longrun.additions import RunAdditions
+from .longrun.spectra_history import SpectraHistory, SpectraRecorder
 from .loop import Loop, uses_bf16
 from .settings import TrainSettings
-from .spectra_history import SpectraHistory, SpectraRecorder
 
 __all__ = ["RunPlan", "TrainRun", "launch", "plan_run", "start_run", "trainable_parameters"]
 

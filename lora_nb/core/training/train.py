@@ -12,12 +12,12 @@ import torch
 from ...errors import OptionError
 from .. import registry
 from .callbacks import Callback
-from .data import takes_model
+from .data.batches import takes_model
 from .device import resolve_device
 from .loop import uses_bf16
-from .memory_plan import MemoryPlan, make_plan
-from .processes import launch_processes
-from .recompute import check_grad_checkpointing
+from .memory.plan import MemoryPlan, make_plan
+from .memory.recompute import check_grad_checkpointing
+from .processes.driver import launch_processes
 from .run import TrainRun, launch, plan_run
 from .settings import TrainSettings
 

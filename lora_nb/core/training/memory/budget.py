@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .loop import process_rss_mb
+from ..loop import process_rss_mb
 
 
 def adamw_state_bytes(param: torch.Tensor) -> int:

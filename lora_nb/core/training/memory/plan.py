@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+from ..data.batches import Batches
 from .activations import activations_at, model_only_loss
-from .data import Batches
-from .memory import trainable_state_bytes
+from .budget import trainable_state_bytes
 from .recompute import enable as enable_grad_checkpointing
 from .recompute import supports_grad_checkpointing
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .callbacks import Callback
+from ..callbacks import Callback
 
 
 class BestTracker(Callback):

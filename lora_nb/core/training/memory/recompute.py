@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ...errors import OptionError
-from .callbacks import Callback
+from ....errors import OptionError
+from ..callbacks import Callback
 
 
 def supports_grad_checkpointing(model: torch.nn.Module) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ...errors import CheckpointError
+from ....errors import CheckpointError
 
 STATE_JSON, STATE_TENSORS, ADAPTER = "state.json", "state.safetensors", "adapter"
 FORMAT = 1
@@ -39,7 +39,7 @@ def write_checkpoint(model: Any, adapter: str, folder: Path, tensors: dict[str, 
     """Write one checkpoint to ``folder`` atomically (temp folder + rename); returns ``folder``."""
     from safetensors.torch import save_file
 
-    from ..adapters.io import save
+    from ...adapters.io import save
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.writing-", dir=folder.parent))
@@ -95,7 +95,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Path, dict, dict[str, torc
     """(folder, state, state tensors, adapter tensors without peft's prefix) of a checkpoint, or a one-line error."""
     from safetensors.torch import load_file
 
-    from ..adapters.io import PREFIX, WEIGHTS
+    from ...adapters.io import PREFIX, WEIGHTS
 
     folder = resolve_checkpoint(path)
     try:

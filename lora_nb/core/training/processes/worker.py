@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from ..adapters.status import adapter_named_parameters
-from .callbacks import Callback
-from .data import Batches
-from .loop import Loop, uses_bf16
-from .run import RunPlan, TrainRun
+from ...adapters.status import adapter_named_parameters
+from ..callbacks import Callback
+from ..data.batches import Batches
+from ..loop import Loop, uses_bf16
+from ..run import RunPlan, TrainRun
 
 WEIGHTS = "adapter.safetensors"
 
@@ -152,7 +152,7 @@ def write_result(job: Job, session: Any, run: Any) -> None:
     save_file(weights, str(out / f".{WEIGHTS}.tmp"))
     os.replace(out / f".{WEIGHTS}.tmp", out / WEIGHTS)
     if job.channel is None:  # a launched script: the adapter in PEFT format and the curve beside it
-        from ..adapters.io import save
+        from ...adapters.io import save
 
         save(session.model, out / "adapter")
         (out / "history.json").write_text(json.dumps({"state": run.state, "history": run.history,

@@ -27,9 +27,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from ...errors import AdapterError, AdapterFileError, OptionError
-from .. import registry
-from ..adapters.io import save
+from ....errors import AdapterError, AdapterFileError, OptionError
+from ... import registry
+from ...adapters.io import save
 
 SCRIPT = "train.py"
 _SAFE = (torch.Tensor, str, int, float, bool, type(None))
@@ -87,7 +87,7 @@ def export(model: Any, path: str | os.PathLike, data: Any = None, eval_data: Any
 
 def _settings(session: registry.Session, given: dict | None) -> dict:
     """The last run's settings (``session.run``) for the active adapter, overridden by ``given``."""
-    from .settings import IN_PROCESS_ONLY, TrainSettings
+    from ..settings import IN_PROCESS_ONLY, TrainSettings
 
     run = session.run
     base = asdict(run.settings) if run is not None and run.adapter == session.active else {}
@@ -132,7 +132,7 @@ def _save_base(model: nn.Module, folder: Path) -> dict:
     if hasattr(model, "save_pretrained") and hasattr(model, "config"):
         model.save_pretrained(str(folder), state_dict=_base_state(model))
         return {"kind": "transformers", "module": cls.__module__, "class": cls.__name__, "path": "base"}
-    from ..adapters.attach import strip_lora
+    from ...adapters.attach import strip_lora
 
     plain = copy.deepcopy(model)
     strip_lora(plain)
@@ -190,7 +190,7 @@ def _loss_entry(loss_fn: Any) -> tuple[dict | None, str]:
 
 
 def _write_script(target: Path, session, settings: dict, model: dict, data: dict, tok, loss) -> None:
-    from ...version import __version__
+    from ....version import __version__
 
     template = string.Template((Path(__file__).with_name("script_template.py")).read_text())
     text = template.substitute(
@@ -204,9 +204,9 @@ def _write_script(target: Path, session, settings: dict, model: dict, data: dict
 def launched_run(model: nn.Module, data: Any, eval_data: Any, tokenizer: Any, loss_fn: Any, settings: dict,
                  out: str | os.PathLike) -> None:
     """Inside ``accelerate launch``: train ``model``'s active adapter in this process with lora_nb's loop."""
-    from .data import takes_model
-    from .run import plan_run
-    from .settings import TrainSettings
+    from ..data.batches import takes_model
+    from ..run import plan_run
+    from ..settings import TrainSettings
     from .worker import Job, run_worker
 
     session = registry.require(model)

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ...errors import OptionError
-from .callbacks import Callback
+from ....errors import OptionError
+from ..callbacks import Callback
 
 
 def check_can_sample(model: Any, tokenizer: Any) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import lowrank, registry
-from .callbacks import Callback
+from ... import lowrank, registry
+from ..callbacks import Callback
 
 BUDGET = 0.02  # share of the mean step time that recording may cost
 

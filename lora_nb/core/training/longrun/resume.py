@@ -1,6 +1,6 @@
 """Save a run every N steps and continue it later, exactly: the two callbacks and what they capture.
 
-``Checkpointer`` writes a checkpoint (see ``checkpoint.py``) every ``save_every`` steps, at the last
+``Checkpointer`` writes a checkpoint (see ``checkpoint_files.py``) every ``save_every`` steps, at the last
 step and when the run is stopped (Stop, ``%lora stop``, early stopping); a failing write (full
 disk, lost mount) leaves earlier checkpoints intact and the run going, with one ``LoraNBWarning``
 per run. ``Resume`` puts a checkpoint back before the first step: adapter weights, AdamW state,
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import AdapterFileError, CheckpointError, LoraNBWarning
-from .callbacks import Callback
-from .checkpoint import (
+from ....errors import AdapterFileError, CheckpointError, LoraNBWarning
+from ..callbacks import Callback
+from .checkpoint_files import (
     checkpoint_name,
     optimizer_from_files,
     optimizer_to_files,
@@ -59,53 +59,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     name, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def loader_generators(loader: Any) -> list[torch.Generator]:
-    """The torch generators a DataLoader shuffles with (its own and its sampler's, once each)."""
-    found: list[torch.Generator] = []
-    for owner in (loader, getattr(loader, "sampler", None)):
-        gen = getattr(owner, "generator", None)
-        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
-            found.append(gen)
-    return found
-
-
-class DataPosition:
-    """Where a run is in its data: the epoch, batches drawn in it, and the RNG states its iterator began from."""
-
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
-        self.epoch, self.consumed = -1, 0
-        self.start: list[torch.Tensor] = []
-
-    def new_iterator(self) -> Any:
-        """A fresh pass over the data (the next epoch), remembering what its shuffle order depends on."""
-        self.start = [torch.get_rng_state()] + [g.get_state() for g in loader_generators(self.loader)]
-        self.epoch, self.consumed = self.epoch + 1, 0
-        return iter(self.loader)
-
-    def to_files(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {f"data.start.{i}": s for i, s in enumerate(self.start)}
-        return tensors, {"epoch": self.epoch, "consumed": self.consumed, "states": len(self.start)}
-
-    def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> Any:
-        """The iterator the checkpointed run was drawing from, advanced past the batches it had used."""
-        self.epoch, self.consumed = meta["epoch"], meta["consumed"]
-        if self.epoch < 0:
-            return None
-        start = [tensors[f"data.start.{i}"] for i in range(meta["states"])]
-        generators = loader_generators(self.loader)
-        if len(start) != 1 + len(generators):
-            raise CheckpointError("the checkpoint's data was shuffled differently (another kind of data loader)")
-        torch.set_rng_state(start[0])
-        for gen, state in zip(generators, start[1:]):
-            gen.set_state(state)
-        self.start = start
-        iterator = iter(self.loader)
-        for _ in range(self.consumed):
-            next(iterator)
-        return iterator
 
 
 def settings_json(settings: Any) -> dict:
@@ -196,8 +149,8 @@ class Resume(Callback):
     def _check_weights(self) -> None:
         from peft import get_peft_model_state_dict
 
-        from ..adapters.io import PREFIX
-        from ..adapters.keys import mismatch
+        from ...adapters.io import PREFIX
+        from ...adapters.keys import mismatch
 
         own = get_peft_model_state_dict(self.session.peft, adapter_name=self.session.active)
         problem = mismatch(self.weights, {k.removeprefix(PREFIX): tuple(v.shape) for k, v in own.items()})
@@ -207,7 +160,7 @@ class Resume(Callback):
     def on_train_begin(self, run: Any) -> None:
         from peft import set_peft_model_state_dict
 
-        from ..adapters.io import PREFIX
+        from ...adapters.io import PREFIX
 
         loop, state, tensors = self.loop, self.state, self.tensors
         with self.session.lock, torch.no_grad():

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from ...errors import OptionError
-from .callbacks import Callback
+from ....errors import OptionError
+from ..callbacks import Callback
+from ..memory.plan import make_plan
+from ..memory.recompute import GradCheckpointing, check_grad_checkpointing
 from .early_stop import BestTracker
-from .memory_plan import make_plan
-from .recompute import GradCheckpointing, check_grad_checkpointing
 from .resume import Checkpointer, Resume
 from .samples import Sampler, check_can_sample
 

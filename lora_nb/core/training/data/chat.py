@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ...errors import DataError
+from ....errors import DataError
 
 IGNORE = -100  # label of a token that takes no part in the loss
 

@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
-from ...errors import OptionError, TrainingError
-from .. import registry
-from ..adapters.status import adapter_named_parameters
-from .data import takes_model
-from .device import in_jupyter_kernel
-from .run import TrainRun, plan_run, start_run
+from ....errors import OptionError, TrainingError
+from ... import registry
+from ...adapters.status import adapter_named_parameters
+from ..data.batches import takes_model
+from ..device import in_jupyter_kernel
+from ..run import TrainRun, plan_run, start_run
 from .worker import WEIGHTS, Job, run_worker
 
 _FORK = multiprocessing.get_context("fork")

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_leaves
 
+from ..data.batches import Batches, count, to_device
 from .allocations import SavedTensorBytes, TrackedAllocations, storage_keys
-from .data import Batches, count, to_device
 
 MEASURE_MAX = 4  # samples in the larger measuring batch
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from ...errors import DataError
+from ....errors import DataError
 from .chat import ChatExamples, is_chat_item, pad, pad_token_id
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]

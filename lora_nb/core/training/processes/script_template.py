@@ -58,7 +58,7 @@ def load_loss():
 
 def main() -> None:
     import lora_nb
-    from lora_nb.core.training.export import launched_run
+    from lora_nb.core.training.processes.export import launched_run
 
     model = load_model()
     lora_nb.load(model, HERE / "adapter", name=MODEL["adapter"])
