@@ -1,6 +1,8 @@
 """The package's shape, read from its source: layers import downward only, no import circles, no private names
-shared across modules. Layers: core ← viz ← widgets ← cmd ← magics; inside core: registry ← adapters ← training ←
-analysis. Function-level imports count as much as top-level ones."""
+shared across modules, no object's private attribute reached from outside it. Layers: core ← viz ← widgets ← cmd ←
+magics; inside core: registry ← adapters ← training ← analysis. Function-level imports count as much as top-level ones;
+imports under ``if TYPE_CHECKING:`` only name types for annotations (they never run), so they make no circle and no
+layer edge, but they take no private name either."""
 
 from __future__ import annotations
 
@@ -21,11 +23,22 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str], int]]:
-    """``(module imported, names taken from it, line)`` for every lora_nb import in ``path``."""
+def type_only(tree: ast.Module) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:``."""
+    blocks = [n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test).endswith("TYPE_CHECKING")]
+    return {id(n) for block in blocks for stmt in block.body for n in ast.walk(stmt)}
+
+
+def imports(name: str, path: Path, known: set[str], typing: bool = False) -> list[tuple[str, list[str], int]]:
+    """``(module imported, names taken from it, line)`` for every lora_nb import in ``path`` (with ``typing``, also
+    those under ``if TYPE_CHECKING:``)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skip = set() if typing else type_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("lora_nb")]
         elif isinstance(node, ast.ImportFrom):
@@ -45,9 +58,9 @@ def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str]
     return found
 
 
-def graph() -> dict[str, list[tuple[str, list[str], int]]]:
+def graph(typing: bool = False) -> dict[str, list[tuple[str, list[str], int]]]:
     known = set(modules())
-    return {name: imports(name, path, known) for name, path in modules().items()}
+    return {name: imports(name, path, known, typing) for name, path in modules().items()}
 
 
 def rank(module: str) -> tuple[int, int] | None:
@@ -91,7 +104,7 @@ def test_no_import_circles():
 
 def test_no_private_name_crosses_a_module():
     private = []
-    for module, edges in graph().items():
+    for module, edges in graph(typing=True).items():
         for target, names, line in edges:
             hidden = [n for n in names if n.startswith("_") and not n.startswith("__")]
             hidden += [s for s in target.split(".") if s.startswith("_") and not s.startswith("__")]
@@ -113,3 +126,55 @@ def test_the_project_refers_to_no_document_outside_it():
     outside += [f"{p.relative_to(root)}:{i}" for p in files if p.resolve() != Path(__file__).resolve()
                 for i, line in enumerate(p.read_text().splitlines(), 1) if any(ref in line for ref in names)]
     assert outside == []
+
+
+# Private attributes of objects lora_nb does not own, read because no public way exists; each with its reason.
+FOREIGN_PRIVATES = {
+    "_actions": "argparse: a parser's options are listed only in ArgumentParser._actions (completion, option checks)",
+    "_StoreTrueAction": "argparse: the class of a flag's action, to tell flags from options that take a value",
+    "_register_custom_module": "peft: LoraConfig's (experimental) hook mapping a custom layer type to its LoRA layer",
+    "_disable_adapters": "peft: BaseTunerLayer's on/off flag, set directly on the indexed fast path (peft's "
+                         "enable/disable_adapter_layers walk every module of the model)",
+    "_active_adapter": "peft: BaseTunerLayer's active adapter names, set directly on the indexed fast path (peft's "
+                       "set_adapter walks every module of the model)",
+    "_ConvNd": "torch: the common base class of Conv1d/2d/3d",
+    "_version": "torch: a tensor's in-place version counter, the cheap key that says its values changed",
+    "_foreach_copy_": "torch: the fused copy of a list of tensors (one kernel instead of one per parameter)",
+    "_shared_state": "accelerate: AcceleratorState's singleton, the only sign an Accelerator was created",
+    "_set_params_and_buffers_to_ignore_for_model": "torch DDP: keep the frozen base weights out of the all-reduce",
+    "_lora_dashboard": "an attribute lora_nb sets on an ipywidgets widget it made, so the widget keeps its view alive",
+    "_lora_panel": "an attribute lora_nb sets on an ipywidgets widget it made, so the widget keeps its view alive",
+}
+
+
+def private_reaches(tree: ast.Module) -> list[tuple[int, str]]:
+    """``obj._name`` where ``obj`` is not ``self``/``cls``/``super()``: one object reaching into another's privates.
+    IPython's display protocol (``_repr_html_``, ``_repr_mimebundle_``, ``_ipython_…_``) is public by convention."""
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+            continue
+        base = node.value
+        if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+            continue
+        if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "super":
+            continue
+        if node.attr.startswith(("_repr_", "_ipython_")) and node.attr.endswith("_"):
+            continue
+        found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_no_object_reaches_into_another_objects_private_attributes():
+    """A class's own methods use its ``_fields``; everyone else goes through its public methods and properties
+    (e.g. the loop and the process driver drive a ``TrainRun`` through ``begin``/``end``/``mark_ended``/
+    ``stop_requested``, never ``run._lock``)."""
+    reaches = [f"{module}:{line} {text}" for module, path in modules().items()
+               for line, text in private_reaches(ast.parse(path.read_text()))
+               if text.rpartition(".")[2] not in FOREIGN_PRIVATES]
+    assert reaches == []
+
+
+def test_the_private_attribute_rule_catches_a_reach():
+    tree = ast.parse("def f(run):\n    run._stop.set()\n    self._x = super()._y\n    r._repr_html_()\n")
+    assert private_reaches(tree) == [(2, "run._stop")]

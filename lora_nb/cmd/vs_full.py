@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..core.analysis.vs_full import VsFullCallback, VsFullOptions, vs_full
 from ..core.training.settings import TrainSettings
 from .data_options import DATA_OPTIONS, data_objects
 from .router import UI, given, options_of, verb, with_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.training.run import TrainRun
 
 _NOTEBOOK = {"device": "device"}  # vs-full's options whose default is a notebook setting (`%config LoraMagics`)
 _BOTH_ARMS = ("grad_accum", "warmup", "schedule", "weight_decay", "max_grad_norm", "eval_every", "precision",
@@ -23,7 +26,7 @@ class ArmLines(VsFullCallback):
     def on_arm_begin(self, arm: str, size: int | None) -> None:
         self.arm, self.size = arm, size
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         label = "LoRA" if self.arm == "lora" else "full fine-tuning"
         where = f" on {self.size} examples" if self.size is not None else ""
         losses = [r["loss"] for r in run.history]

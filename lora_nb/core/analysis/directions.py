@@ -14,7 +14,7 @@ Per adapted layer, with k = LoRA's rank there:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from ..training.data.batches import to_device
 from . import factors as F
 from .spectra import delta_svd
 from .weights import TableResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..training.run import TrainRun
 
 
 def top_vectors(m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,10 +84,10 @@ class FactorWatch(Callback):
     def __init__(self, adapter: str) -> None:
         self.adapter, self.initial, self.final = adapter, {}, {}
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         self.initial = {f.name: f for f in F.read(run.model, self.adapter)[1]}
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         self.final = {f.name: f for f in F.read(run.model, self.adapter)[1]}
 
 
@@ -94,10 +97,10 @@ class WeightWatch(Callback):
     def __init__(self, names: list[str]) -> None:
         self.names, self.before, self.delta = names, {}, {}
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         self.before = {n: run.model.get_submodule(n).weight.detach().clone() for n in self.names}
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         self.delta = {n: run.model.get_submodule(n).weight.detach() - w for n, w in self.before.items()}
 
 

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -47,6 +47,9 @@ from ..training.settings import TrainSettings
 from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients
 from .sweep import parse_sizes, subset
 from .vs_full_result import Arm, VsFullResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..training.run import TrainRun
 
 ARMS = ("lora", "full")
 ADAPTER = "vs_full"  # the adapter's name on the LoRA copy
@@ -69,7 +72,7 @@ class Bare:
 
     model: nn.Module
     lock: Any = field(default_factory=threading.RLock)
-    run: Any = None
+    run: TrainRun | None = None
     last_train: Any = None
 
     def ensure_idle(self, action: str) -> None:

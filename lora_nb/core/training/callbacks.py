@@ -10,7 +10,10 @@ from a hook, call ``run.stop()``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .run import TrainRun
 
 
 class Callback:
@@ -18,14 +21,14 @@ class Callback:
 
     essential = False  # True: an exception in a hook ends the run instead of detaching the callback
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         """Before the first step (``run.max_steps`` and the device are known)."""
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         """After each optimizer step; ``record`` is the new ``run.history[-1]``."""
 
-    def on_evaluate(self, run: Any, record: dict) -> None:
+    def on_evaluate(self, run: TrainRun, record: dict) -> None:
         """After an evaluation; ``record`` holds at least ``step`` and ``eval_loss``."""
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         """Once, after the run ended for any reason (``run.state`` says which)."""

@@ -15,7 +15,7 @@ import math
 import os
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from ...errors import LoraNBError
 from .data.batches import Batches, count, to_device
 from .data.position import DataPosition
 from .optimizer import group_scales, make_optimizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .run import TrainRun
 
 KEPT = "the adapter keeps what it learned"
 
@@ -40,7 +43,7 @@ def is_oom(exc: BaseException) -> bool:
 class Loop:
     """One run's mechanics; ``Loop(run, ...)()`` trains until done, stopped or failed."""
 
-    def __init__(self, run: Any, session: Any, batches: Batches, eval_batches: Batches | None,
+    def __init__(self, run: TrainRun, session: Any, batches: Batches, eval_batches: Batches | None,
                  params: list[torch.nn.Parameter], bf16: bool) -> None:
         self.run, self.session, self.batches, self.eval_batches = run, session, batches, eval_batches
         self.params, self.settings = params, run.settings
@@ -62,10 +65,7 @@ class Loop:
         state, message = "finished", ""
         try:
             self.setup()
-            with run._lock:  # from here on, a callback added late gets on_train_begin from add_callback
-                run._begun = True
-                first = tuple(run.callbacks)
-            self.callbacks("on_train_begin", first)
+            self.callbacks("on_train_begin", run.begin())  # a callback added later gets it from add_callback
             self.train()
             if run.step < run.max_steps:
                 state, message = "stopped", (getattr(run, "stop_reason", "")
@@ -81,12 +81,9 @@ class Loop:
             self.cleanup(release=state == "failed")
         run.finish(state, message)
         try:
-            with run._lock:
-                run._ended = True
-                last = tuple(run.callbacks)
-            self.callbacks("on_train_end", last)
+            self.callbacks("on_train_end", run.end())
         finally:
-            run._done.set()
+            run.mark_ended()
 
     def setup(self) -> None:
         model, ids = self.model, {id(p) for p in self.params}
@@ -138,9 +135,9 @@ class Loop:
     # -- steps -----------------------------------------------------------------------------------
     def train(self) -> None:
         run, every = self.run, self.settings.eval_every
-        while run.step < run.max_steps and not run._stop.is_set():
+        while run.step < run.max_steps and not run.stop_requested:
             self.wait_if_paused()
-            if run._stop.is_set():
+            if run.stop_requested:
                 break
             record = self.step()
             run.history.append(record)
@@ -151,8 +148,8 @@ class Loop:
                 self.callbacks("on_evaluate", None, record)
 
     def wait_if_paused(self) -> None:
-        while not self.run._resume.wait(0.1):
-            if self.run._stop.is_set():
+        while not self.run.wait_while_paused(0.1):
+            if self.run.stop_requested:
                 return
 
     def step(self) -> dict:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .callbacks import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .run import TrainRun
 
 
 def format_eta(seconds: float | None) -> str:
@@ -23,13 +26,13 @@ def format_eta(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def eta_seconds(run: Any, record: dict) -> float | None:
+def eta_seconds(run: TrainRun, record: dict) -> float | None:
     """Remaining time from the mean step time so far."""
     step = record["step"]
     return (run.max_steps - step) * record["time"] / step if step else None
 
 
-def progress_line(run: Any, record: dict, smoothed: float | None = None) -> str:
+def progress_line(run: TrainRun, record: dict, smoothed: float | None = None) -> str:
     """``step 120/1000 · loss 1.234 (avg 1.301) · lr 2.0e-04 · 812 tokens/s · ETA 1:10``."""
     parts = [f"step {record['step']}/{run.max_steps}", f"loss {record['loss']:.4g}"]
     if smoothed is not None:
@@ -43,14 +46,14 @@ def progress_line(run: Any, record: dict, smoothed: float | None = None) -> str:
     return " · ".join(parts)
 
 
-def begin_line(run: Any) -> str:
+def begin_line(run: TrainRun) -> str:
     s = run.settings
     batch = f"batch {s.batch_size}" + (f"×{s.grad_accum}" if s.grad_accum > 1 else "")
     return (f"training adapter `{run.adapter}` on {run.where}: {run.max_steps} steps, {batch}, lr {s.lr:g}, "
             f"{s.schedule} schedule; data: {run.data}")
 
 
-def end_line(run: Any) -> str:
+def end_line(run: TrainRun) -> str:
     return f"{run.state}: {run.message}"
 
 
@@ -78,20 +81,20 @@ class ConsoleReporter(Callback):
     def _print(self, text: str) -> None:
         print(text, file=self.file or sys.stdout, flush=True)
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         self._print(begin_line(run))
         if getattr(run, "memory_plan", None) is not None:
             self._print(run.memory_plan.line())
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         smoothed = self._ema.add(record["loss"])
         now = self.clock()
         if now - self._last >= self.interval or record["step"] == run.max_steps:
             self._last = now
             self._print(progress_line(run, record, smoothed))
 
-    def on_evaluate(self, run: Any, record: dict) -> None:
+    def on_evaluate(self, run: TrainRun, record: dict) -> None:
         self._print(f"eval at step {record['step']}: loss {record['eval_loss']:.4g}")
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         self._print(end_line(run))

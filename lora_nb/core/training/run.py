@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -43,7 +43,12 @@ from .longrun.spectra_history import SpectraHistory, SpectraRecorder
 from .loop import Loop, uses_bf16
 from .settings import TrainSettings
 
-__all__ = ["RunPlan", "TrainRun", "launch", "plan_run", "start_run", "trainable_parameters"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .memory.plan import MemoryPlan
+
+__all__ = ["RunPlan", "RunState", "TrainRun", "launch", "plan_run", "start_run", "trainable_parameters"]
+
+RunState = Literal["running", "paused", "finished", "stopped", "failed"]
 
 
 @dataclass(eq=False)
@@ -59,7 +64,7 @@ class TrainRun:
     data: str  # what the data was, in a few words
     background: bool = False
     custom_loss: bool = False
-    state: str = "running"
+    state: RunState = "running"
     history: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     message: str = ""
@@ -69,7 +74,7 @@ class TrainRun:
     best: dict | None = None  # {"step", "eval_loss"} of the lowest eval loss so far
     samples: list[dict] = field(default_factory=list)  # {"step", "prompt", "text"} generated while training
     sample_seconds: float = 0.0  # time spent generating samples (not in any step's "seconds")
-    memory_plan: Any = None  # the MemoryPlan measured when the run began
+    memory_plan: MemoryPlan | None = None  # the MemoryPlan measured when the run began
     stop_reason: str = ""  # why the run stopped itself (early stopping), for its message
     spectra_history: SpectraHistory = field(default_factory=SpectraHistory)  # ΔW's singular values over the run
 
@@ -95,6 +100,44 @@ class TrainRun:
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once ``stop()`` was called (the loop ends the run at the next step boundary)."""
+        return self._stop.is_set()
+
+    def wait_while_paused(self, timeout: float) -> bool:
+        """Block while the run is paused, at most ``timeout`` seconds; True when it may go on (resumed or stopped)."""
+        return self._resume.wait(timeout)
+
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        """Block until the run is marked ended (``mark_ended``) or ``timeout`` passed; True when it ended."""
+        return self._done.wait(timeout)
+
+    def begin(self) -> tuple[Callback, ...]:
+        """The loop's start: from now on a late ``add_callback`` gets ``on_train_begin`` itself; returns the
+        callbacks to call ``on_train_begin`` on now."""
+        with self._lock:
+            self._begun = True
+            return tuple(self.callbacks)
+
+    def end(self) -> tuple[Callback, ...]:
+        """After ``finish``: from now on a late ``add_callback`` gets ``on_train_end`` itself; returns the
+        callbacks to call ``on_train_end`` on now."""
+        with self._lock:
+            self._ended = True
+            return tuple(self.callbacks)
+
+    def mark_ended(self) -> None:
+        """The last act of whatever drove the run: ``done`` turns True and ``wait`` returns."""
+        self._done.set()
+
+    def start_thread(self, work: Callable[[], None]) -> None:
+        """Run ``work`` in a daemon thread that prints where the run was started (``wait`` joins it)."""
+        context = contextvars.copy_context()  # output of the thread goes where the run was started
+        self._thread = threading.Thread(target=context.run, args=(work,), name=f"lora_nb-train-{self.adapter}",
+                                        daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         """End the run at the next step boundary; the adapter keeps what it learned."""
@@ -154,7 +197,7 @@ class TrainRun:
         head = f"TrainRun({self.state}: adapter `{self.adapter}`, {self.summary_line()}"
         return head + (f"; {self.message}" if self.state in ("failed", "stopped") else "") + ")"
 
-    def finish(self, state: str, message: str) -> None:
+    def finish(self, state: RunState, message: str) -> None:
         """Mark the run ended (``state``, one-line ``message``) and record it with its adapter."""
         with self._lock:
             self._seconds = time.perf_counter() - self._t0
@@ -234,10 +277,7 @@ def start_run(session: Any, run: TrainRun, work: Callable[[], None], background:
     if not background:
         work()
         return run
-    context = contextvars.copy_context()  # output of the thread goes where the run was started
-    run._thread = threading.Thread(target=context.run, args=(work,), name=f"lora_nb-train-{run.adapter}",
-                                   daemon=True)
-    run._thread.start()
+    run.start_thread(work)
     return run
 
 

@@ -9,7 +9,7 @@ what the others did at that step).
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ....errors import OptionError
 from ..callbacks import Callback
@@ -19,6 +19,9 @@ from .early_stop import BestTracker
 from .resume import Checkpointer, Resume
 from .samples import Sampler, check_can_sample
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import TrainRun
+
 
 class MemoryPlanner(Callback):
     """Measures the run's memory plan when it begins (after gradient checkpointing is on)."""
@@ -26,7 +29,7 @@ class MemoryPlanner(Callback):
     def __init__(self, loop: Any) -> None:
         self.loop = loop
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         loop = self.loop
         autocast = getattr(loop, "autocast", contextlib.nullcontext)
         # a loss_fn(model, batch) is the user's code, which the measurement does not call unasked; a forward-only

@@ -9,11 +9,14 @@ ends, and the run's message says so.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..callbacks import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import TrainRun
 
 
 class BestTracker(Callback):
@@ -27,7 +30,7 @@ class BestTracker(Callback):
         self.best_values: list[torch.Tensor] | None = None
         self.stopped_early = False
 
-    def on_evaluate(self, run: Any, record: dict) -> None:
+    def on_evaluate(self, run: TrainRun, record: dict) -> None:
         loss = record["eval_loss"]
         best = run.best
         if best is None or loss < best["eval_loss"] - self.min_delta:
@@ -45,7 +48,7 @@ class BestTracker(Callback):
                                f"{run.best['eval_loss']:.4g} at step {run.best['step']}")
             run.stop()
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         if not self.restore_best or self.best_values is None or run.state == "failed":
             return
         if run.best["step"] == run.step:

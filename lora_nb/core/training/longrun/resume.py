@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from .checkpoint_files import (
     read_checkpoint,
     write_checkpoint,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import TrainRun
 
 # settings that change the sequence of updates: a resume with other values cannot repeat the first run
 REPEATABLE = ("batch_size", "grad_accum", "seed", "lr", "schedule", "warmup", "weight_decay", "lr_ratio",
@@ -76,16 +79,16 @@ class Checkpointer(Callback):
         self.failures = 0
         self.saved_step = -1
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         step = record["step"]
-        if step % self.every == 0 or step == run.max_steps or run._stop.is_set():
+        if step % self.every == 0 or step == run.max_steps or run.stop_requested:
             self.save(run)
 
-    def on_evaluate(self, run: Any, record: dict) -> None:
-        if run._stop.is_set() and self.saved_step != run.step:  # stopped by an evaluation (early stopping)
+    def on_evaluate(self, run: TrainRun, record: dict) -> None:
+        if run.stop_requested and self.saved_step != run.step:  # stopped by an evaluation (early stopping)
             self.save(run)
 
-    def save(self, run: Any) -> Path | None:
+    def save(self, run: TrainRun) -> Path | None:
         tensors, state = self.capture(run)
         try:
             folder = write_checkpoint(run.model, run.adapter, self.save_dir / checkpoint_name(run.step), tensors,
@@ -101,7 +104,7 @@ class Checkpointer(Callback):
                                             "goes on and earlier checkpoints are intact"), stacklevel=2)
             return None
 
-    def capture(self, run: Any) -> tuple[dict[str, torch.Tensor], dict]:
+    def capture(self, run: TrainRun) -> tuple[dict[str, torch.Tensor], dict]:
         """The run's whole state: tensors for safetensors, the rest for JSON."""
         loop = self.loop
         opt_tensors, opt_meta = optimizer_to_files(loop.opt)
@@ -157,7 +160,7 @@ class Resume(Callback):
         if problem:
             raise CheckpointError(f"{self.folder} does not fit adapter `{self.session.active}`: {problem}")
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         from peft import set_peft_model_state_dict
 
         from ...adapters.io import PREFIX

@@ -9,12 +9,15 @@ has one. Results go to ``run.samples`` as ``{"step", "prompt", "text"}``; the ti
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ....errors import OptionError
 from ..callbacks import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import TrainRun
 
 
 def check_can_sample(model: Any, tokenizer: Any) -> None:
@@ -52,15 +55,15 @@ class Sampler(Callback):
         self.model, self.tokenizer, self.prompts = model, tokenizer, list(prompts)
         self.every, self.max_new_tokens = every, max_new_tokens
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         if run.step == 0:
             self.sample(run)
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         if record["step"] % self.every == 0 or record["step"] == run.max_steps:
             self.sample(run)
 
-    def sample(self, run: Any) -> None:
+    def sample(self, run: TrainRun) -> None:
         t0 = time.perf_counter()
         modes = {m: m.training for m in self.model.modules()}
         devices = [run.device] if run.device.type == "cuda" else []

@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ... import lowrank, registry
 from ..callbacks import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import TrainRun
 
 BUDGET = 0.02  # share of the mean step time that recording may cost
 
@@ -60,7 +63,7 @@ class SpectraRecorder(Callback):
         self.cost = 0.0  # seconds of the latest recording
         self.step_seconds = 0.0  # training time so far (sum of the steps' wall times)
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         session = registry.find(run.model)
         history = run.spectra_history
         history.adapter, history.every = run.adapter, self.fixed or 1
@@ -70,7 +73,7 @@ class SpectraRecorder(Callback):
         self.layers = [(n, m) for n, m in session.model.named_modules()
                        if lowrank.layer_pair(m, run.adapter, n) is not None]
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         if not self.layers:
             return
         self.step_seconds += record["seconds"]
@@ -81,11 +84,11 @@ class SpectraRecorder(Callback):
         if due:
             self.record(run, record["step"])
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         if self.layers and run.step > self.last:
             self.record(run, run.step)
 
-    def record(self, run: Any, step: int) -> None:
+    def record(self, run: TrainRun, step: int) -> None:
         """Add the spectra at ``step``; estimate the spacing the budget allows from what this recording cost."""
         history, t0 = run.spectra_history, time.perf_counter()
         with self.lock, lowrank.one_thread():

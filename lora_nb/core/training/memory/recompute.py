@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ....errors import OptionError
 from ..callbacks import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import TrainRun
 
 
 def supports_grad_checkpointing(model: torch.nn.Module) -> bool:
@@ -67,10 +70,10 @@ class GradCheckpointing(Callback):
     def __init__(self, model: Any) -> None:
         self.model, self.undo = model, None
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         self.undo = enable(self.model)
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         if self.undo is not None:
             self.undo()
             self.undo = None

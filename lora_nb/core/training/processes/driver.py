@@ -36,7 +36,7 @@ from ... import registry
 from ...adapters.status import adapter_named_parameters
 from ..data.batches import takes_model
 from ..device import in_jupyter_kernel
-from ..run import TrainRun, plan_run, start_run
+from ..run import RunPlan, TrainRun, plan_run, start_run
 from .worker import WEIGHTS, Job, run_worker
 
 _FORK = multiprocessing.get_context("fork")
@@ -72,6 +72,10 @@ class ProcessRun(TrainRun):
 
     def summary(self) -> dict:
         return {**super().summary(), "processes": self.processes}
+
+    def job(self, session: registry.Session, plan: RunPlan, cpu: bool, out: str) -> Job:
+        """What every worker process gets: the plan, where to write the weights, and this run's channels."""
+        return Job(session, plan, cpu, self.custom_loss, out, self._queue, self._shared_stop, self._shared_pause)
 
 
 def check_launchable(processes: int, device: str, model: torch.nn.Module) -> bool:
@@ -122,8 +126,8 @@ def launch_processes(session: registry.Session, settings: Any, data: Any, eval_d
                      background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []),
                      processes=n)
     out = tempfile.mkdtemp(prefix="lora_nb-processes-")
-    job = Job(session, plan, cpu, run.custom_loss, out, run._queue, run._shared_stop, run._shared_pause)
-    start_run(session, run, _Driver(run, session, job), background=True, names=names)  # a thread either way
+    driver = _Driver(run, session, run.job(session, plan, cpu, out))
+    start_run(session, run, driver, background=True, names=names)  # a thread either way
     if not background:
         _wait_interruptibly(run)
     return run
@@ -133,7 +137,7 @@ def _wait_interruptibly(run: ProcessRun) -> None:
     """Block until the run ends; Ctrl-C stops it at the next step boundary (all processes together)."""
     while True:
         try:
-            if run._done.wait(0.1):
+            if run.wait_ended(0.1):
                 break
         except KeyboardInterrupt:
             run.stop()
@@ -152,7 +156,7 @@ class _Driver:
     def __call__(self) -> None:
         pump = threading.Thread(target=contextvars.copy_context().run, args=(self._pump,), daemon=True)
         failure: BaseException | None = None
-        self._callbacks("on_train_begin")
+        self._callbacks("on_train_begin", self.run.begin())
         pump.start()
         try:
             self._launch()
@@ -172,9 +176,9 @@ class _Driver:
             shutil.rmtree(self.job.out, ignore_errors=True)
         try:
             self.run.finish(state, message)
-            self._callbacks("on_train_end")
+            self._callbacks("on_train_end", self.run.end())
         finally:
-            self.run._done.set()
+            self.run.mark_ended()
 
     def _launch(self) -> None:
         from accelerate import notebook_launcher
@@ -200,14 +204,14 @@ class _Driver:
             kind = message[0]
             if kind in ("step", "eval"):
                 (self.run.history if kind == "step" else self.run.evals).append(message[1])
-                self._callbacks("on_step_end" if kind == "step" else "on_evaluate", message[1])
+                self._callbacks("on_step_end" if kind == "step" else "on_evaluate", None, message[1])
             elif kind == "end":
                 self.ended = message
             elif kind == "error":
                 self.errors.append(message)
 
-    def _callbacks(self, hook: str, *args: Any) -> None:
-        for cb in tuple(self.run.callbacks):
+    def _callbacks(self, hook: str, which: tuple | None = None, *args: Any) -> None:
+        for cb in which if which is not None else tuple(self.run.callbacks):
             self.run.call_hook(cb, hook, *args)
 
     def _outcome(self, failure: BaseException | None) -> tuple[str, str]:

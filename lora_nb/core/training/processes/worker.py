@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from ..callbacks import Callback
 from ..data.batches import Batches
 from ..loop import Loop, uses_bf16
 from ..run import RunPlan, TrainRun
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import TrainRun
 
 WEIGHTS = "adapter.safetensors"
 
@@ -82,7 +85,7 @@ class _Sync(Callback):
         job = self.job
         return (float(job.stop is not None and job.stop.is_set()), float(job.pause is not None and job.pause.is_set()))
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         loss, sps, tps, stop, pause = self._agree(record["loss"], record["samples_per_s"],
                                                   record.get("tokens_per_s", 0.0), *self._flags())
         record.update(loss=loss / self.world, samples_per_s=sps, processes=self.world)
@@ -93,9 +96,9 @@ class _Sync(Callback):
             time.sleep(0.05)
             stop, pause = self._agree(*self._flags())
         if stop:
-            run._stop.set()
+            run.stop()
 
-    def on_evaluate(self, run: Any, record: dict) -> None:
+    def on_evaluate(self, run: TrainRun, record: dict) -> None:
         self.send("eval", record)
 
     def send(self, kind: str, record: dict) -> None:
@@ -142,7 +145,7 @@ def run_worker(job: Job) -> None:
         torch.distributed.destroy_process_group()
 
 
-def write_result(job: Job, session: Any, run: Any) -> None:
+def write_result(job: Job, session: Any, run: TrainRun) -> None:
     """Rank 0: the adapter's weights (written then renamed, so a reader never sees half a file)."""
     from safetensors.torch import save_file
 
