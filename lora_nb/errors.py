@@ -64,6 +64,12 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean `{close[0]}`?" if close else ""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message in one line: its first non-empty line, or its type's name when it has none."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def preview(names: Iterable[str], limit: int = 8) -> str:
     """A short comma-separated preview of names, with a count of the rest."""
     names = list(names)

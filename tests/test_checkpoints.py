@@ -190,3 +190,23 @@ def test_a_killed_kernel_resumes_in_a_new_one_with_the_same_losses(tmp_path):
         torch.set_num_threads(threads)
     assert resumed["state"] == "finished" and len(resumed["losses"]) == steps
     assert max(abs(a - b) for a, b in zip(resumed["losses"], losses(full))) <= 1e-6
+
+
+def test_rewriting_a_step_keeps_the_old_checkpoint_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """A resumed run writes its first step's checkpoint again: the old folder is renamed aside, not deleted
+    first, so a failing final rename leaves it complete (adapter saves and checkpoints share that swap)."""
+    run = lora_nb.train(mlp_with_lora(), PAIRS, save_every=2, save_dir=tmp_path, **{**MLP, "steps": 2})
+    folder = tmp_path / "checkpoint-000002"
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    real = os.rename
+
+    def fail_into_place(src, dst):
+        if Path(dst) == folder and ".writing-" in str(src):
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", fail_into_place)
+    with pytest.raises(OSError, match="Input/output"):
+        checkpoint.write_checkpoint(run.model, "default", folder, {}, {"step": 2})
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before and [p.name for p in tmp_path.iterdir()] == [folder.name]

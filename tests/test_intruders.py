@@ -102,3 +102,20 @@ def test_the_view_carries_a_picture_and_closing_restores_the_factors():
     view.close()
     a1, b1 = _factors(model)
     assert torch.equal(a0, a1) and torch.equal(b0, b1) and view.widget.comm is None and view.curve.comm is None
+
+
+def test_the_table_and_the_dial_count_the_same_intruders_in_float64():
+    """`%lora intruders` and `--metric`'s dial find intruders with one computation: in float64 even for a
+    bfloat16 model, where W's own precision would blur cosines near ε."""
+    from lora_nb.core.analysis.spectra import intruders
+
+    model = tiny_gpt2()
+    lora_nb.attach(model, r=4)
+    make_b_nonzero(model, scale=3.0)
+    model.to(torch.bfloat16)
+    table = intruders(model, k=8, eps=0.9)
+    dial = IntruderDial(model, k=8, eps=0.9)
+    assert dict(table) == dial.counts and sum(dial.counts.values()) > 0
+    for name, part in dial.layers.items():
+        assert table.detail[name].dtype == part.best_cos.dtype == "float64"
+        assert (table.detail[name] == part.best_cos).all()

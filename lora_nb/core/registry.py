@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..errors import AdapterError, LoraNBWarning, NotAModelError, TrainingActiveError, did_you_mean
+from ..errors import AdapterError, LoraNBWarning, NotAModelError, TrainingActiveError, did_you_mean, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
@@ -161,7 +161,6 @@ def forget(model: nn.Module) -> None:
 
 def report_failed_listener(listener: Any, hook: str, exc: BaseException) -> None:
     """One warning for a view whose ``hook`` raised (it is detached by the caller); the traceback goes with it."""
-    first = (str(exc).strip().splitlines() or [""])[0]
     detail = "".join(traceback.format_exception(exc)).rstrip()
-    warnings.warn(f"{type(listener).__name__}.{hook} raised {type(exc).__name__}: {first}; the view was detached "
-                  f"and the operation's result stands\n{detail}", LoraNBWarning, stacklevel=3)
+    warnings.warn(f"{type(listener).__name__}.{hook} raised {type(exc).__name__}: {first_line(exc)}; the view was "
+                  f"detached and the operation's result stands\n{detail}", LoraNBWarning, stacklevel=3)

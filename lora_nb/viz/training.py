@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ..core.training.reporting import Ema
+from ..core.smoothing import SMOOTHING, Ema
 from . import figure
 
 
@@ -36,7 +36,6 @@ _STYLE = {
     "loss_smoothed": dict(line=dict(color="rgb(31,119,180)", width=2)),
     "eval_loss": dict(mode="lines+markers", line=dict(color="rgb(214,39,40)", width=2)),
 }
-SMOOTHING = 0.9
 
 
 # the 2 × 3 grid of plotly's make_subplots(rows=2, cols=3, specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]],

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ..core.training.reporting import Ema
+from ..core.smoothing import Ema
 from . import figure
 from .training import SMOOTHING, decimate
 

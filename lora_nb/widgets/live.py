@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..core.smoothing import Ema
 from ..core.training.callbacks import Callback
-from ..core.training.reporting import Ema, begin_line, progress_line
+from ..core.training.reporting import begin_line, progress_line
 from ..viz.training import SERIES, SMOOTHING, history_spec, mark_best, training_spec
 from .throttle import Decimator, RateLimit, Throttle
 from .ui import Slot, close_tree, svg_bundle

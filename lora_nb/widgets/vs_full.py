@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.analysis.vs_full import VsFullCallback
-from ..core.training.reporting import Ema
+from ..core.smoothing import Ema
 from ..viz.analysis import directions_spec
 from ..viz.training import SMOOTHING
 from ..viz.vs_full import CURVES, LABELS, curves_spec, result_curves_spec, sweep_spec

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from ...errors import InjectionError
+from ...errors import InjectionError, first_line
 from .. import registry
 
 
@@ -99,8 +99,7 @@ def _failed_module(model: nn.Module, config, name: str) -> tuple[str, str]:
 
 
 def _reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__
+    return first_line(exc).rstrip(".")
 
 
 def inject(model: nn.Module, session, config, name: str) -> "registry.Session":

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ...errors import AdapterError, AdapterFileError
+from ...errors import AdapterError, AdapterFileError, first_line
 from .. import registry
 from . import switch
 from .inject import inject
@@ -35,11 +35,6 @@ from .verify import expected_shapes
 CONFIG, WEIGHTS, PICKLE, RECORD = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
                                    "lora_nb_record.json")
 PREFIX = "base_model.model."
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- save
@@ -98,8 +93,10 @@ def _write(session, adapter: str, staging: Path) -> None:
     (staging / RECORD).write_text(json.dumps(run_record(session, adapter), indent=2))
 
 
-def _swap_in(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; an old save is renamed aside first and removed after."""
+def replace_folder(staging: Path, target: Path) -> None:
+    """Rename the complete folder ``staging`` to ``target``; an old ``target`` is renamed aside first (to
+    ``.NAME.old-XXXXXXXX``), put back if the rename fails, and removed only after: at every moment one complete
+    folder exists. Every atomic folder write (adapter saves, checkpoints) ends with this."""
     if not target.exists():
         os.rename(staging, target)
         return
@@ -123,13 +120,13 @@ def save(model: Any, path: str | os.PathLike, adapter: str | None = None) -> Pat
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
     except OSError as exc:
-        raise AdapterFileError(f"cannot write to {target.parent}: {_first_line(exc)}") from None
+        raise AdapterFileError(f"cannot write to {target.parent}: {first_line(exc)}") from None
     try:
         _write(session, adapter, staging)
-        _swap_in(staging, target)
+        replace_folder(staging, target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise AdapterFileError(f"saving to {target} failed ({_first_line(exc)}); any previous save is intact") from None
+        raise AdapterFileError(f"saving to {target} failed ({first_line(exc)}); any previous save is intact") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -161,7 +158,7 @@ def _read_config(folder: Path):
     except AdapterFileError:
         raise
     except Exception as exc:
-        raise AdapterFileError(f"{folder / CONFIG} is not a valid LoRA config: {_first_line(exc)}") from None
+        raise AdapterFileError(f"{folder / CONFIG} is not a valid LoRA config: {first_line(exc)}") from None
     if getattr(config, "target_parameters", None):
         raise AdapterFileError(f"{folder}: adapters with target_parameters are not supported by lora_nb.load; "
                                "use peft.PeftModel.from_pretrained")
@@ -177,7 +174,7 @@ def _read_tensors(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
             return load_file(str(weights))
         except Exception as exc:
             raise AdapterFileError(f"{weights} is not a readable safetensors file (truncated or corrupt?): "
-                                   f"{_first_line(exc)}") from None
+                                   f"{first_line(exc)}") from None
     if not pickled.exists():
         raise AdapterFileError(f"{folder} has no {WEIGHTS}")
     if not allow_pickle:
@@ -187,7 +184,7 @@ def _read_tensors(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         tensors = torch.load(str(pickled), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise AdapterFileError(f"{pickled} is not a plain tensor file (weights_only refused it): "
-                               f"{_first_line(exc)}") from None
+                               f"{first_line(exc)}") from None
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise AdapterFileError(f"{pickled} does not hold a dict of tensors")
     return tensors

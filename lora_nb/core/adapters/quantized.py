@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...errors import AdapterError
+from ...errors import AdapterError, first_line
 
 
 def is_quantized(layer: nn.Module) -> bool:
@@ -36,7 +36,7 @@ def dequantized(layer: nn.Module) -> torch.Tensor:
         return dequantize_module_weight(base).detach().float()
     except Exception as exc:  # no backend for this device
         raise AdapterError(f"cannot dequantize a {bits(layer)}-bit bitsandbytes layer here "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
+                           f"({type(exc).__name__}: {first_line(exc)}): "
                            "bitsandbytes needs a GPU, or its CPU backend (bitsandbytes ≥ 0.45)") from None
 
 

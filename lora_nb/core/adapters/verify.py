@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import nn
 
-from ...errors import AdapterFileError
+from ...errors import AdapterFileError, first_line
 from .keys import adapter_parameters_by_key
 
 _PROBE = "lora_nb_probe"
@@ -43,5 +43,5 @@ def expected_shapes(model: nn.Module, config) -> dict[str, tuple[int, ...]] | No
             warnings.simplefilter("ignore")
             inject_adapter_in_model(probe, skeleton, adapter_name=_PROBE)
     except ValueError as exc:
-        raise AdapterFileError(f"the adapter's targets do not fit this model: {str(exc).splitlines()[0]}") from None
+        raise AdapterFileError(f"the adapter's targets do not fit this model: {first_line(exc)}") from None
     return {k: tuple(p.shape) for k, p in adapter_parameters_by_key(skeleton, _PROBE).items()}

@@ -76,6 +76,11 @@ def lora_layers(session: "registry.Session", adapter: str) -> Iterator[tuple[str
             yield ".".join(part for part in name.split(".") if part != "base_layer"), module  # nested: MHA out_proj
 
 
+def work_device(t: torch.Tensor) -> torch.device:
+    """Where float64 linear algebra on ``t`` runs (MPS has neither float64 nor a full SVD)."""
+    return torch.device("cpu") if t.device.type == "mps" else t.device
+
+
 def base_weight(layer: nn.Module) -> torch.Tensor:
     """The weight LoRA updates: the base layer's ``weight`` (``in_proj_weight`` of a MultiheadAttention)."""
     base = layer.get_base_layer()

@@ -38,7 +38,8 @@ class LayerIntruders:
 
 def find_intruders(layer, f: F.Factors, k: int, eps: float) -> LayerIntruders:
     """The intruder dimensions among the top ``k`` of W+ΔW for one layer (dense SVDs of W and W+ΔW)."""
-    w = F.base_matrix(layer, f).to(torch.float64)
+    w = F.base_matrix(layer, f)
+    w = w.to(F.work_device(w), torch.float64)
     delta = f.scaling * f.B.to(w.device, torch.float64) @ f.A.to(w.device, torch.float64)
     u_w = torch.linalg.svd(w, full_matrices=False)[0]
     u, s, vh = torch.linalg.svd(w + delta, full_matrices=False)

@@ -18,6 +18,7 @@ import torch
 from ...errors import TargetError
 from .. import lowrank, registry
 from . import factors as F
+from .intruders import find_intruders
 from .weights import TableResult
 
 FULL_SVD_MAX = 1024  # a base layer with min(out, in) above this gets a top-k randomized SVD
@@ -25,14 +26,9 @@ TOP_K = 64
 Progress = Callable[[int, int, str], None]  # (done, total, module name)
 
 
-def _work(t: torch.Tensor) -> torch.device:
-    """Where float64 linear algebra on ``t`` runs (MPS has neither float64 nor a full SVD)."""
-    return torch.device("cpu") if t.device.type == "mps" else t.device
-
-
 def _core(f: F.Factors, vectors: bool = False):
     """``(Q_B, core, Q_A)`` with ΔW = Q_B · core · Q_Aᵀ, in float64 (Qs are None unless ``vectors``)."""
-    dev = _work(f.A)
+    dev = F.work_device(f.A)
     b, at = f.B.to(dev, torch.float64), f.A.T.to(dev, torch.float64)
     if vectors:
         qb, rb = torch.linalg.qr(b)
@@ -217,7 +213,7 @@ class Similarity(TableResult):
 
 def right_vectors(a: torch.Tensor) -> torch.Tensor:
     """Right singular vectors of the factor ``a`` (r × in) as rows (k × in), float64."""
-    return torch.linalg.svd(a.to(_work(a), torch.float64), full_matrices=False)[2]
+    return torch.linalg.svd(a.to(F.work_device(a), torch.float64), full_matrices=False)[2]
 
 
 def phi(va: torch.Tensor, vb: torch.Tensor) -> np.ndarray:
@@ -295,21 +291,16 @@ def intruders(model, adapter: str | None = None, k: int = 10, eps: float = 0.5, 
     """Per module, how many of W+ΔW's top-``k`` left singular vectors have best |cos| < ``eps`` with W's.
 
     Intruder dimensions (Shuttleworth et al. 2024): new directions the update brought in.
-    ``result.detail[name]`` holds each top vector's best |cosine|. Needs full SVDs of W and W+ΔW.
+    ``result.detail[name]`` holds each top vector's best |cosine|. Needs full float64 SVDs of W and W+ΔW
+    (``intruders.find_intruders``, which the dial behind ``--metric`` scales).
     """
     adapter, pairs = _layers_and_factors(model, adapter, layers)
     result = PerModule(f"intruder dimensions of adapter `{adapter}` (top {k}, ε = {eps})", "intruders")
     result.detail = {}
     for i, (layer, f) in enumerate(pairs, 1):
-        w = F.base_matrix(layer, f)
-        dev = _work(w)
-        w = w.to(dev)
-        wd = w + f.scaling * f.B.to(dev, w.dtype) @ f.A.to(dev, w.dtype)
-        u_w = torch.linalg.svd(w, full_matrices=False)[0]
-        u_wd = torch.linalg.svd(wd, full_matrices=False)[0][:, :k]
-        best = (u_wd.T @ u_w).abs().max(dim=1).values.cpu().numpy()
-        result.detail[f.name] = best
-        result[f.name] = int((best < eps).sum())
+        found = find_intruders(layer, f, k, eps)  # the same float64 detection the dial (`--metric`) scales
+        result.detail[f.name] = found.best_cos
+        result[f.name] = found.count
         if progress is not None:
             progress(i, len(pairs), f.name)
     return result

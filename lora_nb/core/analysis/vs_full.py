@@ -15,7 +15,6 @@ The result lays this out as the table of the LoRA explainer (see ``_vs_full_resu
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import gc
@@ -40,10 +39,10 @@ from ..adapters.options import AttachOptions
 from ..training.callbacks import Callback
 from ..training.data.batches import count, takes_model, to_device
 from ..training.device import place_model, resolve_device
-from ..training.loop import uses_bf16
+from ..training.loop import autocast_factory, uses_bf16
 from ..training.memory.budget import PeakMemory, trainable_state_bytes
 from ..training.run import launch, plan_run, trainable_parameters
-from ..training.settings import TrainSettings
+from ..training.settings import TrainSettings, check_training_options
 from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients
 from .sweep import parse_sizes, subset
 from .vs_full_result import Arm, VsFullResult
@@ -167,9 +166,7 @@ def _make_plan(data, eval_data, lora: dict, common: dict, extras: dict, lrs: dic
                           "lr_lora= and lr_full=")
     if str(extras.get("processes", 1)) != "1":
         raise OptionError("vs_full trains both arms in this process, one after the other; drop processes")
-    unknown = sorted(set(extras) - {f.name for f in fields(TrainSettings)})
-    if unknown:
-        raise OptionError(f"unknown training option(s): {', '.join(unknown)}")
+    check_training_options(extras)
     if data is None:
         raise DataError("no training data: pass data=… (a list of (input, target) pairs, tensors, texts, a Dataset)")
     options = AttachOptions(name=ADAPTER, **lora)
@@ -290,8 +287,7 @@ def evaluate(model: nn.Module, data: Any, plan: _Plan, settings: TrainSettings,
              device: torch.device) -> tuple[float, float | None]:
     """Mean loss over one pass of ``data`` (eval mode, no gradients) and accuracy for classifiers (else None)."""
     batches = plan_run(Bare(model), data, None, plan.tokenizer, plan.loss_fn, settings, params=[]).batches
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(device, settings.precision)
-                else contextlib.nullcontext())
+    autocast = autocast_factory(device, uses_bf16(device, settings.precision))()
     total, seen, hits, judged = 0.0, 0, 0, 0
     mode = model.training
     model.eval()

@@ -12,16 +12,17 @@ import contextlib
 import functools
 import gc
 import math
-import os
 import time
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...errors import LoraNBError
+from ...errors import LoraNBError, first_line
 from .data.batches import Batches, count, to_device
 from .data.position import DataPosition
+from .memory.budget import process_rss_mb
 from .optimizer import group_scales, make_optimizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,8 +48,7 @@ class Loop:
                  params: list[torch.nn.Parameter], bf16: bool) -> None:
         self.run, self.session, self.batches, self.eval_batches = run, session, batches, eval_batches
         self.params, self.settings = params, run.settings
-        self.autocast = (functools.partial(torch.autocast, run.device.type, dtype=torch.bfloat16) if bf16
-                         else contextlib.nullcontext)
+        self.autocast = autocast_factory(run.device, bf16)
         self.model = session.model
         self.phase = "setup"
         self.dirty = False  # True between the pre-step copy and the end of optimizer.step()
@@ -129,8 +129,7 @@ class Loop:
                     f"released; try batch_size={smaller} with grad_accum={s.grad_accum * 2} (same effective batch)")
         if isinstance(exc, LoraNBError):
             return str(exc)
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return f"{type(exc).__name__} in {self.phase} at step {step}: {first}"
+        return f"{type(exc).__name__} in {self.phase} at step {step}: {first_line(exc)}"
 
     # -- steps -----------------------------------------------------------------------------------
     def train(self) -> None:
@@ -271,16 +270,10 @@ class Loop:
             self.run.call_hook(cb, hook, *args)
 
 
-def process_rss_mb() -> float:
-    """Resident memory of this process in MiB (peak RSS where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource  # Unix only; /proc covers Linux
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
+def autocast_factory(device: torch.device, bf16: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    """What every forward of a run (training, evaluation, the memory plan's measurement, vs-full) runs in:
+    ``factory()`` is bf16 autocast on ``device``'s type when ``bf16``, else a context that does nothing."""
+    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext
 
 
 def uses_bf16(device: torch.device, precision: str) -> bool:

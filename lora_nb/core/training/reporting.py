@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from ..smoothing import Ema
 from .callbacks import Callback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,18 +56,6 @@ def begin_line(run: TrainRun) -> str:
 
 def end_line(run: TrainRun) -> str:
     return f"{run.state}: {run.message}"
-
-
-class Ema:
-    """Debiased exponential moving average (TensorBoard-style smoothing); ``add`` returns the new mean."""
-
-    def __init__(self, beta: float = 0.9) -> None:
-        self.beta, self._sum, self._weight = beta, 0.0, 0.0
-
-    def add(self, value: float) -> float:
-        self._sum = self.beta * self._sum + (1.0 - self.beta) * value
-        self._weight = self.beta * self._weight + (1.0 - self.beta)
-        return self._sum / self._weight
 
 
 class ConsoleReporter(Callback):

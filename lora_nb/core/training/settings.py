@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ...errors import OptionError
+from ...errors import OptionError, did_you_mean
 from ..adapters.options import as_number
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -132,3 +133,12 @@ class TrainSettings:
 
     def warmup_steps(self, total: int) -> int:
         return int(self.warmup) if self.warmup >= 1 else round(self.warmup * total)
+
+
+def check_training_options(names: Iterable[str]) -> None:
+    """Refuse option names that are not ``TrainSettings`` fields: one ``OptionError`` naming them all."""
+    known = TrainSettings.__dataclass_fields__
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        hint = did_you_mean(unknown[0], known) if len(unknown) == 1 else ""
+        raise OptionError(f"unknown training option(s): {', '.join(unknown)}{hint}")

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from dataclasses import fields
 from typing import Any
-
-import torch
 
 from ...errors import OptionError
 from .. import registry
 from .callbacks import Callback
 from .data.batches import takes_model
 from .device import resolve_device
-from .loop import uses_bf16
+from .loop import autocast_factory, uses_bf16
 from .memory.plan import MemoryPlan, make_plan
 from .memory.recompute import check_grad_checkpointing
 from .processes.driver import launch_processes
 from .run import TrainRun, launch, plan_run
-from .settings import TrainSettings
+from .settings import TrainSettings, check_training_options
 
 
 def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, loss_fn: Any = None,
@@ -34,9 +29,7 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
     remembered with the settings in ``session.last_train``.
     """
     names = extras.pop("names", None)
-    unknown = set(extras) - {f.name for f in fields(TrainSettings)}
-    if unknown:
-        raise OptionError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    check_training_options(extras)
     settings = TrainSettings(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                              device=device, **extras)
     session = registry.require(model)
@@ -53,9 +46,7 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
 def plan_memory(model: Any, data: Any, tokenizer: Any = None, loss_fn: Any = None, batch_size: int = 8,
                 device: str = "auto", **extras: Any) -> MemoryPlan:
     """The memory plan of ``train(model, data, ...)`` with these settings: measured, nothing trained or changed."""
-    unknown = set(extras) - {f.name for f in fields(TrainSettings)}
-    if unknown:
-        raise OptionError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    check_training_options(extras)
     settings = TrainSettings(batch_size=batch_size, device=device, **extras)
     session = registry.require(model)
     session.ensure_idle("measure a memory plan")
@@ -64,7 +55,5 @@ def plan_memory(model: Any, data: Any, tokenizer: Any = None, loss_fn: Any = Non
     plan = plan_run(session, data, None, tokenizer, loss_fn, settings)
     target = resolve_device(settings.device)
     here = plan.params[0].device
-    autocast = contextlib.nullcontext
-    if uses_bf16(target, settings.precision) and here.type == target.type:
-        autocast = functools.partial(torch.autocast, here.type, dtype=torch.bfloat16)
+    autocast = autocast_factory(here, uses_bf16(target, settings.precision) and here.type == target.type)
     return make_plan(session.model, plan.params, plan.batches, settings, target, autocast, plan.batches.loss)

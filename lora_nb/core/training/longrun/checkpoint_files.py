@@ -8,7 +8,7 @@ A checkpoint is a folder ``checkpoint-000120`` holding
   RNG states that are plain numbers). It is written last: a folder without it is not a checkpoint.
 
 No pickle anywhere. A checkpoint is built in a hidden temporary folder next to its final place and
-renamed into place (``os.replace``) only once complete, so a crash or a full disk mid-write leaves
+renamed into place (``adapters.io.replace_folder``) only once complete, so a crash or a full disk mid-write leaves
 every earlier checkpoint as it was.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ....errors import CheckpointError
+from ....errors import CheckpointError, first_line
 
 STATE_JSON, STATE_TENSORS, ADAPTER = "state.json", "state.safetensors", "adapter"
 FORMAT = 1
@@ -39,7 +39,7 @@ def write_checkpoint(model: Any, adapter: str, folder: Path, tensors: dict[str, 
     """Write one checkpoint to ``folder`` atomically (temp folder + rename); returns ``folder``."""
     from safetensors.torch import save_file
 
-    from ...adapters.io import save
+    from ...adapters.io import replace_folder, save
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.writing-", dir=folder.parent))
@@ -47,9 +47,7 @@ def write_checkpoint(model: Any, adapter: str, folder: Path, tensors: dict[str, 
         save(model, staging / ADAPTER, adapter)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(staging / STATE_TENSORS))
         (staging / STATE_JSON).write_text(json.dumps({"format": FORMAT, **state}))
-        if folder.exists():  # the same step written again (a resumed run): the old one goes only after
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        replace_folder(staging, folder)  # the same step written again (a resumed run): the old one goes after
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -72,6 +70,9 @@ def prune(save_dir: Path, keep: int | None) -> None:
     """Delete all but the newest ``keep`` complete checkpoints (and stale temporary folders)."""
     for child in save_dir.glob(".checkpoint-*.writing-*"):
         shutil.rmtree(child, ignore_errors=True)
+    for child in save_dir.glob(".checkpoint-*.old-*"):  # a replaced folder left by a crash, once its successor exists
+        if (save_dir / child.name[1:].partition(".old-")[0] / STATE_JSON).is_file():
+            shutil.rmtree(child, ignore_errors=True)
     if keep is None:
         return
     for _, folder in complete_checkpoints(save_dir)[:-keep]:
@@ -103,8 +104,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Path, dict, dict[str, torc
         tensors = load_file(str(folder / STATE_TENSORS))
         weights = load_file(str(folder / ADAPTER / WEIGHTS))
     except (OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{folder} is not a readable checkpoint: {first}") from None
+        raise CheckpointError(f"{folder} is not a readable checkpoint: {first_line(exc)}") from None
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{folder} was written in checkpoint format {state.get('format')}; "
                               f"this lora_nb reads format {FORMAT}")

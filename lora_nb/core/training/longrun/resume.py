@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ....errors import AdapterFileError, CheckpointError, LoraNBWarning
+from ....errors import AdapterFileError, CheckpointError, LoraNBWarning, first_line
 from ..callbacks import Callback
 from .checkpoint_files import (
     checkpoint_name,
@@ -99,9 +99,8 @@ class Checkpointer(Callback):
         except (OSError, AdapterFileError) as exc:
             self.failures += 1
             if self.failures == 1:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                warnings.warn(LoraNBWarning(f"could not write the checkpoint at step {run.step} ({first}); training "
-                                            "goes on and earlier checkpoints are intact"), stacklevel=2)
+                warnings.warn(LoraNBWarning(f"could not write the checkpoint at step {run.step} ({first_line(exc)}); "
+                                            "training goes on and earlier checkpoints are intact"), stacklevel=2)
             return None
 
     def capture(self, run: TrainRun) -> tuple[dict[str, torch.Tensor], dict]:

@@ -16,12 +16,23 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import threading
 from collections.abc import Iterable
 
 import torch
 
-from ..loop import process_rss_mb
+
+def process_rss_mb() -> float:
+    """Resident memory of this process in MiB (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource  # Unix only; /proc covers Linux
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
 
 
 def adamw_state_bytes(param: torch.Tensor) -> int:

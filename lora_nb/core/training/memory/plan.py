@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ....errors import first_line
 from ..data.batches import Batches
 from .activations import activations_at, model_only_loss
 from .budget import trainable_state_bytes
@@ -173,7 +174,7 @@ def make_plan(model: torch.nn.Module, params: list[torch.nn.Parameter], batches:
         plan.activations, plan.measured_on = activations_at(model, params, batches, size, autocast,
                                                             loss_fn or model_only_loss, quick)
     except Exception as exc:  # the run's first step reports a real failure; the plan only says it could not measure
-        plan.notes.append(f"activations not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        plan.notes.append(f"activations not measured: {type(exc).__name__}: {first_line(exc)[:120]}")
     finally:
         undo()
     return plan

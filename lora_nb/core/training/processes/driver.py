@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ....errors import OptionError, TrainingError
+from ....errors import OptionError, TrainingError, first_line
 from ... import registry
 from ...adapters.status import adapter_named_parameters
 from ..data.batches import takes_model
@@ -169,9 +169,8 @@ class _Driver:
             state, message = self._outcome(failure)
         except Exception as exc:  # e.g. the returned weights do not fit the adapter: every ending marks the run done
             self.run.error, self.run.traceback = exc, traceback.format_exc()
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             state, message = "failed", (f"the trained weights could not be loaded back ({type(exc).__name__}: "
-                                        f"{first}); the adapter is as it was before the run")
+                                        f"{first_line(exc)}); the adapter is as it was before the run")
         finally:
             shutil.rmtree(self.job.out, ignore_errors=True)
         try:
@@ -260,8 +259,7 @@ def _describe_launch_failure(exc: BaseException | None) -> str:
     if failures:
         rank, info = sorted(failures.items())[0]
         return f"worker process {rank + 1} died (exit code {info.exitcode})"
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return f"the processes could not start: {type(exc).__name__}: {first}"
+    return f"the processes could not start: {type(exc).__name__}: {first_line(exc)}"
 
 
 def _free_port() -> int:

@@ -87,7 +87,7 @@ def export(model: Any, path: str | os.PathLike, data: Any = None, eval_data: Any
 
 def _settings(session: registry.Session, given: dict | None) -> dict:
     """The last run's settings (``session.run``) for the active adapter, overridden by ``given``."""
-    from ..settings import IN_PROCESS_ONLY, TrainSettings
+    from ..settings import IN_PROCESS_ONLY, TrainSettings, check_training_options
 
     run = session.run
     base = asdict(run.settings) if run is not None and run.adapter == session.active else {}
@@ -97,9 +97,7 @@ def _settings(session: registry.Session, given: dict | None) -> dict:
         base[name] = TrainSettings.__dataclass_fields__[name].default
     base.update(given or {})
     base["processes"], base["device"] = 1, "auto"  # the launcher decides both
-    unknown = set(base) - set(TrainSettings.__dataclass_fields__)
-    if unknown:
-        raise OptionError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    check_training_options(base)
     TrainSettings(**base)  # checked now, not on the cluster
     return base
 
