@@ -68,13 +68,20 @@ def _peft_config(opts: AttachOptions, model: nn.Module, names: list[str]):
     return config
 
 
-def attach(model: Any, **options: Any) -> "registry.Session":
-    """Inject a LoRA adapter into ``model`` in place; the model now runs with it.
+def attach(model: Any, *, r: int = 8, alpha: float = 16, dropout: float = 0.0, targets: str | list[str] = "auto",
+           name: str = "default", dora: bool = False, rslora: bool = False, init: bool | str = True,
+           replace: bool = False, modules_to_save: str | list[str] | None = None,
+           rank_pattern: str | dict[str, int] | None = None) -> "registry.Session":
+    """Inject a LoRA adapter into ``model`` in place; the model now runs with it and it becomes the active one.
 
-    Options are those of :class:`AttachOptions` (r, alpha, dropout, targets, name,
-    dora, rslora, init, replace). The new adapter becomes the active one.
+    The options are :class:`AttachOptions`' fields (same names, defaults and checks; ``%lora attach`` takes them
+    as ``--r``, ``--alpha``, …): ``r`` rank, ``alpha`` scaling numerator (ΔW is scaled by alpha/r), ``dropout``
+    on the adapter's input, ``targets`` ("auto", module names or a regex), ``name``, ``dora``, ``rslora``,
+    ``init`` (peft's init_lora_weights), ``replace`` an adapter of the same name, ``modules_to_save`` (trained
+    in full beside LoRA), ``rank_pattern`` ("advised" or {module: rank}).
     """
-    opts = AttachOptions(**options)
+    opts = AttachOptions(r=r, alpha=alpha, dropout=dropout, targets=targets, name=name, dora=dora, rslora=rslora,
+                         init=init, replace=replace, modules_to_save=modules_to_save, rank_pattern=rank_pattern)
     model = registry.as_module(model)
     session = registry.find(model)
     if session is not None:

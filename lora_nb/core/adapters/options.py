@@ -52,22 +52,22 @@ class AttachOptions:
     r: int = field(default=8, metadata={"help": "rank of the update ΔW = B·A"})
     alpha: float = field(default=16, metadata={"help": "scaling numerator: ΔW is scaled by alpha/r"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input, in [0, 1)"})
-    targets: Any = field(
+    targets: str | list[str] = field(
         default="auto",
         metadata={"help": "auto | comma-separated module names (q_proj,v_proj) | regex searched in names"},
     )
     name: str = field(default="default", metadata={"help": "adapter name"})
     dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA)"})
     rslora: bool = field(default=False, metadata={"help": "rank-stabilized scaling alpha/sqrt(r)"})
-    init: Any = field(
+    init: bool | str = field(
         default=True, metadata={"help": "peft init_lora_weights: true|false|gaussian|pissa|olora|…"}
     )
     replace: bool = field(default=False, metadata={"help": "replace an adapter of the same name"})
-    modules_to_save: Any = field(
+    modules_to_save: str | list[str] | None = field(
         default=None,
         metadata={"help": "modules trained in full beside LoRA, e.g. a new task head: classifier,score"},
     )
-    rank_pattern: Any = field(
+    rank_pattern: str | dict[str, int] | None = field(
         default=None,
         metadata={"help": "per-module ranks: `advised` (from %lora advise) or module:rank,module:rank"},
     )

@@ -20,18 +20,25 @@ from .settings import TrainSettings, check_training_options
 def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, loss_fn: Any = None,
           steps: int | None = None, epochs: float | None = None, lr: float = 2e-4, batch_size: int = 8,
           grad_accum: int = 1, device: str = "auto", background: bool | None = None,
-          callbacks: list[Callback] | None = None, **extras: Any) -> TrainRun:
+          callbacks: list[Callback] | None = None, *, names: dict[str, str] | None = None,
+          seed: int | None = 0, warmup: float = 0.0, schedule: str = "cosine", max_grad_norm: float | None = 1.0,
+          eval_every: int | None = None, weight_decay: float = 0.0, max_length: int = 512, precision: str = "auto",
+          processes: int = 1, save_every: int | None = None, save_dir: str | None = None, keep: int | None = None,
+          resume: str | None = None, patience: int | None = None, min_delta: float = 0.0, restore_best: bool = False,
+          sample_prompts: list | None = None, sample_every: int | None = None, sample_tokens: int = 32,
+          grad_checkpointing: bool = False, lr_ratio: float | None = None, spectra_every: int | None = None,
+          **unknown: Any) -> TrainRun:
     """Train ``model``'s active adapter on ``data``; returns the ``TrainRun``.
 
-    ``background=None``: a background thread inside a Jupyter kernel, blocking elsewhere.
-    ``extras``: seed, warmup, schedule, max_grad_norm, eval_every, weight_decay, max_length, precision
-    (see ``TrainSettings``), and ``names``: the notebook names of the data (``{"data": "texts", ...}``),
-    remembered with the settings in ``session.last_train``.
+    ``background=None``: a background thread inside a Jupyter kernel, blocking elsewhere. ``callbacks`` watch
+    the run (``Callback``). ``names``: the notebook names of the data (``{"data": "texts", ...}``), remembered
+    with the settings in ``session.last_train``. Every other option is a ``TrainSettings`` field (same name,
+    default and checks; ``%lora train`` takes them as ``--batch-size``, …; ``help(lora_nb.TrainSettings)``
+    says what each does). An unknown keyword is an ``OptionError`` that names it.
     """
-    names = extras.pop("names", None)
-    check_training_options(extras)
-    settings = TrainSettings(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
-                             device=device, **extras)
+    check_training_options(unknown)
+    given = locals()
+    settings = TrainSettings(**{name: given[name] for name in TrainSettings.__dataclass_fields__})
     session = registry.require(model)
     session.ensure_idle("start another training run")
     if settings.processes > 1 and settings.uses_long_run_options:
