@@ -43,7 +43,7 @@ class LoraMagics(Magics):
     def _finite_positive(self, proposal):
         value, name = proposal["value"], proposal["trait"].name
         if not 0 < value < math.inf:
-            raise TraitError(f"LoraMagics.{name} must be a positive number; got {value:g}")
+            raise TraitError(f"LoraMagics.{name} must be positive; got {value:g}")
         return value
 
     @validate("device")

@@ -52,12 +52,13 @@ def _can_create_in(folder: Path) -> str | None:
     return None
 
 
-def output_folder(path: Any, what: str, marker: str | None = None) -> Path:
+def output_folder(path: Any, what: str, marker: str | None = None, holds: str = "") -> Path:
     """The absolute folder ``path`` a verb will write, or a one-line ``PathError`` saying why it cannot.
 
     ``what`` names the path in messages (``save path``, ``--save-dir``). ``marker``: a file that shows an existing,
-    non-empty folder holds an earlier result of the same verb, which may be replaced; other non-empty folders are
-    refused. ``marker=None``: any existing folder may be written into (checkpoints add their own sub-folders).
+    non-empty folder holds an earlier result of the same verb (``holds``: "an adapter"), which may be replaced;
+    other non-empty folders are refused. ``marker=None``: any existing folder may be written into (checkpoints
+    add their own sub-folders).
     """
     target = _absolute(path, what)
     cwd = Path.cwd().resolve()
@@ -70,7 +71,7 @@ def output_folder(path: Any, what: str, marker: str | None = None) -> Path:
     if target.exists() and not target.is_dir():
         raise PathError(f"{what} {target} is a file; give a folder path")
     if marker is not None and target.is_dir() and any(target.iterdir()) and not (target / marker).exists():
-        raise PathError(f"{what} {target} exists and holds other files; choose a new or empty folder")
+        raise PathError(f"{what} {target} exists and is not {holds or 'such a'} folder; choose a new or empty path")
     for folder in {_nearest_existing(target.parent), *([target] if target.exists() else [])}:
         problem = _can_create_in(folder)
         if problem is not None:

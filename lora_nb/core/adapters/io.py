@@ -111,7 +111,7 @@ def save(model: Any, path: str | os.PathLike, adapter: str | None = None) -> Pat
     """Save ``adapter`` (default: active) to folder ``path`` in PEFT format, atomically; returns the path."""
     session = registry.require(model)
     adapter = session.check_adapter(adapter) if adapter is not None else session.active
-    target = output_folder(path, "save path", marker=CONFIG)
+    target = output_folder(path, "save path", marker=CONFIG, holds="an adapter")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))

@@ -58,7 +58,7 @@ def export(model: Any, path: str | os.PathLike, data: Any = None, eval_data: Any
     session.ensure_idle("export")
     if any(getattr(m, "merged", False) for m in session.model.modules() if hasattr(m, "merged_adapters")):
         raise AdapterError("an adapter is merged into the base weights; unmerge it before exporting (`%lora unmerge`)")
-    target = output_folder(path, "export path", marker=SCRIPT)
+    target = output_folder(path, "export path", marker=SCRIPT, holds="an export")
     check_tokenizer(tokenizer, "tokenizer", saves=True)
     check_callable(loss_fn, "loss_fn")
     settings = _settings(session, settings)
