@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import LoraNBError, LoraNBWarning, NotAModelError, OptionError, did_you_mean
+from ..errors import AdapterError, LoraNBError, LoraNBWarning, NotAModelError, OptionError, a_kind, did_you_mean
 from .settings import UI_MODES, NotebookSettings
 
 
@@ -163,7 +163,12 @@ class Context:
         from peft import PeftModel
 
         if not isinstance(obj, (nn.Module, PeftModel)):
-            raise NotAModelError(f"`{path}` is a {type(obj).__name__}, not a torch.nn.Module")
+            raise NotAModelError(f"`{path}` is {a_kind(obj)}, not a torch.nn.Module")
+        from .owners import owner
+
+        if (name := owner(self.namespace, path, obj, self.lookup)) is not None:
+            raise AdapterError(f"`{path}` is part of `{name}`, which has LoRA adapters: give `{name}` instead "
+                               f"(e.g. `%lora status {name}`), so its session sees every change")
         return obj
 
     def display(self, obj: Any) -> None:

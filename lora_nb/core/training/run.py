@@ -35,8 +35,9 @@ import torch
 from ...errors import OptionError, TrainingError
 from .. import registry
 from ..adapters.status import adapter_named_parameters
+from ..kinds import check_data_kinds
 from .callbacks import Callback
-from .data.batches import Batches, make_batches
+from .data.batches import Batches, make_batches, takes_model
 from .device import in_jupyter_kernel, place_model, resolve_device
 from .longrun.additions import RunAdditions
 from .longrun.spectra_history import SpectraHistory, SpectraRecorder
@@ -241,6 +242,7 @@ def plan_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: A
 
     Fills in ``settings.eval_every`` (a tenth of the run) when eval data is given without it.
     """
+    check_data_kinds(session.model, data, eval_data, tokenizer, loss_fn, takes_model(loss_fn))
     params = trainable_parameters(session) if params is None else params
     limit = settings.max_length
     for attr in ("n_positions", "max_position_embeddings"):

@@ -6,6 +6,7 @@ from typing import Any
 
 from ...errors import OptionError
 from .. import registry
+from ..paths import output_folder
 from .callbacks import Callback
 from .data.batches import takes_model
 from .device import resolve_device
@@ -41,6 +42,8 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
     settings = TrainSettings(**{name: given[name] for name in TrainSettings.__dataclass_fields__})
     session = registry.require(model)
     session.ensure_idle("start another training run")
+    if settings.save_dir is not None:  # checked before the run starts, not at its first checkpoint
+        output_folder(settings.save_dir, "save_dir (--save-dir)")
     if settings.processes > 1 and settings.uses_long_run_options:
         raise OptionError("checkpoints, resume, early stopping, samples, LoRA+ and gradient checkpointing train in "
                           "one process; drop --processes or those options")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from ....errors import DataError
+from ....errors import DataError, a_kind
 from .chat import ChatExamples, is_chat_item, pad, pad_token_id
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -95,7 +95,7 @@ def _as_items(data: Any, tokenizer: Any) -> tuple[Any, str]:
     if isinstance(data, (str, bytes)) or not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         if hasattr(data, "__next__"):
             raise DataError("data is a one-shot iterator; pass a list, a Dataset or a DataLoader")
-        raise DataError(f"cannot train on a {type(data).__name__}: pass a list of texts, dicts or (input, target) "
+        raise DataError(f"cannot train on {a_kind(data)}: pass a list of texts, dicts or (input, target) "
                         "pairs, a Dataset or a DataLoader")
     if len(data) == 0:
         raise DataError("the training data is empty")
