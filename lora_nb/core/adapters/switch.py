@@ -47,7 +47,7 @@ class LayerIndex:
         """True when the index is current and every indexed layer still sits where it was found (cheap: no walk)."""
         return (not self.stale and self.token == _token(session)
                 and all(any(name in p for _, p in self.layers) for name in session.adapters)
-                and all(parent._modules.get(key) is layer
+                and all(getattr(parent, key, None) is layer
                         for (parent, key), (layer, _) in zip(self.places, self.layers)))
 
 
@@ -60,7 +60,7 @@ def _build(session) -> LayerIndex:
     from peft.utils.other import AuxiliaryTrainingWrapper
 
     index = LayerIndex(_token(session))
-    children = ((parent, key, module) for parent in session.model.modules() for key, module in parent._modules.items())
+    children = ((parent, key, module) for parent in session.model.modules() for key, module in parent.named_children())
     for parent, key, module in children:
         if isinstance(module, AuxiliaryTrainingWrapper):
             index.fast = False
