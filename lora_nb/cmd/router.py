@@ -41,9 +41,10 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
                given_only: bool = False, notebook: Mapping[str, str] | None = None,
                ) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
     """A verb's options from the fields of dataclass ``cls``: ``--field-name`` (and ``--field_name``), the
-    field's help and default. A ``bool`` field is a flag. ``given_only``: the default is None, so the handler
-    passes on only what the line gave (the callee's defaults apply). ``notebook`` maps fields whose default is
-    a notebook setting to its name: their default is None, filled in by :func:`with_settings`."""
+    field's help and default. A ``bool`` field is a flag; a field with ``choices`` metadata offers them (Tab).
+    ``given_only``: the default is None, so the handler passes on only what the line gave (the callee's
+    defaults apply). ``notebook`` maps fields whose default is a notebook setting to its name: their default
+    is None, filled in by :func:`with_settings`."""
     notebook = notebook or {}
     options = []
     for f in dataclasses.fields(cls):
@@ -56,6 +57,9 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
         text = f.metadata["help"].replace("%", "%%") + note
         if f.type in (bool, "bool"):
             options.append(arg(*flags, dest=f.name, action="store_true", default=default, help=text))
+        elif "choices" in f.metadata:  # listed for Tab completion; any case is accepted
+            options.append(arg(*flags, dest=f.name, default=default, type=str.lower, choices=f.metadata["choices"],
+                               help=f"{text} (default: {shown})"))
         else:
             options.append(arg(*flags, dest=f.name, default=default, help=f"{text} (default: {shown})"))
     return options

@@ -15,7 +15,6 @@ The result lays this out as the table of the LoRA explainer (see ``_vs_full_resu
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import gc
@@ -40,8 +39,8 @@ from ..adapters.options import AttachOptions
 from ..training.callbacks import Callback
 from ..training.data.batches import count, takes_model, to_device
 from ..training.device import place_model, resolve_device
-from ..training.loop import uses_bf16
 from ..training.memory.budget import PeakMemory, trainable_state_bytes
+from ..training.precision import choose_precision
 from ..training.run import launch, plan_run, trainable_parameters
 from ..training.settings import TrainSettings
 from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients
@@ -287,8 +286,7 @@ def evaluate(model: nn.Module, data: Any, plan: _Plan, settings: TrainSettings,
              device: torch.device) -> tuple[float, float | None]:
     """Mean loss over one pass of ``data`` (eval mode, no gradients) and accuracy for classifiers (else None)."""
     batches = plan_run(Bare(model), data, None, plan.tokenizer, plan.loss_fn, settings, params=[]).batches
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(device, settings.precision)
-                else contextlib.nullcontext())
+    autocast = choose_precision(device, settings.precision).autocast()
     total, seen, hits, judged = 0.0, 0, 0, 0
     mode = model.training
     model.eval()

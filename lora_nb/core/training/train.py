@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import fields
 from typing import Any
-
-import torch
 
 from ...errors import OptionError
 from .. import registry
 from .callbacks import Callback
 from .data.batches import takes_model
 from .device import resolve_device
-from .loop import uses_bf16
 from .memory.plan import MemoryPlan, make_plan
 from .memory.recompute import check_grad_checkpointing
+from .precision import choose_precision
 from .processes.driver import launch_processes
 from .run import TrainRun, launch, plan_run
 from .settings import TrainSettings
@@ -64,7 +61,6 @@ def plan_memory(model: Any, data: Any, tokenizer: Any = None, loss_fn: Any = Non
     plan = plan_run(session, data, None, tokenizer, loss_fn, settings)
     target = resolve_device(settings.device)
     here = plan.params[0].device
-    autocast = contextlib.nullcontext
-    if uses_bf16(target, settings.precision) and here.type == target.type:
-        autocast = functools.partial(torch.autocast, here.type, dtype=torch.bfloat16)
+    precision = choose_precision(target, settings.precision)
+    autocast = precision.autocast if here.type == target.type else contextlib.nullcontext
     return make_plan(session.model, plan.params, plan.batches, settings, target, autocast, plan.batches.loss)
