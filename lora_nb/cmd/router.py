@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LoraNBError, LoraNBWarning, NotAModelError, OptionError, did_you_mean
-from .settings import UI_MODES, NotebookSettings
+from ..frontend import UI_MODES, FrontEnd, detect, in_kernel, resolve_ui, say_once
+from .settings import NotebookSettings
 
 
 class UnknownVariableError(LoraNBError):
@@ -137,7 +138,12 @@ class Context:
     @property
     def widgets(self) -> bool:
         """True inside a Jupyter kernel (a widget frontend may exist); False in terminal IPython."""
-        return getattr(self.shell, "kernel", None) is not None
+        return in_kernel(self.shell)
+
+    @property
+    def frontend(self) -> FrontEnd:
+        """The front end this notebook runs in (``lora_nb.frontend``)."""
+        return detect(kernel=self.widgets)
 
     @property
     def ui(self) -> str:
@@ -145,10 +151,13 @@ class Context:
         return self.settings.ui
 
     def view_mode(self, args: argparse.Namespace | None = None) -> str:
-        """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell."""
-        from ..widgets.ui import resolve_ui
-
-        return resolve_ui(getattr(args, "ui", None) or self.ui, kernel=self.widgets)
+        """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell (the
+        front end's note, e.g. VS Code's widget bug, is said once when ``auto`` decides)."""
+        asked = getattr(args, "ui", None) or self.ui
+        mode = resolve_ui(asked, kernel=self.widgets)
+        if asked == "auto":
+            say_once(self.frontend.view_note)
+        return mode
 
     @property
     def refresh_rate(self) -> float:

@@ -35,11 +35,12 @@ from typing import Any
 import torch
 
 from ...errors import OptionError, TrainingError
+from ...frontend import background_default
 from .. import registry
 from ..adapters.status import adapter_named_parameters
 from .callbacks import Callback
 from .data.batches import Batches, make_batches
-from .device import in_jupyter_kernel, place_model, resolve_device
+from .device import place_model, resolve_device
 from .longrun.additions import RunAdditions
 from .longrun.spectra_history import SpectraHistory, SpectraRecorder
 from .loop import Loop
@@ -257,7 +258,7 @@ def launch(session: Any, name: str, plan: RunPlan, background: bool | None = Non
     additions = RunAdditions(session, plan)
     precision = choose_precision(target, settings.precision)
     where = f"{target}, {precision.describe()}"
-    background = in_jupyter_kernel() if background is None else bool(background)
+    background = background_default() if background is None else bool(background)
     recorder = SpectraRecorder(settings.spectra_every)  # first, so views see this step's spectra
     run = TrainRun(session.model, name, settings, plan.max_steps, target, where, plan.batches.description,
                    background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])])
