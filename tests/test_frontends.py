@@ -134,3 +134,45 @@ def test_colab_still_trains_in_the_background_when_asked_and_says_updates_may_no
     assert run._thread is not None and run.wait(60).state == "finished"
     err = capsys.readouterr().err
     assert "Colab may not show its updates" in err and "%lora stop MODEL" in err
+
+
+STORY = [
+    "%load_ext lora_nb\nimport ipywidgets, torch, lora_nb\nfrom torch import nn\ntorch.manual_seed(0)\n"
+    "model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 5))\n"
+    "x = torch.randn(64, 16); pairs = (x, x[:, :5].argmax(1)); lora_nb.attach(model, r=4)\n"
+    "print(ipywidgets.__version__)",
+    "run = %lora train model --data pairs --steps 30 --lr 1e-2",  # background, live widgets
+    "run.wait(60); print(run.state, run.step)",
+    "%lora toggle model",
+    "%lora spectrum model",
+    "%lora history model",
+    "%lora dashboard model",
+    "%lora off model\n%lora on model\n%lora status model",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_notebook_story_runs_in_a_real_kernel_with_the_ipywidgets_on_its_path(tmp_path):
+    """Attach, train live, toggle, spectrum, history and the dashboard in a kernel that imports the ipywidgets
+    this test does (CI runs it once more with ipywidgets 7.7.1 first on PYTHONPATH, as in Colab)."""
+    import ipywidgets
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in STORY])
+    NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True, allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [f"cell {i}: {o.ename}: {o.evalue}" for i, c in enumerate(nb.cells) for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors, errors
+    assert nb.cells[0].outputs[0].text.strip() == ipywidgets.__version__  # the kernel imported this one
+    assert nb.cells[2].outputs[0].text.strip() == "finished 30"
+    training = [o for o in nb.cells[1].outputs if o.output_type == "display_data"][0]
+    assert training.data["image/svg+xml"].startswith("<svg")  # the live view became the run's picture
+    state = nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    for i in (3, 4, 5, 6):  # each view is a widget whose state reached the front end
+        view = [o for o in nb.cells[i].outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert view, f"cell {i} `{STORY[i]}` showed no widget: {nb.cells[i].outputs}"
+        assert view[0].data["application/vnd.jupyter.widget-view+json"]["model_id"] in state
+    assert "default" in "".join(o.get("text", "") for o in nb.cells[7].outputs)
