@@ -16,9 +16,10 @@ from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
 from .cmd import dispatch, help_text
 from .cmd.complete import suggest
-from .cmd.settings import UI_MODES, NotebookSettings, setting_help
+from .cmd.settings import NotebookSettings, setting_help
 from .core.training.device import resolve_device
 from .errors import LoraNBError
+from .frontend import UI_MODES
 
 _DEFAULTS = NotebookSettings()
 

@@ -79,7 +79,7 @@ def test_magic_trains_texts_with_a_tokenizer(ip, capsys):  # done-when: the magi
     assert run.state == "finished" and run.step == 10 and not run.background
     assert run.history[-1]["loss"] < run.history[0]["loss"]
     out = capsys.readouterr().out
-    assert "training adapter `default` on cpu: 10 steps" in out and "24 texts" in out
+    assert "training adapter `default` on cpu, fp32 (no autocast on CPU unless asked): 10 steps" in out and "24 texts" in out
     assert "step 10/10" in out and "finished: 10/10 steps on cpu" in out
     last = registry.find(ip.user_ns["gpt"]).last_train
     assert last.names == {"data": "texts", "tokenizer": "tok"}

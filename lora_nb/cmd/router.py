@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AdapterError, LoraNBError, LoraNBWarning, NotAModelError, OptionError, a_kind, did_you_mean
-from .settings import UI_MODES, NotebookSettings
+from ..frontend import UI_MODES, FrontEnd, detect, in_kernel, resolve_ui, say_once
+from .settings import NotebookSettings
 
 
 class UnknownVariableError(LoraNBError):
@@ -41,9 +42,10 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
                given_only: bool = False, notebook: Mapping[str, str] | None = None,
                ) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
     """A verb's options from the fields of dataclass ``cls``: ``--field-name`` (and ``--field_name``), the
-    field's help and default. A ``bool`` field is a flag. ``given_only``: the default is None, so the handler
-    passes on only what the line gave (the callee's defaults apply). ``notebook`` maps fields whose default is
-    a notebook setting to its name: their default is None, filled in by :func:`with_settings`."""
+    field's help and default. A ``bool`` field is a flag; a field with ``choices`` metadata offers them (Tab).
+    ``given_only``: the default is None, so the handler passes on only what the line gave (the callee's
+    defaults apply). ``notebook`` maps fields whose default is a notebook setting to its name: their default
+    is None, filled in by :func:`with_settings`."""
     notebook = notebook or {}
     options = []
     for f in dataclasses.fields(cls):
@@ -56,6 +58,9 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
         text = f.metadata["help"].replace("%", "%%") + note
         if f.type in (bool, "bool"):
             options.append(arg(*flags, dest=f.name, action="store_true", default=default, help=text))
+        elif "choices" in f.metadata:  # listed for Tab completion; any case is accepted
+            options.append(arg(*flags, dest=f.name, default=default, type=str.lower, choices=f.metadata["choices"],
+                               help=f"{text} (default: {shown})"))
         else:
             options.append(arg(*flags, dest=f.name, default=default, help=f"{text} (default: {shown})"))
     return options
@@ -133,7 +138,12 @@ class Context:
     @property
     def widgets(self) -> bool:
         """True inside a Jupyter kernel (a widget frontend may exist); False in terminal IPython."""
-        return getattr(self.shell, "kernel", None) is not None
+        return in_kernel(self.shell)
+
+    @property
+    def frontend(self) -> FrontEnd:
+        """The front end this notebook runs in (``lora_nb.frontend``)."""
+        return detect(kernel=self.widgets)
 
     @property
     def ui(self) -> str:
@@ -141,10 +151,13 @@ class Context:
         return self.settings.ui
 
     def view_mode(self, args: argparse.Namespace | None = None) -> str:
-        """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell."""
-        from ..widgets.ui import resolve_ui
-
-        return resolve_ui(getattr(args, "ui", None) or self.ui, kernel=self.widgets)
+        """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell (the
+        front end's note, e.g. VS Code's widget bug, is said once when ``auto`` decides)."""
+        asked = getattr(args, "ui", None) or self.ui
+        mode = resolve_ui(asked, kernel=self.widgets)
+        if asked == "auto":
+            say_once(self.frontend.view_note)
+        return mode
 
     @property
     def refresh_rate(self) -> float:

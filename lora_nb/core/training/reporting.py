@@ -34,7 +34,8 @@ def eta_seconds(run: TrainRun, record: dict) -> float | None:
 
 
 def progress_line(run: TrainRun, record: dict, smoothed: float | None = None) -> str:
-    """``step 120/1000 · loss 1.234 (avg 1.301) · lr 2.0e-04 · 812 tokens/s · ETA 1:10``."""
+    """``step 120/1000 · loss 1.234 (avg 1.301) · lr 2.0e-04 · 812 tokens/s · ETA 1:10`` (fp16 runs: and
+    ``· 3 skipped (fp16 overflow)`` once the loss scaler skipped a step)."""
     parts = [f"step {record['step']}/{run.max_steps}", f"loss {record['loss']:.4g}"]
     if smoothed is not None:
         parts[-1] += f" (avg {smoothed:.4g})"
@@ -43,6 +44,8 @@ def progress_line(run: TrainRun, record: dict, smoothed: float | None = None) ->
         parts.append(f"{record['tokens_per_s']:,.0f} tokens/s")
     else:
         parts.append(f"{record['samples_per_s']:,.1f} samples/s")
+    if record.get("skipped_steps"):  # fp16: updates the loss scaler skipped (overflowing gradients)
+        parts.append(f"{record['skipped_steps']} skipped (fp16 overflow)")
     parts.append(f"ETA {format_eta(eta_seconds(run, record))}")
     return " · ".join(parts)
 

@@ -14,7 +14,9 @@ How a run ends (``run.state``):
 ``run.history`` holds one dict per optimizer step: ``step``, ``loss``, ``lr``, ``grad_norm``,
 ``samples_per_s``, ``tokens_per_s`` (token data), ``seconds`` (wall time of the step), ``memory_mb``
 (CUDA allocated on GPU, process RSS on CPU), ``peak_memory_mb`` (CUDA only), ``time`` (s since
-start) and ``epoch``; ``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``;
+start) and ``epoch``; in fp16 runs also ``loss_scale`` and ``skipped_steps`` (steps so far whose scaled
+gradients overflowed: the scaler skipped their update, their ``grad_norm`` is None; see ``precision.py``);
+``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``;
 ``run.spectra_history`` ΔW's singular values per module every few steps (see ``spectra_history``).
 ``run.best``, ``run.samples``, ``run.memory_plan``: see ``long_run.py`` (checkpoints, resume, early
 stopping, samples and the memory plan are callbacks the run places before the views).
@@ -33,15 +35,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from ...errors import OptionError, TrainingError
+from ...frontend import background_default
 from .. import registry
 from ..adapters.status import adapter_named_parameters
 from ..kinds import check_data_kinds
 from .callbacks import Callback
 from .data.batches import Batches, make_batches, takes_model
-from .device import in_jupyter_kernel, place_model, resolve_device
+from .device import place_model, resolve_device
 from .longrun.additions import RunAdditions
 from .longrun.spectra_history import SpectraHistory, SpectraRecorder
-from .loop import Loop, uses_bf16
+from .loop import Loop
+from .precision import choose_precision
 from .settings import TrainSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +65,7 @@ class TrainRun:
     settings: TrainSettings
     max_steps: int
     device: torch.device
-    where: str  # e.g. "cuda:0 (bf16 autocast)"
+    where: str  # e.g. "cuda:0, bf16 autocast (native bf16 on compute capability 8.0)"
     data: str  # what the data was, in a few words
     background: bool = False
     custom_loss: bool = False
@@ -294,16 +298,16 @@ def launch(session: Any, name: str, plan: RunPlan, background: bool | None = Non
     settings = plan.settings
     target = resolve_device(settings.device)
     additions = RunAdditions(session, plan)
-    bf16 = uses_bf16(target, settings.precision)
-    where = str(target) + (" (bf16 autocast)" if bf16 else "")
-    background = in_jupyter_kernel() if background is None else bool(background)
+    precision = choose_precision(target, settings.precision)
+    where = f"{target}, {precision.describe()}"
+    background = background_default() if background is None else bool(background)
     recorder = SpectraRecorder(settings.spectra_every)  # first, so views see this step's spectra
     run = TrainRun(session.model, name, settings, plan.max_steps, target, where, plan.batches.description,
                    background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])])
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     place_model(session.model, target)
-    loop = Loop(run, session, plan.batches, plan.eval_batches, plan.params, bf16)
+    loop = Loop(run, session, plan.batches, plan.eval_batches, plan.params, precision)
     run.callbacks[:0] = additions.callbacks(loop)
     return start_run(session, run, loop, background, names)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ...errors import OptionError
@@ -10,9 +11,9 @@ from ..paths import output_folder
 from .callbacks import Callback
 from .data.batches import takes_model
 from .device import resolve_device
-from .loop import autocast_factory, uses_bf16
 from .memory.plan import MemoryPlan, make_plan
 from .memory.recompute import check_grad_checkpointing
+from .precision import choose_precision
 from .processes.driver import launch_processes
 from .run import TrainRun, launch, plan_run
 from .settings import TrainSettings, check_training_options
@@ -65,5 +66,6 @@ def plan_memory(model: Any, data: Any, tokenizer: Any = None, loss_fn: Any = Non
     plan = plan_run(session, data, None, tokenizer, loss_fn, settings)
     target = resolve_device(settings.device)
     here = plan.params[0].device
-    autocast = autocast_factory(here, uses_bf16(target, settings.precision) and here.type == target.type)
+    precision = choose_precision(target, settings.precision)
+    autocast = precision.autocast if here.type == target.type else contextlib.nullcontext
     return make_plan(session.model, plan.params, plan.batches, settings, target, autocast, plan.batches.loss)
