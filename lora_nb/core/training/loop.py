@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ...errors import LoraNBError
-from .data.batches import Batches, count, to_device
+from .data.batches import Batches, count, positions, to_device
 from .data.position import DataPosition
 from .optimizer import group_scales, make_optimizer
 
@@ -162,11 +162,11 @@ class Loop:
         lr = s.lr * self.lr_factor(run.step)
         for group, scale in zip(self.opt.param_groups, self.lr_scales):
             group["lr"] = lr * scale
-        total, samples, tokens = None, 0, 0
+        total, samples, tokens, width = None, 0, 0, 0
         for _ in range(s.grad_accum):
-            loss, n, t = self.micro_step()
+            loss, n, t, w = self.micro_step()
             total = loss if total is None else total + loss
-            samples, tokens = samples + n, tokens + (t or 0)
+            samples, tokens, width = samples + n, tokens + (t or 0), width + (w or 0)
         self.phase = "gradient clipping"
         norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm or math.inf)
         loss_value, norm_value = torch.stack([total.float() / s.grad_accum, norm.float()]).tolist()  # one sync
@@ -189,16 +189,19 @@ class Loop:
                   "time": time.perf_counter() - self.started, "memory_mb": self.memory_mb()}
         if tokens:
             record["tokens_per_s"] = tokens / seconds
+        if tokens and width:
+            record["padding"] = 1.0 - tokens / width
         if run.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         if self.batches.per_epoch:
             record["epoch"] = self.batches_seen / self.batches.per_epoch
         return record
 
-    def micro_step(self) -> tuple[torch.Tensor, int, int | None]:
+    def micro_step(self) -> tuple[torch.Tensor, int, int | None, int | None]:
         self.phase = "reading data"
         batch = self.next_batch()
         samples, tokens = count(batch)
+        width = positions(batch)
         batch = to_device(batch, self.run.device)
         self.phase = self.loss_phase
         with self.autocast():
@@ -211,7 +214,7 @@ class Loop:
                               "used by the model's forward?")
         self.phase = "backward"
         (loss / self.settings.grad_accum).backward()
-        return loss.detach().reshape(()), samples, tokens
+        return loss.detach().reshape(()), samples, tokens, width
 
     def next_batch(self) -> Any:
         if self.iterator is None:

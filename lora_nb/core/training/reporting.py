@@ -37,6 +37,8 @@ def progress_line(run: Any, record: dict, smoothed: float | None = None) -> str:
     parts.append(f"lr {record['lr']:.1e}")
     if "tokens_per_s" in record:
         parts.append(f"{record['tokens_per_s']:,.0f} tokens/s")
+        if "padding" in record:
+            parts[-1] += f" ({record['padding']:.0%} padding)"
     else:
         parts.append(f"{record['samples_per_s']:,.1f} samples/s")
     parts.append(f"ETA {format_eta(eta_seconds(run, record))}")

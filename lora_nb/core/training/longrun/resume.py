@@ -35,7 +35,7 @@ from .checkpoint_files import (
 
 # settings that change the sequence of updates: a resume with other values cannot repeat the first run
 REPEATABLE = ("batch_size", "grad_accum", "seed", "lr", "schedule", "warmup", "weight_decay", "lr_ratio",
-              "max_grad_norm")
+              "max_grad_norm", "group_by_length")
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
