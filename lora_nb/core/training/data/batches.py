@@ -5,7 +5,8 @@ Accepted forms, checked up front with a one-line ``DataError``:
 - a sequence of ``str`` with a tokenizer: causal-LM batches (labels = input ids, padding → -100);
 - chat data with a tokenizer (see ``chat``): conversations (lists of ``{"role", "content"}`` messages, or dicts /
   a dataset column ``messages``) and ``{"prompt", "completion"}`` pairs, with the loss on the answers only;
-- a ``datasets.Dataset``, a torch ``Dataset``/``DataLoader`` or a sequence of dicts: ``model(**batch).loss``;
+- a ``datasets.Dataset``, a torch ``Dataset``/``DataLoader`` or a sequence of dicts: ``model(**batch).loss``
+  (for causal LMs where it is exact, the same loss with the LM head only where labels count: ``head_loss``);
 - ``(inputs, targets)`` items, a ``TensorDataset`` or one ``(X, Y)`` tuple of tensors:
   ``loss_fn(output, target)``, cross-entropy by default;
 - a ``loss_fn(model, batch)`` (its first parameter is named ``model``) overrides all of these.
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from ....errors import DataError
 from .chat import ChatExamples, is_chat_item, pad, pad_token_id
 from .grouping import LengthGroupedBatches
+from .head_loss import selected_loss
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -220,6 +222,9 @@ def _auto_loss(loss_fn: Callable | None) -> LossFn:
             if loss_fn is not None:
                 raise DataError("dict batches go to model(**batch) and use its .loss; a loss_fn(output, target) "
                                 "needs (input, target) pairs (or write loss_fn(model, batch))")
+            selected = selected_loss(model, batch)  # the same loss, logits only where labels count
+            if selected is not None:
+                return selected
             out = model(**batch)
             value = getattr(out, "loss", None) if not isinstance(out, Mapping) else out.get("loss")
             if value is None:

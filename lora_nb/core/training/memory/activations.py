@@ -17,6 +17,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from ..data.batches import Batches, count, to_device
+from ..data.head_loss import selected_loss
 from .allocations import SavedTensorBytes, TrackedAllocations, storage_keys
 
 MEASURE_MAX = 4  # samples in the larger measuring batch
@@ -114,6 +115,9 @@ def model_only_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     """A loss that runs no user code: the model's own loss for dict batches, else the outputs' mean square
     (which keeps one float copy of the outputs for backward, as a cross-entropy's softmax does)."""
     if isinstance(batch, Mapping):
+        selected = selected_loss(model, batch)  # what a run computes (``head_loss``)
+        if selected is not None:
+            return selected
         out = model(**batch)
         loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
         if loss is not None:
