@@ -54,6 +54,7 @@ class Loop:
         self.position = DataPosition(batches.loader)  # epoch and batches drawn, for checkpoints
         self.loss_phase = "loss_fn" if run.custom_loss else "model forward"
         self._rss_at = -1.0
+        self.step_positions: int | None = None
         self._rss = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -184,6 +185,7 @@ class Loop:
             self.dirty = False
         self.opt.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
+        self.step_positions = width or None  # token positions of the step's batches, padding included
         record = {"step": run.step + 1, "loss": loss_value, "lr": lr, "grad_norm": norm_value,
                   "samples_per_s": samples / seconds, "seconds": seconds,
                   "time": time.perf_counter() - self.started, "memory_mb": self.memory_mb()}

@@ -76,16 +76,22 @@ class ConsoleReporter(Callback):
         self.file, self.interval, self.clock = file, interval, clock
         self._last = -float("inf")
         self._ema = Ema()
+        self._plan_after_step = False
 
     def _print(self, text: str) -> None:
         print(text, file=self.file or sys.stdout, flush=True)
 
     def on_train_begin(self, run: Any) -> None:
         self._print(begin_line(run))
-        if getattr(run, "memory_plan", None) is not None:
-            self._print(run.memory_plan.line())
+        plan = getattr(run, "memory_plan", None)
+        self._plan_after_step = plan is not None and plan.pending  # measured on the first step: shown after it
+        if plan is not None and not plan.pending:
+            self._print(plan.line())
 
     def on_step_end(self, run: Any, record: dict) -> None:
+        if self._plan_after_step:
+            self._plan_after_step = False
+            self._print(run.memory_plan.line())
         smoothed = self._ema.add(record["loss"])
         now = self.clock()
         if now - self._last >= self.interval or record["step"] == run.max_steps:

@@ -30,10 +30,17 @@ def measuring_batch(batches: Batches, n: int) -> tuple[Any, int] | None:
     if dataset is None or collate is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         return None
     n = max(1, min(n, len(dataset)))
-    lengths = [_item_length(dataset[i]) for i in range(min(len(dataset), 4096))]
+    lengths = item_lengths(dataset)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if all(lengths) else list(range(len(lengths)))
     batch = collate([dataset[i] for i in order[:n]])
     return batch, count(batch)[0]
+
+
+def item_lengths(dataset: Any) -> list[int]:
+    """Tokens per item (the first 4096 items, or all from a token dataset's ``lengths()``); 0 where unknown."""
+    if callable(getattr(dataset, "lengths", None)):
+        return list(dataset.lengths())
+    return [_item_length(dataset[i]) for i in range(min(len(dataset), 4096))]
 
 
 def _item_length(item: Any) -> int:
