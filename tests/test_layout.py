@@ -132,6 +132,7 @@ def test_the_project_refers_to_no_document_outside_it():
 FOREIGN_PRIVATES = {
     "_actions": "argparse: a parser's options are listed only in ArgumentParser._actions (completion, option checks)",
     "_StoreTrueAction": "argparse: the class of a flag's action, to tell flags from options that take a value",
+    "_StoreFalseAction": "argparse: the class of a --no-… flag's action (same reason)",
     "_register_custom_module": "peft: LoraConfig's (experimental) hook mapping a custom layer type to its LoRA layer",
     "_disable_adapters": "peft: BaseTunerLayer's on/off flag, set directly on the indexed fast path (peft's "
                          "enable/disable_adapter_layers walk every module of the model)",

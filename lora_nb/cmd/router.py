@@ -56,7 +56,10 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
         default = None if given_only or f.name in notebook else default
         flags = tuple(dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"]))
         text = f.metadata["help"].replace("%", "%%") + note
-        if f.type in (bool, "bool"):
+        if f.type in (bool, "bool") and f.default is True:  # on by default: the flag turns it off
+            options.append(arg(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                               default=None if given_only else True, help=f"turn off: {text}"))
+        elif f.type in (bool, "bool"):
             options.append(arg(*flags, dest=f.name, action="store_true", default=default, help=text))
         elif "choices" in f.metadata:  # listed for Tab completion; any case is accepted
             options.append(arg(*flags, dest=f.name, default=default, type=str.lower, choices=f.metadata["choices"],
@@ -207,11 +210,13 @@ def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
             known = [d.replace("_", "-") for d in flags]
             raise OptionError(f"{parser.prog}: unknown option `{key.strip()}`{did_you_mean(key.strip(), known)}")
         value = value.strip()
-        if isinstance(action, argparse._StoreTrueAction):
-            if value.lower() in ("true", "yes", "1", "on", ""):
-                argv.append(action.option_strings[0])
-            elif value.lower() not in ("false", "no", "0", "off"):
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            truth = {"true": True, "yes": True, "1": True, "on": True, "": True,
+                     "false": False, "no": False, "0": False, "off": False}.get(value.lower())
+            if truth is None:
                 raise OptionError(f"{parser.prog}: `{key.strip()}` takes true or false, got `{value}`")
+            if truth == isinstance(action, argparse._StoreTrueAction):  # the flag says what the value says
+                argv.append(action.option_strings[0])
         else:
             argv += [action.option_strings[0], value]
     return argv

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import LoraNBError, first_line
-from .data.batches import Batches, count, to_device
+from .data.batches import Batches, count, positions, to_device
 from .data.position import DataPosition
 from .memory.budget import process_rss_mb
 from .optimizer import group_scales, make_optimizer
@@ -58,6 +58,7 @@ class Loop:
         self.position = DataPosition(batches.loader)  # epoch and batches drawn, for checkpoints
         self.loss_phase = "loss_fn" if run.custom_loss else "model forward"
         self._rss_at = -1.0
+        self.step_positions: int | None = None
         self._rss = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -159,11 +160,11 @@ class Loop:
         lr = s.lr * self.lr_factor(run.step)
         for group, scale in zip(self.opt.param_groups, self.lr_scales):
             group["lr"] = lr * scale
-        total, samples, tokens = None, 0, 0
+        total, samples, tokens, width = None, 0, 0, 0
         for _ in range(s.grad_accum):
-            loss, n, t = self.micro_step()
+            loss, n, t, w = self.micro_step()
             total = loss if total is None else total + loss
-            samples, tokens = samples + n, tokens + (t or 0)
+            samples, tokens, width = samples + n, tokens + (t or 0), width + (w or 0)
         self.phase = "gradient clipping"
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
@@ -184,6 +185,7 @@ class Loop:
             self.dirty = False
         self.opt.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
+        self.step_positions = width or None  # token positions of the step's batches, padding included
         record = {"step": run.step + 1, "loss": loss_value, "lr": lr, "grad_norm": None if skipped else norm_value,
                   "samples_per_s": samples / seconds, "seconds": seconds,
                   "time": time.perf_counter() - self.started, "memory_mb": self.memory_mb()}
@@ -192,16 +194,19 @@ class Loop:
             record.update(skipped_steps=self.skipped_steps, loss_scale=self.scaler.get_scale())
         if tokens:
             record["tokens_per_s"] = tokens / seconds
+        if tokens and width:
+            record["padding"] = 1.0 - tokens / width
         if run.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         if self.batches.per_epoch:
             record["epoch"] = self.batches_seen / self.batches.per_epoch
         return record
 
-    def micro_step(self) -> tuple[torch.Tensor, int, int | None]:
+    def micro_step(self) -> tuple[torch.Tensor, int, int | None, int | None]:
         self.phase = "reading data"
         batch = self.next_batch()
         samples, tokens = count(batch)
+        width = positions(batch)
         batch = to_device(batch, self.run.device)
         self.phase = self.loss_phase
         with self.autocast():
@@ -215,7 +220,7 @@ class Loop:
         self.phase = "backward"
         scaled = loss / self.settings.grad_accum
         (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
-        return loss.detach().reshape(()), samples, tokens
+        return loss.detach().reshape(()), samples, tokens, width
 
     def next_batch(self) -> Any:
         if self.iterator is None:

@@ -12,7 +12,8 @@ How a run ends (``run.state``):
   released, and the message suggests a smaller batch.
 
 ``run.history`` holds one dict per optimizer step: ``step``, ``loss``, ``lr``, ``grad_norm``,
-``samples_per_s``, ``tokens_per_s`` (token data), ``seconds`` (wall time of the step), ``memory_mb``
+``samples_per_s``, ``tokens_per_s`` (token data: real tokens, padding left out), ``padding`` (share of the
+step's token positions that were padding), ``seconds`` (wall time of the step), ``memory_mb``
 (CUDA allocated on GPU, process RSS on CPU), ``peak_memory_mb`` (CUDA only), ``time`` (s since
 start) and ``epoch``; in fp16 runs also ``loss_scale`` and ``skipped_steps`` (steps so far whose scaled
 gradients overflowed: the scaler skipped their update, their ``grad_norm`` is None; see ``precision.py``);
@@ -253,7 +254,7 @@ def plan_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: A
         limit = min(limit, getattr(getattr(session.model, "config", None), attr, None) or limit)
     kw = dict(tokenizer=tokenizer, loss_fn=loss_fn, batch_size=settings.batch_size, seed=settings.seed,
               max_length=limit)
-    batches = make_batches(data, shuffle=True, **kw)
+    batches = make_batches(data, shuffle=True, group_by_length=settings.group_by_length, **kw)
     eval_batches = None if eval_data is None else make_batches(eval_data, shuffle=False, **kw)
     per_process = None if batches.per_epoch is None else math.ceil(batches.per_epoch / world)
     if settings.steps is not None:

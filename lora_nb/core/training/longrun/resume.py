@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # settings that change the sequence of updates: a resume with other values cannot repeat the first run
 REPEATABLE = ("batch_size", "grad_accum", "seed", "lr", "schedule", "warmup", "weight_decay", "lr_ratio",
-              "max_grad_norm", "precision")
+              "max_grad_norm", "precision", "group_by_length")
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
