@@ -32,9 +32,9 @@ class TrainRecipe:
     names: dict[str, str] = field(default_factory=dict)  # data / eval_data / tokenizer / loss_fn -> variable name
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Session:
-    """lora_nb's handle on one model that has LoRA adapters."""
+    """lora_nb's handle on one model that has LoRA adapters (what ``lora_nb.attach`` returns)."""
 
     model: nn.Module
     peft: "PeftModel"
@@ -75,6 +75,13 @@ class Session:
                 f"(adapters: {', '.join(self.adapters)})"
             )
         return name
+
+    def __repr__(self) -> str:
+        """One line (the model and its weights are not repeated here): adapters, the active one, the run."""
+        names = ", ".join(f"`{a}`" + (" (active)" if a == self.active else "") for a in self.adapters)
+        run = f"; training: {self.run.state}" if self.training else ""
+        return f"<lora_nb session on {type(self.model).__name__}: adapters {names}{run}; lora_nb.status(model) " \
+               "shows the table>"
 
     def __deepcopy__(self, memo: dict) -> None:
         return None  # a copied model is a plain model (its LoRA layers are copied, its lora_nb state is not)

@@ -50,6 +50,26 @@ def begin_line(run: Any) -> str:
             f"{s.schedule} schedule; data: {run.data}")
 
 
+def loss_ends(losses: list[float]) -> tuple[float, float, int]:
+    """``(first, last, k)``: the mean loss of the first ``k`` and of the last ``k`` steps, ``k`` a quarter of the run
+    (1 to 20 steps, never overlapping), so one noisy batch at either end cannot make a run look better or worse than
+    it went."""
+    n = len(losses)
+    k = max(1, min(20, (n + 3) // 4, n // 2))
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k, k
+
+
+def loss_change(losses: list[float]) -> str:
+    """``loss 4.562 → 4.545 (means of the first and last 2 steps)``; ``""`` for a run without steps."""
+    if not losses:
+        return ""
+    first, last, k = loss_ends(losses)
+    if len(losses) == 1:
+        return f"loss {first:.4g}"
+    means = "first and last step" if k == 1 else f"means of the first and last {k} steps"
+    return f"loss {first:.4g} → {last:.4g} ({means})"
+
+
 def end_line(run: Any) -> str:
     return f"{run.state}: {run.message}"
 

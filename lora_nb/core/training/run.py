@@ -41,6 +41,7 @@ from .device import in_jupyter_kernel, place_model, resolve_device
 from .longrun.additions import RunAdditions
 from .longrun.spectra_history import SpectraHistory, SpectraRecorder
 from .loop import Loop, uses_bf16
+from .reporting import loss_change
 from .settings import TrainSettings
 
 __all__ = ["RunPlan", "TrainRun", "launch", "plan_run", "start_run", "trainable_parameters"]
@@ -136,8 +137,8 @@ class TrainRun:
             callback.on_train_end(self)
 
     def summary_line(self) -> str:
-        losses = [r["loss"] for r in self.history]
-        loss = f"; loss {losses[0]:.4g} → {losses[-1]:.4g}" if losses else ""
+        change = loss_change([r["loss"] for r in self.history])
+        loss = f"; {change}" if change else ""
         return f"{self.step}/{self.max_steps} steps on {self.where} in {self.seconds:.1f} s{loss}"
 
     def summary(self) -> dict:
