@@ -154,10 +154,10 @@ def byte_tokenizer(vocab_size=101):
     """A GPT-2-style byte-level BPE tokenizer built offline (no merges: the first ``vocab_size`` - 1 byte symbols,
     leading spaces written `Ġ` in its vocabulary; ids at or above that size never occur), with `<pad>` as the last id
     and a ChatML chat template. It reads any text (unknown bytes become `<pad>`), as a real tokenizer would."""
+    import string
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-
-    import string
 
     symbols = ["Ġ", *string.ascii_letters, *string.digits, *string.punctuation]  # Ġ: a space, in byte-level BPE
     vocab = {c: i for i, c in enumerate(symbols[:vocab_size - 1])}

@@ -7,7 +7,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import adapted_with_pristine, byte_tokenizer, make_b_nonzero, run, sample_inputs, tiny_bert, tiny_gpt2, tiny_mlp
+from helpers import (
+    adapted_with_pristine,
+    byte_tokenizer,
+    make_b_nonzero,
+    run,
+    sample_inputs,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_mlp,
+)
 from IPython.core.error import UsageError
 from peft.tuners.lora import LoraLayer
 

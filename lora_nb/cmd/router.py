@@ -25,11 +25,34 @@ class UnknownVariableError(LoraNBError):
     """A name that is not in the notebook namespace."""
 
 
+# options people type from other tools, and the option meant (suggested, never applied silently)
+SYNONYMS = {"--rank": "--r", "--lora-r": "--r", "--lora-alpha": "--alpha", "--lora-dropout": "--dropout",
+            "--target": "--targets", "--target-modules": "--targets", "--learning-rate": "--lr",
+            "--max-steps": "--steps", "--batch": "--batch-size", "--epoch": "--epochs", "--adapter-name": "--name"}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports mistakes as one-line ``OptionError``s instead of exiting."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise OptionError(f"{self.prog}: {message}")
+        raise OptionError(f"{self.prog}: {message}{self.suggestion(message)}")
+
+    def suggestion(self, message: str) -> str:
+        """For ``unrecognized arguments: --rank 8``: ``; did you mean `--r`?`` (a known synonym or a near miss)."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [flag for action in self._actions for flag in action.option_strings]
+        for word in message.split(":", 1)[1].split():
+            flag = word.split("=", 1)[0]
+            if not flag.startswith("--"):
+                continue
+            meant = SYNONYMS.get(flag.replace("_", "-"))
+            if meant in known:
+                return f"; did you mean `{meant}`?"
+            hint = did_you_mean(flag, [k for k in known if k.startswith("--")])
+            if hint:
+                return hint
+        return ""
 
 
 def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -56,8 +79,9 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
         text = f.metadata["help"].replace("%", "%%") + note
         if f.type in (bool, "bool"):
             options.append(arg(*flags, dest=f.name, action="store_true", default=default, help=text))
-        else:
-            options.append(arg(*flags, dest=f.name, default=default, help=f"{text} (default: {shown})"))
+        else:  # said once: not again when the help says it (`default: one epoch`), not at all when it is "not set"
+            text = text if "(default:" in text or shown is None else f"{text} (default: {shown})"
+            options.append(arg(*flags, dest=f.name, default=default, help=text))
     return options
 
 
