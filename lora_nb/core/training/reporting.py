@@ -90,8 +90,9 @@ class ConsoleReporter(Callback):
     """Prints training progress as text (terminal IPython, scripts), throttled by time."""
 
     def __init__(self, file: TextIO | None = None, interval: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.file, self.interval, self.clock = file, interval, clock
+                 clock: Callable[[], float] = time.monotonic, progress: bool = True) -> None:
+        """``progress=False``: only the first lines, evaluations and the end (a background run at a prompt)."""
+        self.file, self.interval, self.clock, self.progress = file, interval, clock, progress
         self._last = -float("inf")
         self._ema = Ema()
 
@@ -106,7 +107,7 @@ class ConsoleReporter(Callback):
     def on_step_end(self, run: Any, record: dict) -> None:
         smoothed = self._ema.add(record["loss"])
         now = self.clock()
-        if now - self._last >= self.interval or record["step"] == run.max_steps:
+        if self.progress and (now - self._last >= self.interval or record["step"] == run.max_steps):
             self._last = now
             self._print(progress_line(run, record, smoothed))
 
