@@ -14,8 +14,9 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
-from .cmd import dispatch, help_text
+from .cmd import VERBS, dispatch, help_text
 from .cmd.complete import suggest
+from .cmd.messages import as_magic
 from .cmd.settings import UI_MODES, NotebookSettings, setting_help
 from .core.training.run import TrainRun
 from .errors import LoraNBError
@@ -54,7 +55,7 @@ class LoraMagics(Magics):
         try:
             result = dispatch(self.shell, line, cell, settings=self.settings())
         except LoraNBError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(as_magic(str(exc), VERBS)) from None
         if result is not None and runs_silently(self.shell) and not isinstance(result, TrainRun):
             display(result)  # a script shows no values: show what a notebook shows (a run has printed its own)
         return result

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LoraNBError, LoraNBWarning, NotAModelError, OptionError, did_you_mean
+from .messages import as_magic
 from .settings import UI_MODES, NotebookSettings
 
 
@@ -248,7 +249,7 @@ def dispatch(shell, line: str, cell: str | None = None, settings: NotebookSettin
     finally:  # outside the `with`: there, showwarning would append to `caught` while we iterate it
         for w in caught:  # lora_nb's notes as one line; anything else goes on as a normal warning
             if issubclass(w.category, LoraNBWarning):
-                print(f"note: {w.message}", file=sys.stderr)
+                print(f"note: {as_magic(str(w.message), VERBS)}", file=sys.stderr)
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 

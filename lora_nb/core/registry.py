@@ -106,7 +106,7 @@ class Session:
         """Refuse a mutating ``action`` while a training run changes the model."""
         if self.training:
             raise TrainingActiveError(
-                f"training is running; stop it first (`%lora stop`, or run.stop()) before you {action}"
+                f"training is running; stop it first (`run.stop()`) before you {action}"
             )
 
 
@@ -150,7 +150,7 @@ def require(model: Any) -> Session:
     """The session of ``model``, or a one-line error saying how to get one."""
     session = find(model)
     if session is None:
-        raise AdapterError("this model has no LoRA adapter; attach one first (`%lora attach MODEL`)")
+        raise AdapterError("this model has no LoRA adapter; attach one first (`lora_nb.attach(model)`)")
     return session
 
 

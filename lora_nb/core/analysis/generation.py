@@ -26,7 +26,7 @@ class Sampling:
         if not 0 < self.top_p <= 1:
             raise OptionError(f"top_p must be in (0, 1]; got {self.top_p:g}")
         if self.greedy and self.top_p < 1:
-            raise OptionError("top_p applies to sampling: give a temperature > 0 too (--temperature 0.7)")
+            raise OptionError("top_p applies to sampling: give a temperature > 0 too (`temperature=0.7`)")
 
     @property
     def greedy(self) -> bool:
@@ -163,7 +163,7 @@ def encode(tokenizer: Any, prompt: str, chat: bool) -> dict[str, torch.Tensor]:
     if not chat:
         return dict(tokenizer(prompt, return_tensors="pt"))
     if not has_chat_template(tokenizer):
-        raise OptionError("--chat needs a tokenizer with a chat template (this one has none)")
+        raise OptionError("`chat=True` needs a tokenizer with a chat template (this one has none)")
     text = render(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
     return dict(tokenizer(text, add_special_tokens=False, return_tensors="pt"))
 

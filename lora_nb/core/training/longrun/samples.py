@@ -20,7 +20,7 @@ from ..callbacks import Callback
 def check_can_sample(model: Any, tokenizer: Any) -> None:
     """A one-line error unless ``model`` can generate text with ``tokenizer``."""
     if tokenizer is None:
-        raise OptionError("sample prompts need a tokenizer (`--tokenizer VAR`, tokenizer=…)")
+        raise OptionError("sample prompts need a tokenizer (`tokenizer=…`)")
     if not callable(getattr(model, "generate", None)):
         raise OptionError(f"sample prompts need a model that generates text; a {type(model).__name__} has no "
                           "generate()")
