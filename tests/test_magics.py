@@ -138,3 +138,9 @@ def test_each_option_says_its_default_once(ip):
             assert (action.help or "").count("(default:") <= 1, f"%lora {name} {action.option_strings}: {action.help}"
     text = ip.run_line_magic("lora", "train -h")
     assert "(default: one epoch)" in " ".join(text.split()) and "(default: None)" not in text
+
+
+def test_a_comment_ends_the_line_as_in_python(ip):
+    ip.user_ns["model"] = model = tiny_mlp()
+    assert ip.run_cell("%lora attach model --r 2 --targets '0'   # in place; a # inside a word stays").success
+    assert n_lora(model) == 1 and lora_nb.status(model).adapters[0].r == 2

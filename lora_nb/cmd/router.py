@@ -224,10 +224,24 @@ def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
     return argv
 
 
+def without_comment(line: str) -> str:
+    """``line`` up to a ``#`` that starts a word outside quotes (`%lora attach model --r 8  # a note`), as in Python;
+    a ``#`` inside a word or in quotes is kept (`--targets 'a#b'`)."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
+
+
 def dispatch(shell, line: str, cell: str | None = None, settings: NotebookSettings | None = None) -> Any:
     """Run ``%lora LINE`` (or ``%%lora LINE`` with a cell body) under the notebook's ``settings``."""
     try:
-        words = shlex.split(line)
+        words = shlex.split(without_comment(line))
     except ValueError as exc:
         raise OptionError(f"%lora: cannot parse the line ({exc})") from None
     if not words or words[0] in ("help", "-h", "--help"):
