@@ -64,9 +64,9 @@ class RunAdditions:
         s, model = plan.settings, session.model
         self.session, self.plan = session, plan
         if s.patience is not None and plan.eval_batches is None:
-            raise OptionError("early stopping (patience) needs evaluation data (`--eval VAR`, eval_data=…)")
+            raise OptionError("early stopping (patience) needs evaluation data (`eval_data=…`)")
         if s.restore_best and plan.eval_batches is None:
-            raise OptionError("restore_best needs evaluation data (`--eval VAR`, eval_data=…)")
+            raise OptionError("`restore_best=True` needs evaluation data (`eval_data=…`)")
         if s.sample_prompts:
             check_can_sample(model, plan.tokenizer)
         if s.grad_checkpointing:
