@@ -36,7 +36,7 @@ from ... import registry
 from ...adapters.status import adapter_named_parameters
 from ..data.batches import takes_model
 from ..device import in_jupyter_kernel
-from ..run import RunPlan, TrainRun, plan_run, start_run
+from ..run import PreparedRun, TrainRun, prepare_run, start_run
 from .worker import WEIGHTS, Job, run_worker
 
 _FORK = multiprocessing.get_context("fork")
@@ -73,9 +73,9 @@ class ProcessRun(TrainRun):
     def summary(self) -> dict:
         return {**super().summary(), "processes": self.processes}
 
-    def job(self, session: registry.Session, plan: RunPlan, cpu: bool, out: str) -> Job:
-        """What every worker process gets: the plan, where to write the weights, and this run's channels."""
-        return Job(session, plan, cpu, self.custom_loss, out, self._queue, self._shared_stop, self._shared_pause)
+    def job(self, session: registry.Session, prepared: PreparedRun, cpu: bool, out: str) -> Job:
+        """What every worker process gets: the prepared run, where to write the weights, and this run's channels."""
+        return Job(session, prepared, cpu, self.custom_loss, out, self._queue, self._shared_stop, self._shared_pause)
 
 
 def check_launchable(processes: int, device: str, model: torch.nn.Module) -> bool:
@@ -117,16 +117,16 @@ def launch_processes(session: registry.Session, settings: Any, data: Any, eval_d
     """Start a ``settings.processes``-process run of ``session``'s active adapter; returns its ``ProcessRun``."""
     n = settings.processes
     cpu = check_launchable(n, settings.device, session.model)
-    plan = plan_run(session, data, eval_data, tokenizer, loss_fn, settings, world=n)
+    prepared = prepare_run(session, data, eval_data, tokenizer, loss_fn, settings, world=n)
     device = torch.device("cpu") if cpu else torch.device("cuda", 0)
     where = f"{n} processes × {'CPU (gloo)' if cpu else 'GPU (nccl)'}"
     background = in_jupyter_kernel() if background is None else bool(background)
-    run = ProcessRun(session.model, session.active, settings, plan.max_steps, device, where,
-                     plan.batches.description,
+    run = ProcessRun(session.model, session.active, settings, prepared.max_steps, device, where,
+                     prepared.batches.description,
                      background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []),
                      processes=n)
     out = tempfile.mkdtemp(prefix="lora_nb-processes-")
-    driver = _Driver(run, session, run.job(session, plan, cpu, out))
+    driver = _Driver(run, session, run.job(session, prepared, cpu, out))
     start_run(session, run, driver, background=True, names=names)  # a thread either way
     if not background:
         _wait_interruptibly(run)
