@@ -3,14 +3,14 @@
 Both arms start from deep copies of the model's base weights (LoRA layers the model already has
 are stripped from the copies; the model itself is left exactly as it was), see the same batches in
 the same order (same data, steps, batch size, seed) and run through the same training loop
-(``core.train.launch``), so their times per step compare. Per arm it measures: parameters updated,
+(``training.run.launch``), so their times per step compare. Per arm it measures: parameters updated,
 bytes of trainable state (parameters + gradients + AdamW moments and step tensors, exact from
 dtypes), peak memory (CUDA peak allocated, or a sampled process-RSS peak on CPU), median time per
 step, final train loss (mean of the last steps, and a full pass over the training data after
 training), eval loss and accuracy, the generalization gap (eval − train) and the checkpoint size
 on disk (the adapter saved by ``lora_nb.save`` vs the whole model saved with safetensors). With
 ``sizes``, both arms are trained again on random subsets of those sizes (the data-size sweep).
-The result lays this out as the table of the LoRA explainer (see ``_vs_full_result``).
+The result lays this out as the table of the LoRA explainer (see ``vs_full_result``).
 """
 
 from __future__ import annotations

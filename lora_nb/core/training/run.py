@@ -16,7 +16,7 @@ How a run ends (``run.state``):
 (CUDA allocated on GPU, process RSS on CPU), ``peak_memory_mb`` (CUDA only), ``time`` (s since
 start) and ``epoch``; ``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``;
 ``run.spectra_history`` ΔW's singular values per module every few steps (see ``spectra_history``).
-``run.best``, ``run.samples``, ``run.memory_plan``: see ``long_run.py`` (checkpoints, resume, early
+``run.best``, ``run.samples``, ``run.memory_plan``: see ``longrun.additions`` (checkpoints, resume, early
 stopping, samples and the memory plan are callbacks the run places before the views).
 """
 

@@ -2,7 +2,7 @@
 
 The kernel's own model is what trains. accelerate's ``notebook_launcher`` forks N workers from the
 kernel (N GPUs over NCCL, or N CPU processes over gloo); each runs lora_nb's one training ``Loop``
-with the model in DDP (see ``_worker``). Rank 0 streams its records (loss averaged, throughput summed
+with the model in DDP (see ``worker.run_worker``). Rank 0 streams its records (loss averaged, throughput summed
 over processes) through a queue to this run's ``TrainRun``, so callbacks and the live dashboard work
 unchanged; at the end it writes the adapter's weights, which are copied into the user's model under
 ``session.lock``. Stop/Pause are shared events that every process agrees on at a step boundary.
