@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
 import lora_nb
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll ``condition`` every 10 ms until it holds; after ``timeout`` seconds the test fails saying ``what`` it
+    waited for (a background run that hangs fails its test instead of the whole suite)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"waited {timeout:g} s for {what}")
+        time.sleep(0.01)
 
 
 def tiny_gpt2():

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import classification_pairs, gpt2_lora, mlp_with_lora, tiny_mlp, token_items
+from helpers import classification_pairs, gpt2_lora, mlp_with_lora, tiny_mlp, token_items, wait_until
 from IPython.core.error import UsageError
 
 import lora_nb
@@ -159,10 +158,7 @@ def test_a_killed_kernel_resumes_in_a_new_one_with_the_same_losses(tmp_path):
             run = lora_nb.train(model, token_items(), steps={steps}, batch_size=4, lr=1e-2, save_every=3,
                                 save_dir={str(save_dir)!r}, callbacks=[Slow()], background=True)
         """))
-        deadline = time.time() + 120
-        while not (save_dir / "checkpoint-000009" / checkpoint.STATE_JSON).exists():
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
+        wait_until((save_dir / "checkpoint-000009" / checkpoint.STATE_JSON).exists, 120, "checkpoint 9 in the kernel")
     finally:
         km.shutdown_kernel(now=True)  # killed mid-run
         kc.stop_channels()

@@ -9,7 +9,8 @@ from IPython.core.completer import provisionalcompleter
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lora_nb.cmd import VERBS
+from lora_nb.cmd import ORDER, VERBS, help_text
+from lora_nb.cmd.router import order_verbs
 
 
 def complete(ip, text: str) -> list[str]:
@@ -34,6 +35,14 @@ def test_verbs_after_lora(notebook):
     assert set(complete(notebook, "%lora ")) == set(VERBS)
     assert complete(notebook, "%lora tr") == ["train"]
     assert complete(notebook, "%lora s") == ["save", "similarity", "spectrum", "status", "stop"]
+
+
+def test_help_lists_the_verbs_in_the_verb_tables_order_and_the_table_names_each_once():
+    listed = [line.split()[0] for line in help_text().split("verbs:\n", 1)[1].split("\n\n", 1)[0].splitlines()]
+    assert listed == list(VERBS) == list(ORDER) and listed[0] == "attach" and listed[-1] == "detach"
+    with pytest.raises(RuntimeError, match="differ: \\['detach'\\]"):
+        order_verbs(ORDER[:-1])  # a verb registered but not placed in the table
+    assert list(VERBS) == list(ORDER)  # refused: nothing reordered
 
 
 def test_options_of_train_are_its_parsers(notebook):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import run, tiny_mlp
+from helpers import run, tiny_mlp, wait_until
 
 import lora_nb
 from lora_nb.core import registry
@@ -35,13 +34,6 @@ def notebook(ip, monkeypatch):
 def open_dashboard(ip):
     widget = ip.run_line_magic("lora", "dashboard model")
     return widget._lora_dashboard
-
-
-def wait_until(condition, timeout=30.0):
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.01)
 
 
 def test_attach_train_stop_toggle_and_spectrum_from_the_widgets(notebook):

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 import torch
-from helpers import classification_pairs, forks_cpu_workers, mlp_with_lora
+from helpers import classification_pairs, forks_cpu_workers, mlp_with_lora, wait_until
 
 import lora_nb
 from lora_nb.core.training.callbacks import Callback
@@ -84,17 +84,14 @@ def test_stop_and_pause_reach_every_process_and_leave_nothing_behind():
     adapter = snapshot(model, lora=True)
     run = lora_nb.train(model, pairs(), steps=100_000, lr=1e-2, batch_size=8, processes=2, device="cpu",
                         background=True)
-    deadline = time.time() + 60
-    while run.step < 3 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: run.step >= 3, 60, "3 steps over 2 processes")
     run.pause()
     time.sleep(0.5)
     held = run.step
     time.sleep(0.7)
     assert run.state == "paused" and run.step == held  # every process waits at the step boundary
     run.resume()
-    while run.step < held + 3 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: run.step >= held + 3, 60, "3 steps after resume")
     run.stop()
     run.wait(60)
     assert run.state == "stopped" and held + 3 <= run.step < 100_000, run.message

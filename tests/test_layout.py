@@ -169,9 +169,9 @@ def private_reaches(tree: ast.Module) -> list[tuple[int, str]]:
 
 
 def test_no_object_reaches_into_another_objects_private_attributes():
-    """A class's own methods use its ``_fields``; everyone else goes through its public methods and properties
+    """A class's own methods use its private fields; everyone else goes through its public methods and properties
     (e.g. the loop and the process driver drive a ``TrainRun`` through ``begin``/``end``/``mark_ended``/
-    ``stop_requested``, never ``run._lock``)."""
+    ``stop_requested``, never its lock or events)."""
     reaches = [f"{module}:{line} {text}" for module, path in modules().items()
                for line, text in private_reaches(ast.parse(path.read_text()))
                if text.rpartition(".")[2] not in FOREIGN_PRIVATES]

@@ -9,7 +9,7 @@ import comm
 import numpy as np
 import pytest
 import torch
-from helpers import classification_pairs, mlp_with_lora
+from helpers import classification_pairs, mlp_with_lora, wait_until
 from ipywidgets.widgets import widget as widget_module
 
 import lora_nb
@@ -132,8 +132,7 @@ def test_stop_and_pause_buttons_drive_a_background_run(wire):
     dash = LiveDashboard()
     started = time.monotonic()
     run = lora_nb.train(model, classification_pairs(), steps=100_000, background=True, callbacks=[dash])
-    while run.step < 3:
-        time.sleep(0.01)
+    wait_until(lambda: run.step >= 3, what="3 steps")
     assert not dash.stop_button.disabled and not dash.pause_button.disabled
     dash.pause_button.click()
     assert run.state == "paused" and dash.pause_button.description == "Resume"
@@ -143,8 +142,7 @@ def test_stop_and_pause_buttons_drive_a_background_run(wire):
     assert run.step == held  # nothing trains while paused
     dash.pause_button.click()
     assert run.state == "running" and dash.pause_button.description == "Pause"
-    while run.step < held + 2:
-        time.sleep(0.01)
+    wait_until(lambda: run.step >= held + 2, what="2 steps after Resume")
     dash.stop_button.click()
     run.wait(10)
     assert run.state == "stopped" and not run._thread.is_alive()
@@ -221,6 +219,7 @@ def test_history_figure_decimates_long_runs():
     assert fig.layout.annotations[3].text == "tokens/s"
 
 
+@pytest.mark.slow  # starts a real Jupyter kernel
 def test_saved_notebook_keeps_the_final_curves():  # a real kernel: dashboard shown, picture left in its cell
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

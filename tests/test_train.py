@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
-from helpers import base_params, classification_pairs, lora_params, mlp_with_lora, tiny_bert, tiny_gpt2, word_tokenizer
+from helpers import (
+    base_params,
+    classification_pairs,
+    lora_params,
+    mlp_with_lora,
+    tiny_bert,
+    tiny_gpt2,
+    wait_until,
+    word_tokenizer,
+)
 from IPython.core.error import UsageError
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -205,9 +213,7 @@ def test_background_run_refuses_mutations_then_stops(ip, capsys):  # G18 + G19
     ip.user_ns.update(model=model, pairs=classification_pairs())
     run = ip.run_line_magic("lora", "train model --data pairs --steps 100000 --background")
     assert run.background and _trainer_threads()
-    deadline = time.time() + 20
-    while run.step < 3 and time.time() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: run.step >= 3, what="3 steps")
     for call in (lambda: lora_nb.attach(model, name="second"), lambda: lora_nb.detach(model),
                  lambda: lora_nb.disable(model), lambda: lora_nb.enable(model),
                  lambda: lora_nb.delete(model, "default"),
@@ -237,12 +243,10 @@ def test_background_run_refuses_mutations_then_stops(ip, capsys):  # G18 + G19
 def test_add_callback_to_a_running_run_catches_up():
     model = mlp_with_lora()
     run = lora_nb.train(model, classification_pairs(), steps=100000, background=True)
-    while run.step < 2:
-        time.sleep(0.01)
+    wait_until(lambda: run.step >= 2, what="2 steps")
     late = Recorder()
     run.add_callback(late)
-    while not any(c[0] == "step" for c in late.calls):
-        time.sleep(0.01)
+    wait_until(lambda: any(c[0] == "step" for c in late.calls), what="a step reaching the late callback")
     run.stop()
     run.wait(10)
     assert late.calls[0] == ("begin", "running") and late.calls[-1] == ("end", "stopped")

@@ -13,7 +13,7 @@ from helpers import make_b_nonzero, open_widgets, tiny_mlp
 import lora_nb
 from lora_nb.core import registry
 from lora_nb.core.training.run import TrainRun, TrainSettings
-from lora_nb.widgets.dashboard import Dashboard
+from lora_nb.widgets.dashboard import ModelDashboard
 from lora_nb.widgets.explorers import SimilarityView, SpectrumExplorer, WeightsExplorer
 from lora_nb.widgets.history import HistoryView
 from lora_nb.widgets.intruders import IntruderView
@@ -53,7 +53,7 @@ def recorded_run() -> TrainRun:
 
 def open_and_close_views(model) -> None:
     views = [IntruderView(model, lambda m: 0.0, k=4), SpectrumExplorer(model), WeightsExplorer(model),
-             SimilarityView(model, "default", "other"), AdapterPanel(model), Dashboard(model),
+             SimilarityView(model, "default", "other"), AdapterPanel(model), ModelDashboard(model),
              HistoryView(recorded_run(), interval=0.0)]
     live = LiveDashboard()
     watch(live, finished_run())

@@ -261,6 +261,7 @@ def test_peak_memory_sees_what_a_block_allocates():
     assert busy.added >= 60 * 2**20 > quiet.added and busy.samples > 0 and "RSS" in busy.kind
 
 
+@pytest.mark.slow  # starts a real Jupyter kernel
 def test_saved_notebook_keeps_the_pictures():  # a real kernel: live view shown, static pictures left in its cell
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

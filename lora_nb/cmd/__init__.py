@@ -1,7 +1,17 @@
-"""The magic layer's verbs. Each module below registers its verbs on import, in the order `%lora?` lists them."""
-# isort: skip_file
+"""The magic layer's verbs. Each module below registers its verbs on import; ``ORDER`` is the verb table: the order
+``%lora?``, tab completion and the unknown-verb message list them in, following a model's life — put an adapter
+on, train it, look inside, combine and keep it, take it off."""
 
-from . import attach, train, plan, inspect, analysis, adapters, vs_full, dashboard, export  # noqa: F401  (registers the verbs)
-from .router import VERBS, dispatch, help_text
+from . import adapters, analysis, attach, dashboard, export, inspect, plan, train, vs_full  # noqa: F401  (registers)
+from .router import VERBS, dispatch, help_text, order_verbs
 
-__all__ = ["VERBS", "dispatch", "help_text"]
+ORDER = (
+    "attach", "status", "on", "off", "toggle",  # put an adapter on, see it, switch it
+    "plan", "train", "pause", "resume", "stop", "dashboard",  # train it
+    "weights", "spectrum", "history", "advise", "intruders", "similarity", "compare", "vs-full",  # look inside
+    "merge", "unmerge", "combine", "save", "load", "export",  # combine, keep, take elsewhere
+    "delete", "detach",  # take it off
+)
+order_verbs(ORDER)
+
+__all__ = ["ORDER", "VERBS", "dispatch", "help_text"]

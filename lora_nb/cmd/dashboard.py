@@ -11,9 +11,9 @@ from .router import UI, Text, verb
 def _dashboard(ctx, args):
     model = ctx.model(args.model)
     if ctx.view_mode(args) == "widget":
-        from ..widgets.dashboard import Dashboard
+        from ..widgets.dashboard import ModelDashboard
 
-        return Dashboard(model, lookup=ctx.lookup, name=args.model).widget
+        return ModelDashboard(model, lookup=ctx.lookup, name=args.model).widget
     from ..core import registry
 
     head = str(status(model)) if registry.find(model) is not None else f"`{args.model}` has no LoRA adapter yet"

@@ -137,6 +137,15 @@ def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model:
     return register
 
 
+def order_verbs(order: Sequence[str]) -> None:
+    """Put ``VERBS`` in the verb table's ``order``, which must name every registered verb exactly once."""
+    if len(set(order)) != len(order) or set(order) != set(VERBS):
+        raise RuntimeError(f"the verb table and the registered verbs differ: {sorted(set(order) ^ set(VERBS))}")
+    ordered = {name: VERBS[name] for name in order}
+    VERBS.clear()
+    VERBS.update(ordered)
+
+
 def lookup(namespace: dict[str, Any], path: str) -> Any:
     """The object at ``path`` (``model`` or ``pipe.model``) in ``namespace``; one-line error for a typo."""
     head, *rest = path.split(".")

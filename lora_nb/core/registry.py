@@ -50,7 +50,7 @@ class Session:
     peft: "PeftModel"
     requires_grad: dict[str, bool]
     lock: threading.RLock = field(default_factory=threading.RLock)
-    run: TrainRun | None = None  # the TrainRun in progress (or the last one), see core.train
+    run: TrainRun | None = None  # the TrainRun in progress (or the last one), see training.run
     records: dict[str, dict] = field(default_factory=dict)  # per adapter: how it was made
     listeners: "weakref.WeakSet[Any]" = field(default_factory=weakref.WeakSet)  # views to tell of changes
     last_train: TrainRecipe | None = None  # written when a run starts (training.run.start_run)

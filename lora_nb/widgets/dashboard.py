@@ -1,4 +1,4 @@
-"""``Dashboard``: one widget for a model — Status, Adapters, Train, Weights, Spectrum and History tabs.
+"""``ModelDashboard``: one widget for a model — Status, Adapters, Train, Weights, Spectrum and History tabs.
 
 Someone who never types another magic can attach an adapter (Status tab), switch it on and off
 (Adapters: the ``AdapterPanel``), train it and watch the live dashboard with ΔW's ranks over the steps
@@ -43,7 +43,7 @@ def _error(exc: BaseException) -> str:
     return f"<span style='color:#b00020'>{html.escape(str(exc))}</span>"
 
 
-class Dashboard(Callback):
+class ModelDashboard(Callback):
     """Tabs for one model; ``.widget`` is what a notebook shows, ``.views`` the tab views built so far."""
 
     def __init__(self, model: Any, lookup: Callable[[str], Any] | None = None, name: str = "model") -> None:

@@ -108,7 +108,7 @@ def attach(model: Any, *, r: int = 8, alpha: float = 16, dropout: float = 0.0, t
     else:
         _add(session, opts.name, config)
     session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
-    materialize_adapter(session, opts.name)  # offloaded layers (device_map): factors off `meta`, see core.dispatch
+    materialize_adapter(session, opts.name)  # offloaded layers (device_map): factors off `meta`, see offload.py
     session.notify("attach")
     return session
 

@@ -3,14 +3,14 @@
 Both arms start from deep copies of the model's base weights (LoRA layers the model already has
 are stripped from the copies; the model itself is left exactly as it was), see the same batches in
 the same order (same data, steps, batch size, seed) and run through the same training loop
-(``core.train.launch``), so their times per step compare. Per arm it measures: parameters updated,
+(``training.run.launch``), so their times per step compare. Per arm it measures: parameters updated,
 bytes of trainable state (parameters + gradients + AdamW moments and step tensors, exact from
 dtypes), peak memory (CUDA peak allocated, or a sampled process-RSS peak on CPU), median time per
 step, final train loss (mean of the last steps, and a full pass over the training data after
 training), eval loss and accuracy, the generalization gap (eval − train) and the checkpoint size
 on disk (the adapter saved by ``lora_nb.save`` vs the whole model saved with safetensors). With
 ``sizes``, both arms are trained again on random subsets of those sizes (the data-size sweep).
-The result lays this out as the table of the LoRA explainer (see ``_vs_full_result``).
+The result lays this out as the table of the LoRA explainer (see ``vs_full_result``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..training.data.batches import count, takes_model, to_device
 from ..training.device import place_model, resolve_device
 from ..training.memory.budget import PeakMemory, trainable_state_bytes
 from ..training.precision import choose_precision
-from ..training.run import launch, plan_run, trainable_parameters
+from ..training.run import launch, prepare_run, trainable_parameters
 from ..training.settings import TrainSettings, check_training_options
 from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients
 from .sweep import parse_sizes, subset
@@ -107,7 +107,7 @@ class VsFullOptions:
 
 
 @dataclass
-class _Plan:
+class _Shared:
     """Everything both arms share, checked before anything trains."""
 
     data: Any
@@ -140,26 +140,26 @@ def vs_full(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = No
     lora = dict(r=opts.r, alpha=opts.alpha, targets=opts.targets, dropout=opts.dropout,
                 modules_to_save=opts.modules_to_save)
     common = dict(steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed, device=opts.device)
-    plan = _make_plan(data, eval_data, lora, common, extras, {"lora": opts.lr_lora, "full": opts.lr_full},
-                      tokenizer, loss_fn, callbacks)
+    shared = _share(data, eval_data, lora, common, extras, {"lora": opts.lr_lora, "full": opts.lr_full},
+                    tokenizer, loss_fn, callbacks)
     sizes = parse_sizes(opts.sizes, data, eval_data)
-    _warm_up(model, plan, data)
+    _warm_up(model, shared, data)
     factors = FactorWatch(ADAPTER)
-    arms = {"lora": _arm("lora", model, plan, data, checkpoint=True, watch=factors)}
+    arms = {"lora": _arm("lora", model, shared, data, checkpoint=True, watch=factors)}
     weights = WeightWatch(arms["lora"].targets)
-    arms["full"] = _arm("full", model, plan, data, checkpoint=True, watch=weights)
-    directions = compare(factors, weights, _step0_gradients(model, plan, data, arms["lora"].targets))
-    seed = plan.settings["lora"].seed or 0
-    sweep = [_arm(arm, model, plan, subset(data, n, seed), size=n) for n in sizes for arm in ARMS]
-    result = VsFullResult(arms["lora"], arms["full"], sweep, dict(plan.settings), plan.lora, directions)
-    for cb in plan.callbacks:
+    arms["full"] = _arm("full", model, shared, data, checkpoint=True, watch=weights)
+    directions = compare(factors, weights, _step0_gradients(model, shared, data, arms["lora"].targets))
+    seed = shared.settings["lora"].seed or 0
+    sweep = [_arm(arm, model, shared, subset(data, n, seed), size=n) for n in sizes for arm in ARMS]
+    result = VsFullResult(arms["lora"], arms["full"], sweep, dict(shared.settings), shared.lora, directions)
+    for cb in shared.callbacks:
         if isinstance(cb, VsFullCallback):
             cb.on_result(result)
     return result
 
 
-def _make_plan(data, eval_data, lora: dict, common: dict, extras: dict, lrs: dict, tokenizer, loss_fn,
-               callbacks) -> _Plan:
+def _share(data, eval_data, lora: dict, common: dict, extras: dict, lrs: dict, tokenizer, loss_fn,
+           callbacks) -> _Shared:
     fixed = sorted(set(extras) & _FIXED)
     if fixed:
         raise OptionError(f"vs_full sets {', '.join(fixed)} itself: use steps=, batch_size=, seed=, device=, "
@@ -171,7 +171,7 @@ def _make_plan(data, eval_data, lora: dict, common: dict, extras: dict, lrs: dic
         raise DataError("no training data: pass data=… (a list of (input, target) pairs, tensors, texts, a Dataset)")
     options = AttachOptions(name=ADAPTER, **lora)
     settings = {arm: TrainSettings(lr=lrs[arm], **common, **extras) for arm in ARMS}
-    return _Plan(data, eval_data, options, settings, tokenizer, loss_fn, list(callbacks or []))
+    return _Shared(data, eval_data, options, settings, tokenizer, loss_fn, list(callbacks or []))
 
 
 def base_copy(model: nn.Module) -> nn.Module:
@@ -197,23 +197,23 @@ def _deepcopy(model: nn.Module) -> nn.Module:
         raise LoraNBError(f"cannot copy the model for the comparison ({type(exc).__name__}: {exc})") from None
 
 
-def _arm(arm: str, model: nn.Module, plan: _Plan, data: Any, size: int | None = None,
+def _arm(arm: str, model: nn.Module, shared: _Shared, data: Any, size: int | None = None,
          checkpoint: bool = False, watch: Callback | None = None) -> Arm:
     """Train one arm on a fresh copy and measure it."""
-    for cb in plan.callbacks:
+    for cb in shared.callbacks:
         if isinstance(cb, VsFullCallback):
             cb.on_arm_begin(arm, size)
-    settings = copy.copy(plan.settings[arm])  # the run may fill in eval_every
+    settings = copy.copy(shared.settings[arm])  # the run may fill in eval_every
     clone = base_copy(model)
     total = sum(p.numel() for p in clone.parameters())
     target = resolve_device(settings.device)
     place_model(clone, target)
     with PeakMemory(target) as memory:
-        run, params, targets = _train(arm, clone, plan, data, settings, quiet=size is not None, watch=watch)
+        run, params, targets = _train(arm, clone, shared, data, settings, quiet=size is not None, watch=watch)
     state = trainable_state_bytes(params)
     file, written = _checkpoint(arm, clone) if checkpoint else ("", None)
-    train_loss, train_acc = evaluate(clone, data, plan, settings, target)
-    eval_loss, eval_acc = (evaluate(clone, plan.eval_data, plan, settings, target) if plan.eval_data is not None
+    train_loss, train_acc = evaluate(clone, data, shared, settings, target)
+    eval_loss, eval_acc = (evaluate(clone, shared.eval_data, shared, settings, target) if shared.eval_data is not None
                            else (None, None))
     losses = [r["loss"] for r in run.history]
     last = losses[-max(1, min(10, len(losses) // 5)):]
@@ -228,7 +228,7 @@ def _arm(arm: str, model: nn.Module, plan: _Plan, data: Any, size: int | None = 
     return result
 
 
-def _train(arm: str, clone: nn.Module, plan: _Plan, data: Any, settings: TrainSettings, quiet: bool,
+def _train(arm: str, clone: nn.Module, shared: _Shared, data: Any, settings: TrainSettings, quiet: bool,
            watch: Callback | None = None):
     """Attach LoRA (the LoRA arm) or take every weight (the full arm) and train through ``launch``."""
     if arm == "lora":
@@ -237,37 +237,37 @@ def _train(arm: str, clone: nn.Module, plan: _Plan, data: Any, settings: TrainSe
         with warnings.catch_warnings():
             if quiet:  # attach's warnings were shown once, for the main arm
                 warnings.simplefilter("ignore")
-            holder = attach(clone, **vars(plan.lora))
+            holder = attach(clone, **vars(shared.lora))
         params, targets = trainable_parameters(holder), list(holder.records[ADAPTER]["options"]["targets"])
     else:
         holder, targets = Bare(clone), []
         params = [p for p in clone.parameters() if p.is_floating_point()]
-    run_plan = plan_run(holder, data, plan.eval_data, plan.tokenizer, plan.loss_fn, settings, params=params)
-    callbacks = [*plan.callbacks, *([watch] if watch else [])]
-    run = launch(holder, arm, run_plan, background=False, callbacks=callbacks, custom_loss=takes_model(plan.loss_fn))
+    prepared = prepare_run(holder, data, shared.eval_data, shared.tokenizer, shared.loss_fn, settings, params=params)
+    callbacks = [*shared.callbacks, *([watch] if watch else [])]
+    run = launch(holder, arm, prepared, background=False, callbacks=callbacks, custom_loss=takes_model(shared.loss_fn))
     if run.state != "finished" or not run.history:
         label = "LoRA" if arm == "lora" else "full fine-tuning"
         raise TrainingError(f"the {label} arm {run.state}: {run.message}")
     return run, params, targets
 
 
-def _step0_gradients(model: nn.Module, plan: _Plan, data: Any, names: list[str]) -> dict[str, torch.Tensor]:
+def _step0_gradients(model: nn.Module, shared: _Shared, data: Any, names: list[str]) -> dict[str, torch.Tensor]:
     """The full gradient ∂L/∂W of each LoRA target at the base weights, on the first training batch."""
-    settings = plan.settings["full"]
+    settings = shared.settings["full"]
     clone = base_copy(model)
     device = resolve_device(settings.device)
     place_model(clone, device)
-    batches = plan_run(Bare(clone), data, None, plan.tokenizer, plan.loss_fn, settings, params=[]).batches
+    batches = prepare_run(Bare(clone), data, None, shared.tokenizer, shared.loss_fn, settings, params=[]).batches
     return first_batch_gradients(clone, batches, names, device)
 
 
-def _warm_up(model: nn.Module, plan: _Plan, data: Any) -> None:
+def _warm_up(model: nn.Module, shared: _Shared, data: Any) -> None:
     """Two unmeasured steps of each arm, so one-time costs (first kernels, allocations) count for neither."""
     for arm in ARMS:
-        settings = dataclasses.replace(plan.settings[arm], steps=2)
+        settings = dataclasses.replace(shared.settings[arm], steps=2)
         clone = base_copy(model)
         place_model(clone, resolve_device(settings.device))
-        _train(arm, clone, dataclasses.replace(plan, eval_data=None, callbacks=[]), data, settings, quiet=True)
+        _train(arm, clone, dataclasses.replace(shared, eval_data=None, callbacks=[]), data, settings, quiet=True)
 
 
 def _checkpoint(arm: str, clone: nn.Module) -> tuple[str, int]:
@@ -283,10 +283,10 @@ def _checkpoint(arm: str, clone: nn.Module) -> tuple[str, int]:
         return path.name, path.stat().st_size
 
 
-def evaluate(model: nn.Module, data: Any, plan: _Plan, settings: TrainSettings,
+def evaluate(model: nn.Module, data: Any, shared: _Shared, settings: TrainSettings,
              device: torch.device) -> tuple[float, float | None]:
     """Mean loss over one pass of ``data`` (eval mode, no gradients) and accuracy for classifiers (else None)."""
-    batches = plan_run(Bare(model), data, None, plan.tokenizer, plan.loss_fn, settings, params=[]).batches
+    batches = prepare_run(Bare(model), data, None, shared.tokenizer, shared.loss_fn, settings, params=[]).batches
     autocast = choose_precision(device, settings.precision).autocast()
     total, seen, hits, judged = 0.0, 0, 0, 0
     mode = model.training
@@ -297,7 +297,7 @@ def evaluate(model: nn.Module, data: Any, plan: _Plan, settings: TrainSettings,
                 n, _ = count(batch)
                 batch = to_device(batch, device)
                 total, seen = total + float(batches.loss(model, batch)) * n, seen + n
-                right = _hits(model, batch, plan.loss_fn)
+                right = _hits(model, batch, shared.loss_fn)
                 hits, judged = hits + (right or 0), judged + (n if right is not None else 0)
     finally:
         model.train(mode)

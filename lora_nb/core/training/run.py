@@ -1,4 +1,4 @@
-"""``TrainRun`` (one run: state, history, controls) and the run planner every way of training uses.
+"""``TrainRun`` (one run: state, history, controls) and ``prepare_run``, which every way of training starts from.
 
 A run is watched through callbacks (``run.add_callback``); it displays nothing itself.
 How a run ends (``run.state``):
@@ -19,7 +19,7 @@ start) and ``epoch``; in fp16 runs also ``loss_scale`` and ``skipped_steps`` (st
 gradients overflowed: the scaler skipped their update, their ``grad_norm`` is None; see ``precision.py``);
 ``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``;
 ``run.spectra_history`` ΔW's singular values per module every few steps (see ``spectra_history``).
-``run.best``, ``run.samples``, ``run.memory_plan``: see ``long_run.py`` (checkpoints, resume, early
+``run.best``, ``run.samples``, ``run.memory_plan``: see ``longrun.additions`` (checkpoints, resume, early
 stopping, samples and the memory plan are callbacks the run places before the views).
 """
 
@@ -53,7 +53,7 @@ from .settings import TrainSettings
 if TYPE_CHECKING:  # pragma: no cover
     from .memory.plan import MemoryPlan
 
-__all__ = ["RunPlan", "RunState", "TrainRun", "launch", "plan_run", "start_run", "trainable_parameters"]
+__all__ = ["PreparedRun", "RunState", "TrainRun", "launch", "prepare_run", "start_run", "trainable_parameters"]
 
 RunState = Literal["running", "paused", "finished", "stopped", "failed"]
 
@@ -231,7 +231,7 @@ class TrainRun:
 
 
 @dataclass
-class RunPlan:
+class PreparedRun:
     """A run decided before it starts: its settings, batches, eval batches, length and the parameters it trains."""
 
     settings: TrainSettings
@@ -242,9 +242,9 @@ class RunPlan:
     tokenizer: Any = None
 
 
-def plan_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: Any, settings: TrainSettings,
-             params: list[torch.nn.Parameter] | None = None, world: int = 1) -> RunPlan:
-    """Plan a run of ``session``'s active adapter (or of ``params``) over ``world`` processes sharing the data.
+def prepare_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: Any, settings: TrainSettings,
+                params: list[torch.nn.Parameter] | None = None, world: int = 1) -> PreparedRun:
+    """Prepare a run of ``session``'s active adapter (or of ``params``) over ``world`` processes sharing the data.
 
     Fills in ``settings.eval_every`` (a tenth of the run) when eval data is given without it.
     """
@@ -266,7 +266,7 @@ def plan_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn: A
         max_steps = max(1, math.ceil((settings.epochs or 1.0) * per_process / settings.grad_accum))
     if eval_batches is not None and settings.eval_every is None:
         settings.eval_every = max(1, max_steps // 10)
-    return RunPlan(settings, batches, eval_batches, max_steps, params, tokenizer)
+    return PreparedRun(settings, batches, eval_batches, max_steps, params, tokenizer)
 
 
 def start_run(session: Any, run: TrainRun, work: Callable[[], None], background: bool,
@@ -289,27 +289,27 @@ def start_run(session: Any, run: TrainRun, work: Callable[[], None], background:
     return run
 
 
-def launch(session: Any, name: str, plan: RunPlan, background: bool | None = None,
+def launch(session: Any, name: str, prepared: PreparedRun, background: bool | None = None,
            callbacks: list[Callback] | None = None, custom_loss: bool = False,
            names: dict[str, str] | None = None) -> TrainRun:
-    """Train ``plan.params`` of ``session.model`` in this process with lora_nb's loop; the run is called ``name``.
+    """Train ``prepared.params`` of ``session.model`` in this process with lora_nb's loop; the run is called ``name``.
 
     ``session`` may be a plain holder (``vs_full`` trains a model copy's own weights this way, through the
     same loop).
     """
-    settings = plan.settings
+    settings = prepared.settings
     target = resolve_device(settings.device)
-    additions = RunAdditions(session, plan)
+    additions = RunAdditions(session, prepared)
     precision = choose_precision(target, settings.precision)
     where = f"{target}, {precision.describe()}"
     background = background_default() if background is None else bool(background)
     recorder = SpectraRecorder(settings.spectra_every)  # first, so views see this step's spectra
-    run = TrainRun(session.model, name, settings, plan.max_steps, target, where, plan.batches.description,
+    run = TrainRun(session.model, name, settings, prepared.max_steps, target, where, prepared.batches.description,
                    background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])])
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     place_model(session.model, target)
-    loop = Loop(run, session, plan.batches, plan.eval_batches, plan.params, precision)
+    loop = Loop(run, session, prepared.batches, prepared.eval_batches, prepared.params, precision)
     run.callbacks[:0] = additions.callbacks(loop)
     return start_run(session, run, loop, background, names)
 

@@ -15,7 +15,7 @@ from .memory.plan import MemoryPlan, make_plan
 from .memory.recompute import check_grad_checkpointing
 from .precision import choose_precision
 from .processes.driver import launch_processes
-from .run import TrainRun, launch, plan_run
+from .run import TrainRun, launch, prepare_run
 from .settings import TrainSettings, check_training_options
 
 
@@ -49,10 +49,10 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
     if settings.processes > 1 and settings.uses_long_run_options:
         raise OptionError("checkpoints, resume, early stopping, samples, LoRA+ and gradient checkpointing train in "
                           "one process; drop `processes=…` or those options")
-    if settings.processes > 1:  # data-parallel over processes (processes.py); it decides the devices
+    if settings.processes > 1:  # data-parallel over processes (processes/driver.py); it decides the devices
         return launch_processes(session, settings, data, eval_data, tokenizer, loss_fn, background, callbacks, names)
-    plan = plan_run(session, data, eval_data, tokenizer, loss_fn, settings)
-    return launch(session, session.active, plan, background, callbacks, takes_model(loss_fn), names)
+    prepared = prepare_run(session, data, eval_data, tokenizer, loss_fn, settings)
+    return launch(session, session.active, prepared, background, callbacks, takes_model(loss_fn), names)
 
 
 def plan_memory(model: Any, data: Any, tokenizer: Any = None, loss_fn: Any = None, batch_size: int = 8,
@@ -64,9 +64,10 @@ def plan_memory(model: Any, data: Any, tokenizer: Any = None, loss_fn: Any = Non
     session.ensure_idle("measure a memory plan")
     if settings.grad_checkpointing:
         check_grad_checkpointing(session.model)
-    plan = plan_run(session, data, None, tokenizer, loss_fn, settings)
+    prepared = prepare_run(session, data, None, tokenizer, loss_fn, settings)
     target = resolve_device(settings.device)
-    here = plan.params[0].device
+    here = prepared.params[0].device
     precision = choose_precision(target, settings.precision)
     autocast = precision.autocast if here.type == target.type else contextlib.nullcontext
-    return make_plan(session.model, plan.params, plan.batches, settings, target, autocast, plan.batches.loss)
+    batches = prepared.batches
+    return make_plan(session.model, prepared.params, batches, settings, target, autocast, batches.loss)

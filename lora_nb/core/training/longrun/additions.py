@@ -21,7 +21,7 @@ from .resume import Checkpointer, Resume
 from .samples import Sampler, check_can_sample
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from ..run import PreparedRun
 
 
 class MemoryPlanner(Callback):
@@ -60,21 +60,21 @@ class MemoryPlanner(Callback):
 class RunAdditions:
     """The long-run options of one run, checked now (one-line errors, before anything changes)."""
 
-    def __init__(self, session: Any, plan: Any) -> None:
-        s, model = plan.settings, session.model
-        self.session, self.plan = session, plan
-        if s.patience is not None and plan.eval_batches is None:
+    def __init__(self, session: Any, prepared: PreparedRun) -> None:
+        s, model = prepared.settings, session.model
+        self.session, self.prepared = session, prepared
+        if s.patience is not None and prepared.eval_batches is None:
             raise OptionError("early stopping (patience) needs evaluation data (`eval_data=…`)")
-        if s.restore_best and plan.eval_batches is None:
+        if s.restore_best and prepared.eval_batches is None:
             raise OptionError("`restore_best=True` needs evaluation data (`eval_data=…`)")
         if s.sample_prompts:
-            check_can_sample(model, plan.tokenizer)
+            check_can_sample(model, prepared.tokenizer)
         if s.grad_checkpointing:
             check_grad_checkpointing(model)
-        self.resume = Resume(session, s.resume, plan.max_steps, s) if s.resume else None
+        self.resume = Resume(session, s.resume, prepared.max_steps, s) if s.resume else None
 
     def callbacks(self, loop: Any) -> list[Callback]:
-        s, plan, session = self.plan.settings, self.plan, self.session
+        s, prepared, session = self.prepared.settings, self.prepared, self.session
         added: list[Callback] = []
         if self.resume is not None:
             self.resume.loop = loop
@@ -82,11 +82,11 @@ class RunAdditions:
         if s.grad_checkpointing:
             added.append(GradCheckpointing(session.model))
         added.append(MemoryPlanner(loop))
-        if plan.eval_batches is not None:
+        if prepared.eval_batches is not None:
             added.append(BestTracker(loop.params, session.lock, s.patience, s.min_delta, s.restore_best))
         if s.sample_prompts:
-            every = s.sample_every or max(1, plan.max_steps // 5)
-            added.append(Sampler(session.model, plan.tokenizer, s.sample_prompts, every, s.sample_tokens))
+            every = s.sample_every or max(1, prepared.max_steps // 5)
+            added.append(Sampler(session.model, prepared.tokenizer, s.sample_prompts, every, s.sample_tokens))
         if s.save_every:
             added.append(Checkpointer(loop))
         return added

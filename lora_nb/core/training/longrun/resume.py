@@ -126,7 +126,7 @@ class Checkpointer(Callback):
 
 
 class Resume(Callback):
-    """Puts a checkpoint back into a run before its first step (read and checked when the run is planned)."""
+    """Puts a checkpoint back into a run before its first step (read and checked when the run is prepared)."""
 
     def __init__(self, session: Any, path: str, max_steps: int, settings: Any) -> None:
         self.loop: Any = None  # the run's loop, set when the run is built

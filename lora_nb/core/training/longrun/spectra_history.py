@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -56,8 +57,9 @@ class SpectraHistory:
 class SpectraRecorder(Callback):
     """Fills ``run.spectra_history`` during a run; costs ≤ ``budget`` of the step time unless ``every`` is fixed."""
 
-    def __init__(self, every: int | None = None, budget: float = BUDGET) -> None:
-        self.fixed, self.budget = every, budget
+    def __init__(self, every: int | None = None, budget: float = BUDGET,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.fixed, self.budget, self.clock = every, budget, clock
         self.layers: list = []
         self.last = 0
         self.cost = 0.0  # seconds of the latest recording
@@ -90,7 +92,7 @@ class SpectraRecorder(Callback):
 
     def record(self, run: TrainRun, step: int) -> None:
         """Add the spectra at ``step``; estimate the spacing the budget allows from what this recording cost."""
-        history, t0 = run.spectra_history, time.perf_counter()
+        history, t0 = run.spectra_history, self.clock()
         with self.lock, lowrank.one_thread():
             pairs = [lowrank.layer_pair(m, run.adapter, n) for n, m in self.layers]
             values = lowrank.svdvals_many(pairs)
@@ -98,7 +100,7 @@ class SpectraRecorder(Callback):
             history.values.setdefault(name, []).append(v.numpy())
         history.steps.append(step)
         self.last = step
-        self.cost = time.perf_counter() - t0
+        self.cost = self.clock() - t0
         history.seconds += self.cost
         if self.fixed is None and run.history:
             mean_step = self.step_seconds / len(run.history)

@@ -2,7 +2,7 @@
 
 The kernel's own model is what trains. accelerate's ``notebook_launcher`` forks N workers from the
 kernel (N GPUs over NCCL, or N CPU processes over gloo); each runs lora_nb's one training ``Loop``
-with the model in DDP (see ``_worker``). Rank 0 streams its records (loss averaged, throughput summed
+with the model in DDP (see ``worker.run_worker``). Rank 0 streams its records (loss averaged, throughput summed
 over processes) through a queue to this run's ``TrainRun``, so callbacks and the live dashboard work
 unchanged; at the end it writes the adapter's weights, which are copied into the user's model under
 ``session.lock``. Stop/Pause are shared events that every process agrees on at a step boundary.
@@ -36,7 +36,7 @@ from ....frontend import background_default
 from ... import registry
 from ...adapters.status import adapter_named_parameters
 from ..data.batches import takes_model
-from ..run import RunPlan, TrainRun, plan_run, start_run
+from ..run import PreparedRun, TrainRun, prepare_run, start_run
 from .worker import WEIGHTS, Job, run_worker
 
 _FORK = multiprocessing.get_context("fork")
@@ -73,9 +73,9 @@ class ProcessRun(TrainRun):
     def summary(self) -> dict:
         return {**super().summary(), "processes": self.processes}
 
-    def job(self, session: registry.Session, plan: RunPlan, cpu: bool, out: str) -> Job:
-        """What every worker process gets: the plan, where to write the weights, and this run's channels."""
-        return Job(session, plan, cpu, self.custom_loss, out, self._queue, self._shared_stop, self._shared_pause)
+    def job(self, session: registry.Session, prepared: PreparedRun, cpu: bool, out: str) -> Job:
+        """What every worker process gets: the prepared run, where to write the weights, and this run's channels."""
+        return Job(session, prepared, cpu, self.custom_loss, out, self._queue, self._shared_stop, self._shared_pause)
 
 
 def check_launchable(processes: int, device: str, model: torch.nn.Module) -> bool:
@@ -117,16 +117,16 @@ def launch_processes(session: registry.Session, settings: Any, data: Any, eval_d
     """Start a ``settings.processes``-process run of ``session``'s active adapter; returns its ``ProcessRun``."""
     n = settings.processes
     cpu = check_launchable(n, settings.device, session.model)
-    plan = plan_run(session, data, eval_data, tokenizer, loss_fn, settings, world=n)
+    prepared = prepare_run(session, data, eval_data, tokenizer, loss_fn, settings, world=n)
     device = torch.device("cpu") if cpu else torch.device("cuda", 0)
     where = f"{n} processes × {'CPU (gloo)' if cpu else 'GPU (nccl)'}"
     background = background_default() if background is None else bool(background)
-    run = ProcessRun(session.model, session.active, settings, plan.max_steps, device, where,
-                     plan.batches.description,
+    run = ProcessRun(session.model, session.active, settings, prepared.max_steps, device, where,
+                     prepared.batches.description,
                      background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []),
                      processes=n)
     out = tempfile.mkdtemp(prefix="lora_nb-processes-")
-    driver = _Driver(run, session, run.job(session, plan, cpu, out))
+    driver = _Driver(run, session, run.job(session, prepared, cpu, out))
     start_run(session, run, driver, background=True, names=names)  # a thread either way
     if not background:
         _wait_interruptibly(run)

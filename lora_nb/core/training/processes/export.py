@@ -206,11 +206,11 @@ def launched_run(model: nn.Module, data: Any, eval_data: Any, tokenizer: Any, lo
                  out: str | os.PathLike) -> None:
     """Inside ``accelerate launch``: train ``model``'s active adapter in this process with lora_nb's loop."""
     from ..data.batches import takes_model
-    from ..run import plan_run
+    from ..run import prepare_run
     from ..settings import TrainSettings
     from .worker import Job, run_worker
 
     session = registry.require(model)
-    plan = plan_run(session, data, eval_data, tokenizer, loss_fn, TrainSettings(**settings),
+    prepared = prepare_run(session, data, eval_data, tokenizer, loss_fn, TrainSettings(**settings),
                     world=int(os.environ.get("WORLD_SIZE", "1")))
-    run_worker(Job(session, plan, not torch.cuda.is_available(), takes_model(loss_fn), str(out)))
+    run_worker(Job(session, prepared, not torch.cuda.is_available(), takes_model(loss_fn), str(out)))

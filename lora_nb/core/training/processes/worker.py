@@ -23,7 +23,7 @@ from ..callbacks import Callback
 from ..data.batches import Batches
 from ..loop import Loop
 from ..precision import choose_precision
-from ..run import RunPlan, TrainRun
+from ..run import PreparedRun, TrainRun
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import TrainRun
@@ -36,7 +36,7 @@ class Job:
     """Everything a process needs; ``channel``/``stop``/``pause`` are None in a launched script."""
 
     session: Any
-    plan: RunPlan  # settings, batches (each process takes its shard), eval batches, steps, parameters
+    prepared: PreparedRun  # settings, batches (each process takes its shard), eval batches, steps, parameters
     cpu: bool
     custom_loss: bool
     out: str  # folder where rank 0 leaves the adapter's weights (and, in a script, history.json)
@@ -74,7 +74,7 @@ class _Sync(Callback):
     def __init__(self, accelerator: Any, job: Job) -> None:
         self.acc, self.job = accelerator, job
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.every = max(1, job.plan.max_steps // 20)
+        self.every = max(1, job.prepared.max_steps // 20)
 
     def _agree(self, *values: float) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
@@ -107,9 +107,9 @@ class _Sync(Callback):
             return
         if self.job.channel is not None:
             self.job.channel.put((kind, dict(record)))
-        elif kind == "eval" or record["step"] % self.every == 0 or record["step"] == self.job.plan.max_steps:
+        elif kind == "eval" or record["step"] % self.every == 0 or record["step"] == self.job.prepared.max_steps:
             values = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k in ("loss", "eval_loss", "lr"))
-            print(f"step {record['step']}/{self.job.plan.max_steps} {values}", flush=True)
+            print(f"step {record['step']}/{self.job.prepared.max_steps} {values}", flush=True)
 
 
 def run_worker(job: Job) -> None:
@@ -119,19 +119,19 @@ def run_worker(job: Job) -> None:
     acc = Accelerator(cpu=job.cpu)
     if acc.device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, acc.num_processes)))
-    plan = job.plan
-    if plan.settings.seed is not None:
-        torch.manual_seed(plan.settings.seed + acc.process_index)
+    prepared = job.prepared
+    if prepared.settings.seed is not None:
+        torch.manual_seed(prepared.settings.seed + acc.process_index)
     session, model = job.session, job.session.model
     model.to(acc.device)
-    loader = acc.prepare_data_loader(plan.batches.loader)  # this process's shard; even_batches pads the last
-    batches = Batches(loader, len(loader), plan.batches.loss, plan.batches.description)
+    loader = acc.prepare_data_loader(prepared.batches.loader)  # this process's shard; even_batches pads the last
+    batches = Batches(loader, len(loader), prepared.batches.loss, prepared.batches.description)
     params = [p for _, p in adapter_named_parameters(model, session.active)]  # this process's copy of the model
-    precision = choose_precision(acc.device, plan.settings.precision)
-    run = TrainRun(model, session.active, plan.settings, plan.max_steps, acc.device,
+    precision = choose_precision(acc.device, prepared.settings.precision)
+    run = TrainRun(model, session.active, prepared.settings, prepared.max_steps, acc.device,
                    f"{acc.device}, {precision.describe()}", batches.description, custom_loss=job.custom_loss,
                    callbacks=[_Sync(acc, job)])
-    _DDPLoop(run, session, batches, plan.eval_batches, params, precision, accelerator=acc)()
+    _DDPLoop(run, session, batches, prepared.eval_batches, params, precision, accelerator=acc)()
     if acc.process_index == 0:  # the adapter at its last good state, however the loop ended
         write_result(job, session, run)
     if run.state == "failed":

@@ -1,0 +1,137 @@
+"""What the package's docstrings and comments point at exists: every dotted ``lora_nb.…`` name (and ``core.…``,
+``training.…``, … relative to the package), every ``module.attr`` and private name in double backticks, every
+``run.…`` / ``session.…`` / ``settings.…`` attribute they name, and every Python file they mention by name; the
+same for the tests' own docstrings and comments, and the README's ``lora_nb.…`` names. A module moved or a name
+renamed fails here until its mentions follow."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import io
+import re
+import tokenize
+from collections.abc import Iterator
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+
+from lora_nb.core.registry import Session
+from lora_nb.core.training.run import TrainRun
+from lora_nb.core.training.settings import TrainSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "lora_nb"
+HEADS = "lora_nb|core|viz|widgets|cmd|training|adapters|analysis|longrun|processes|memory"
+DOTTED = re.compile(rf"(?<![\w.])((?:{HEADS})(?:\.[A-Za-z_]\w*)+)(?!\w|\.py)")
+TICKED = re.compile(r"``([A-Za-z_][\w.]*)``")
+FILE = re.compile(r"(?<![\w/.])([a-z_][a-z0-9_]*\.py)\b")
+OBJECTS = {"run": TrainRun, "session": Session, "settings": TrainSettings}  # what these names mean in the docs
+THIRD_PARTY = {"datasets", "torch", "peft", "transformers", "accelerate", "numpy", "safetensors"}
+FILES = {p.name for p in ROOT.rglob("*.py") if ".git" not in p.parts}
+
+
+def texts(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line, text)`` of every docstring and comment in ``path``."""
+    source = path.read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                yield (node.body[0].lineno, doc)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            yield token.start[0], token.string
+
+
+def module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT if PACKAGE in path.parents else path.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules_named(basename: str) -> list[str]:
+    return [module_of(p) for p in PACKAGE.rglob(f"{basename}.py")] + [
+        module_of(p / "__init__.py") for p in PACKAGE.rglob(basename) if (p / "__init__.py").is_file()]
+
+
+def attribute_path(module: str, rest: list[str]) -> bool:
+    """``module`` imports and ``rest`` is a chain of attributes of it (or of a submodule)."""
+    try:
+        obj = importlib.import_module(module)
+    except ImportError:
+        return False
+    except Exception:  # a template, not meant to run as it is (processes/script_template.py): read its names
+        spec = importlib.util.find_spec(module)
+        return not rest or rest[0] in defined(Path(spec.origin))
+    for i, attr in enumerate(rest):
+        if not hasattr(obj, attr):  # a submodule not imported yet?
+            inner = ".".join([module, *rest[:i + 1]])
+            return attribute_path(inner, rest[i + 1:]) if hasattr(obj, "__path__") else False
+        obj = getattr(obj, attr)
+    return True
+
+
+def has_attribute(cls: type, attr: str) -> bool:
+    return hasattr(cls, attr) or (is_dataclass(cls) and attr in {f.name for f in fields(cls)})
+
+
+def resolves(name: str, package: str) -> bool:
+    """``name`` (``a.b.c``) is a module path and attributes under lora_nb, its core, its training package or
+    the package of the module that mentions it."""
+    head, *rest = name.split(".")
+    if head in OBJECTS and rest:
+        return has_attribute(OBJECTS[head], rest[0])
+    bases = ["", "lora_nb.", "lora_nb.core.", "lora_nb.core.training.", f"{package}."]
+    candidates = [base + head for base in bases] + modules_named(head)
+    if any(attribute_path(module, rest) for module in dict.fromkeys(candidates) if module.startswith("lora_nb")):
+        return True
+    return head in THIRD_PARTY and attribute_path(head, rest)  # e.g. ``datasets.Dataset``: Hugging Face's
+
+
+def defined(path: Path) -> set[str]:
+    """Every name ``path`` defines: functions, classes, assigned names and attributes."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+    return names
+
+
+def private_exists(name: str, path: Path) -> bool:
+    """A private name mentioned in ``path`` is defined there (or is a module of the package)."""
+    return name in defined(path) or bool(modules_named(name))
+
+
+def stale_references() -> list[str]:
+    stale = [f"README.md {n}" for n in sorted(set(DOTTED.findall((ROOT / "README.md").read_text())))
+             if n.startswith("lora_nb.") and not n.endswith(".py") and not resolves(n, "lora_nb")]
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "tests").glob("*.py")]):
+        module = module_of(path)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for line, text in texts(path):
+            where = f"{path.relative_to(ROOT)}:{line}"
+            names = set(DOTTED.findall(text))
+            names |= {n.rstrip(".") for n in TICKED.findall(text) if "." in n.rstrip(".")
+                      and n.split(".")[0] in {*OBJECTS, *(p.stem for p in PACKAGE.rglob("*.py"))}}
+            names = {n for n in names if not n.endswith(".py")}  # files: checked below
+            stale += [f"{where} {n}" for n in sorted(names) if not resolves(n, package)]
+            stale += [f"{where} ``{n}``" for n in TICKED.findall(text)
+                      if re.fullmatch(r"_[a-z]\w*[a-z0-9]", n) and not private_exists(n, path)]
+            stale += [f"{where} {f}" for f in FILE.findall(text) if f not in FILES]
+    return stale
+
+
+def test_docstrings_and_comments_name_only_what_exists():
+    assert stale_references() == []
+
+
+def test_the_reference_check_catches_moved_and_renamed_names():
+    assert resolves("lora_nb.core.training.run.TrainRun.wait", "lora_nb") and resolves("io.replace_folder", "x")
+    assert resolves("training.longrun.resume.Checkpointer", "lora_nb") and resolves("run.stop_requested", "")
+    assert not resolves("core.dispatch", "lora_nb") and not resolves("core.train.launch", "lora_nb")
+    assert not resolves("run.no_such_field", "") and not resolves("lora_nb.core.training.long_run", "lora_nb")
+    assert not private_exists("_vs_full_result", PACKAGE / "core" / "analysis" / "vs_full.py")
