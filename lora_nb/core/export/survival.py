@@ -3,7 +3,10 @@
 kept = ⟨Q(W + ΔW) − Q(W), ΔW⟩ / ‖ΔW‖², with Q the export's rounding (a dtype cast, or a GGUF quantizer and its
 dequantizer, applied in the layout the file stores). 1 means the written update equals ΔW; 0 means the exported
 model is indistinguishable from the exported base along ΔW. Both models go through the same Q, so what is measured
-is the update's own loss, not the base's rounding.
+is the update's own loss, not the base's rounding. Where W sits off Q's grid (a float32 W quantized to q8_0) W
+dithers the rounding: the expected reading stays near 1 even for updates below one grid step, and rounding noise
+moves it a little either way (also above 1). Where W is on the grid (a bf16 base merged back into bf16) an update
+below half a step rounds away entirely and the reading drops towards 0.
 """
 
 from __future__ import annotations
