@@ -322,3 +322,42 @@ def test_smollm2_exports_round_trip_within_their_precision(tmp_path):
     assert again.chat_template == tok.chat_template
     lora = lora_nb.export(model, tmp_path / "lora", format="gguf-lora")
     assert len(lora.survival.modules) == 20 and min(lora.survival.modules.values()) > 0.999
+
+
+def test_a_quantized_base_is_dequantized_before_merging(tmp_path, monkeypatch):
+    """bitsandbytes layers are recognised by their module; here a stand-in whose weight holds int8 codes and a scale
+    (``SCB``), dequantized by a patched ``quantized.dequantized`` (the real one calls peft's bitsandbytes code)."""
+    from safetensors.torch import load_file
+    from torch import nn
+
+    from lora_nb.core.adapters import quantized
+
+    class Linear8bitLt(nn.Linear):
+        compute_dtype = torch.float16
+
+        def __init__(self, weight):
+            super().__init__(weight.shape[1], weight.shape[0], bias=False)
+            scale = weight.abs().amax(1, keepdim=True) / 127
+            self.register_buffer("SCB", scale)
+            with torch.no_grad():
+                self.weight.copy_((weight / scale).round())  # the codes, as the layer stores them
+
+    Linear8bitLt.__module__ = "bitsandbytes.nn.modules"
+
+    def dequantized(layer):
+        base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+        return (base.weight * base.SCB).detach().float()
+
+    monkeypatch.setattr(quantized, "dequantized", dequantized)
+    model = nn.Sequential(Linear8bitLt(torch.randn(8, 16)), nn.ReLU(), Linear8bitLt(torch.randn(4, 8))).eval()
+    lora_nb.attach(model, r=2, targets="0")
+    make_b_nonzero(model, scale=0.1)
+    before = snapshot(model)
+    assert any(f.level == "change" and "dequantized" in f.what for f in lora_nb.check(model, "merged").findings)
+    shipped = lora_nb.export(model, tmp_path / "m", format="merged")
+    assert shipped.files == ["model.safetensors"] and same(before, snapshot(model))
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    assert set(state) == {"0.weight", "2.weight"} and state["0.weight"].dtype == torch.float16
+    expected = dequantized(model[0]) + model[0].get_delta_weight("default").detach()
+    torch.testing.assert_close(state["0.weight"].float(), expected, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(state["2.weight"].float(), dequantized(model[2]), atol=2e-3, rtol=1e-3)
