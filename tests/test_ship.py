@@ -129,10 +129,15 @@ def test_gguf_round_trips_through_transformers(arch, tmp_path):
     batch, before = prompts(tok), snapshot(model)
     merged = reload(model, lora_nb.export(model, tmp_path / "merged", format="merged", tokenizer=tok))
     reference = logits(merged, batch)
-    rounded = {k: (v.half().float() if v.dim() == 2 and "wpe" not in k else v) for k, v in merged.state_dict().items()}
+    original = {k: v.clone() for k, v in merged.state_dict().items()}
+    rounded = {k: (v.half().float() if v.dim() == 2 and "wpe" not in k else v) for k, v in original.items()}
     merged.load_state_dict(rounded)  # matrices rounded to f16 as the file holds them (position embeddings stay f32)
     f16 = lora_nb.export(model, tmp_path / "f16", format="gguf", quant="f16", tokenizer=tok)
     torch.testing.assert_close(logits(reload(model, f16), batch), logits(merged, batch), atol=2e-5, rtol=1e-5)
+    if arch == "llama":  # bf16: the same story on bf16's coarser grid
+        bf16 = lora_nb.export(model, tmp_path / "bf16", format="gguf", quant="bf16", tokenizer=tok)
+        merged.load_state_dict({k: (v.bfloat16().float() if v.dim() == 2 else v) for k, v in original.items()})
+        torch.testing.assert_close(logits(reload(model, bf16), batch), logits(merged, batch), atol=2e-5, rtol=1e-5)
     q8 = lora_nb.export(model, tmp_path / "q8", format="gguf", quant="q8_0", tokenizer=tok)
     top1, kl = agreement(reference, logits(reload(model, q8), batch))
     assert kl <= 1e-2 and top1 >= 0.9  # a tiny random model has near-ties; SmolLM2 is held to 99 % (slow test)

@@ -47,15 +47,28 @@ def tensor_type(name: str, shape: tuple[int, ...], quant: str) -> Any:
     return kind if shape[-1] % block == 0 else gguf.GGMLQuantizationType.F16
 
 
+_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
 def encode(t: torch.Tensor, kind: Any) -> np.ndarray:
+    """``t`` in GGML type ``kind``, as the bytes (or floats) ``GGUFWriter.add_tensor`` takes with ``raw_dtype``.
+
+    Float types are cast by torch (numpy's float16 cast is about 10× slower); block types by gguf's quantizers."""
     from gguf.quants import quantize
 
-    return quantize(np.ascontiguousarray(t.detach().float().cpu().numpy()), kind)
+    t = t.detach().cpu().contiguous()
+    if kind.name in ("F32", "F16"):
+        return t.to(_FLOATS[kind.name]).numpy()
+    if kind.name == "BF16":  # bytes, as gguf's own BF16 quantizer returns them (round to nearest even, alike)
+        return t.to(torch.bfloat16).view(torch.uint8).numpy()
+    return quantize(t.float().numpy(), kind)
 
 
 def decode(data: np.ndarray, kind: Any, shape: tuple[int, ...]) -> torch.Tensor:
     from gguf.quants import dequantize
 
+    if kind.name in _FLOATS:
+        return torch.from_numpy(data).view(_FLOATS[kind.name]).reshape(shape).float()
     return torch.from_numpy(dequantize(data, kind).reshape(shape)).float()
 
 
