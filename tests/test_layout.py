@@ -139,6 +139,8 @@ FOREIGN_PRIVATES = {
     "_active_adapter": "peft: BaseTunerLayer's active adapter names, set directly on the indexed fast path (peft's "
                        "set_adapter walks every module of the model)",
     "_ConvNd": "torch: the common base class of Conv1d/2d/3d",
+    "_caches": "peft: a LoRA layer's cache dict, which DoRA's merge_safe writes; put back after an export merges "
+               "a copy, so exporting leaves the live layer as it was",
     "_view_name": "ipywidgets: the synced trait naming a widget's front-end view; None for widgets without one "
                   "(ipywidgets 7.x builds its display bundle from it)",
     "_version": "torch: a tensor's in-place version counter, the cheap key that says its values changed",
