@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ...errors import LoraNBError
-from .data.batches import Batches, count, to_device
+from .data.batches import Batches, count, supervised_tokens, to_device
 from .data.position import DataPosition
 from .optimizer import group_scales, make_optimizer
 
@@ -51,6 +51,7 @@ class Loop:
         self.dirty = False  # True between the pre-step copy and the end of optimizer.step()
         self.iterator = None
         self.batches_seen = 0
+        self.supervised = 0  # loss-bearing tokens trained on so far
         self.position = DataPosition(batches.loader)  # epoch and batches drawn, for checkpoints
         self.loss_phase = "loss_fn" if run.custom_loss else "model forward"
         self._rss_at = -1.0
@@ -189,6 +190,8 @@ class Loop:
                   "time": time.perf_counter() - self.started, "memory_mb": self.memory_mb()}
         if tokens:
             record["tokens_per_s"] = tokens / seconds
+        if self.supervised:
+            record["supervised_tokens"] = self.supervised  # loss-bearing tokens so far (the capacity gauge)
         if run.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         if self.batches.per_epoch:
@@ -199,6 +202,7 @@ class Loop:
         self.phase = "reading data"
         batch = self.next_batch()
         samples, tokens = count(batch)
+        self.supervised += supervised_tokens(batch)
         batch = to_device(batch, self.run.device)
         self.phase = self.loss_phase
         with self.autocast():

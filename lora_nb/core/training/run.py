@@ -148,7 +148,8 @@ class TrainRun:
                 "final_eval_loss": self.evals[-1]["eval_loss"] if self.evals else None,
                 "lr": s.lr, "batch_size": s.batch_size, "grad_accum": s.grad_accum, "schedule": s.schedule,
                 "warmup": s.warmup, "seed": s.seed, "seconds": round(self.seconds, 3), "data": self.data,
-                "device": self.where, "message": self.message}
+                "device": self.where, "message": self.message,
+                "supervised_tokens": self.history[-1].get("supervised_tokens", 0) if self.history else 0}
 
     def __repr__(self) -> str:
         head = f"TrainRun({self.state}: adapter `{self.adapter}`, {self.summary_line()}"

@@ -242,6 +242,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def supervised_tokens(batch: Any) -> int:
+    """Loss-bearing tokens of a (host-side) batch: its ``labels`` other than -100; 0 without token labels."""
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dim() < 2:
+        return 0
+    return int((labels != -100).sum())
+
+
 def count(batch: Any) -> tuple[int, int | None]:
     """Samples and tokens in a (host-side) batch; tokens from the attention mask when there is one."""
     if isinstance(batch, Mapping):
