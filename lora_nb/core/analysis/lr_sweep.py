@@ -19,7 +19,7 @@ import numpy as np
 
 from ...errors import OptionError
 from .. import registry
-from ..adapters.options import AttachOptions
+from ..adapters.options import AttachOptions, as_number
 from ..training.callbacks import Callback
 from ..training.settings import TrainSettings
 from .short_runs import Recipe, ShortRun, short_run
@@ -49,6 +49,10 @@ class SweepOptions:
     targets: Any = field(default="auto", metadata={"help": _help(AttachOptions, "targets")})
     seed: int = field(default=0, metadata={"help": "seed for shuffling and LoRA's init (every run the same)"})
     device: str = field(default="auto", metadata={"help": _help(TrainSettings, "device")})
+
+    def __post_init__(self) -> None:
+        for name, kind in (("steps", int), ("batch_size", int), ("r", int), ("alpha", float), ("seed", int)):
+            setattr(self, name, as_number(name, getattr(self, name), kind))
 
 
 def parse_lrs(value: Any) -> list[float]:
@@ -180,16 +184,19 @@ def lr_sweep(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = N
                                          targets=opts.targets, seed=opts.seed), measure)
     plan = [(arm, lr) for arm in ARMS[: 2 if opts.vs_full else 1] for lr in lrs]
     watchers = [cb for cb in recipe.callbacks if isinstance(cb, SweepCallback)]
-    for index, (arm, lr) in enumerate(plan):
-        for cb in watchers:
-            cb.on_point_begin(arm, lr, index, len(plan))
-        point = short_run(model, recipe, lr, lora if arm == "lora" else None)
-        if point.state == "stopped":
-            result.stopped = True
-            break
-        result.points.append(point)
-        for cb in watchers:
-            cb.on_point(point)
+    try:
+        for index, (arm, lr) in enumerate(plan):
+            for cb in watchers:
+                cb.on_point_begin(arm, lr, index, len(plan))
+            point = short_run(model, recipe, lr, lora if arm == "lora" else None)
+            if point.state == "stopped":
+                break
+            result.points.append(point)
+            for cb in watchers:
+                cb.on_point(point)
+    except KeyboardInterrupt:  # Ctrl-C between two runs' steps (copying, evaluating): the same as a stop
+        pass
+    result.stopped = len(result.points) < len(plan)
     for cb in watchers:
         cb.on_result(result)
     return result

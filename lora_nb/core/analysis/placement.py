@@ -19,7 +19,7 @@ from torch import nn
 
 from ...errors import OptionError
 from .. import registry
-from ..adapters.options import AttachOptions
+from ..adapters.options import AttachOptions, as_number
 from ..adapters.targets import resolve_targets
 from ..training.callbacks import Callback
 from ..training.settings import TrainSettings
@@ -45,6 +45,11 @@ class PlacementOptions:
     batch_size: int = field(default=8, metadata={"help": "samples per step"})
     seed: int = field(default=0, metadata={"help": "seed for shuffling and LoRA's init (both see the same batches)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA, then MPS, then CPU) | cpu | cuda[:N] | mps"})
+
+    def __post_init__(self) -> None:
+        for name, kind in (("r", int), ("alpha", float), ("lr", float), ("steps", int), ("batch_size", int),
+                           ("seed", int)):
+            setattr(self, name, as_number(name, getattr(self, name), kind))
 
 
 @dataclass

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from .callbacks import Callback
+from .capacity import Capacity, short_count
 
 
 def format_eta(seconds: float | None) -> str:
@@ -40,6 +41,10 @@ def progress_line(run: Any, record: dict, smoothed: float | None = None) -> str:
     else:
         parts.append(f"{record['samples_per_s']:,.1f} samples/s")
     parts.append(f"ETA {format_eta(eta_seconds(run, record))}")
+    if record.get("supervised_tokens") and getattr(run, "trainable", 0):
+        gauge = Capacity(run.trainable, record["supervised_tokens"])
+        parts.append(f"{short_count(gauge.params)} params / {short_count(gauge.tokens)} supervised tokens"
+                     + (" (below 1 per token: capacity may run out)" if gauge.below_rule else ""))
     return " · ".join(parts)
 
 

@@ -70,6 +70,7 @@ class TrainRun:
     samples: list[dict] = field(default_factory=list)  # {"step", "prompt", "text"} generated while training
     sample_seconds: float = 0.0  # time spent generating samples (not in any step's "seconds")
     memory_plan: Any = None  # the MemoryPlan measured when the run began
+    trainable: int = 0  # parameters the run trains (the capacity gauge sets them against supervised tokens)
     stop_reason: str = ""  # why the run stopped itself (early stopping), for its message
     spectra_history: SpectraHistory = field(default_factory=SpectraHistory)  # ΔW's singular values over the run
 
@@ -149,6 +150,7 @@ class TrainRun:
                 "lr": s.lr, "batch_size": s.batch_size, "grad_accum": s.grad_accum, "schedule": s.schedule,
                 "warmup": s.warmup, "seed": s.seed, "seconds": round(self.seconds, 3), "data": self.data,
                 "device": self.where, "message": self.message,
+                "trainable": self.trainable,
                 "supervised_tokens": self.history[-1].get("supervised_tokens", 0) if self.history else 0}
 
     def __repr__(self) -> str:
@@ -258,7 +260,8 @@ def launch(session: Any, name: str, plan: RunPlan, background: bool | None = Non
     background = in_jupyter_kernel() if background is None else bool(background)
     recorder = SpectraRecorder(settings.spectra_every)  # first, so views see this step's spectra
     run = TrainRun(session.model, name, settings, plan.max_steps, target, where, plan.batches.description,
-                   background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])])
+                   background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])],
+                   trainable=sum(p.numel() for p in plan.params))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     place_model(session.model, target)
