@@ -1,4 +1,5 @@
-"""``loss_mask``: which tokens of the training data carry the loss, and the checks a chat dataset most often fails.
+"""``loss_mask``: which tokens of the training data carry the loss, and the checks a chat dataset most often fails
+(shown as text with [brackets] on trained tokens, or as HTML with each token a box, green when trained).
 
 Rows are tokenized exactly as training tokenizes them (chat items with the chat template and the loss on the
 answers; texts in full; dict rows as given, with their ``labels``). A token is trained when its label is not -100.
@@ -18,6 +19,7 @@ rows without that header, the runs of trained tokens stand for the answers and t
 from __future__ import annotations
 
 import functools
+import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,8 +76,6 @@ class LossMaskReport:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from ...viz.loss_mask import loss_mask_html
-
         return loss_mask_html(self)
 
 
@@ -237,3 +237,28 @@ def _checks(c: dict, total: int, max_length: int) -> list[Check]:
         checks.append(Check("prompt", True, "system/user tokens: no chat turns found (plain text: every token is "
                                             "trained, as intended for language modelling)"))
     return checks
+
+
+TRAINED = "background:#c7e9c0;border:1px solid #41ab5d"
+MASKED = "background:#f0f0f0;border:1px solid #d9d9d9;color:#777"
+
+
+def token_html(piece: str, trained: bool) -> str:
+    """One token as a box (line breaks shown as ↵, spaces as ·)."""
+    text = html.escape(piece.replace("\n", "↵").replace(" ", "·")) or "∅"
+    style = TRAINED if trained else MASKED
+    return f"<span style='{style};border-radius:3px;padding:0 1px;margin:1px;display:inline-block'>{text}</span>"
+
+
+def loss_mask_html(report: LossMaskReport) -> str:
+    """A ``LossMaskReport``: a legend, the first rows token by token, and one line per check."""
+    legend = (f"<span style='{TRAINED};padding:0 4px'>trained (label = token)</span> "
+              f"<span style='{MASKED};padding:0 4px'>masked (label -100)</span>")
+    rows = "".join(f"<div style='margin:4px 0;font-family:monospace;font-size:12px;line-height:1.9'><b>row {i}</b> "
+                   + "".join(token_html(p, t) for p, t in zip(pieces, trained)) + "</div>"
+                   for i, (pieces, trained) in enumerate(report.shown))
+    marks = {True: "✓", False: "<b style='color:#c00'>✗</b>"}
+    checks = "".join(f"<div>{marks[c.ok]} {html.escape(c.line)}</div>" for c in report.checks)
+    notes = "".join(f"<div>{html.escape(n)}</div>" for n in report.notes)
+    return (f"<div><b>loss mask of {report.rows} rows</b> (max_length {report.max_length}) {legend}{rows}"
+            f"{checks}{notes}</div>")
