@@ -82,6 +82,7 @@ class TrainRun:
     samples: list[dict] = field(default_factory=list)  # {"step", "prompt", "text"} generated while training
     sample_seconds: float = 0.0  # time spent generating samples (not in any step's "seconds")
     memory_plan: MemoryPlan | None = None  # the MemoryPlan measured when the run began
+    trainable: int = 0  # parameters the run trains (the capacity gauge sets them against supervised tokens)
     stop_reason: str = ""  # why the run stopped itself (early stopping), for its message
     spectra_history: SpectraHistory = field(default_factory=SpectraHistory)  # ΔW's singular values over the run
 
@@ -198,7 +199,9 @@ class TrainRun:
                 "final_eval_loss": self.evals[-1]["eval_loss"] if self.evals else None,
                 "lr": s.lr, "batch_size": s.batch_size, "grad_accum": s.grad_accum, "schedule": s.schedule,
                 "warmup": s.warmup, "seed": s.seed, "seconds": round(self.seconds, 3), "data": self.data,
-                "device": self.where, "message": self.message}
+                "device": self.where, "message": self.message,
+                "trainable": self.trainable,
+                "supervised_tokens": self.history[-1].get("supervised_tokens", 0) if self.history else 0}
 
     def __repr__(self) -> str:
         head = f"TrainRun({self.state}: adapter `{self.adapter}`, {self.summary_line()}"
@@ -305,7 +308,8 @@ def launch(session: Any, name: str, prepared: PreparedRun, background: bool | No
     background = background_default() if background is None else bool(background)
     recorder = SpectraRecorder(settings.spectra_every)  # first, so views see this step's spectra
     run = TrainRun(session.model, name, settings, prepared.max_steps, target, where, prepared.batches.description,
-                   background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])])
+                   background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])],
+                   trainable=sum(p.numel() for p in prepared.params))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     place_model(session.model, target)

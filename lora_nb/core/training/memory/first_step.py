@@ -28,7 +28,8 @@ def plenty_of_ram(plan: MemoryPlan) -> bool:
 
 
 class FirstStepActivations:
-    """``start()`` before the first step, ``finish(positions, micro_batches)`` after it fills the plan's ``activations``."""
+    """``start()`` before the first step; ``finish(positions, micro_batches)`` after it fills the plan's
+    ``activations``."""
 
     def __init__(self, model: torch.nn.Module, plan: MemoryPlan, batches: Any, batch_size: int) -> None:
         self.plan = plan
