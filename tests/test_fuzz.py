@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from helpers import chat_tokenizer, tiny_gpt2, tiny_mlp
+from helpers import chat_tokenizer, make_b_nonzero, tiny_gpt2, tiny_mlp
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
@@ -335,3 +335,154 @@ def test_every_line_works_or_is_refused_in_one_line_and_changes_nothing(shell, c
 def test_many_more_lines_in_the_slow_stage(shell, capsys, fuzz_seed):
     """5 more seeds × 300 examples × 10 lines = 15,000 lines."""
     assert sum(fuzz(shell, capsys, fuzz_seed, 300).values()) == 3000
+
+
+# ------------------------------------------------------------------- what random lines found, one story each
+
+
+def lora(ip, line: str, cell: str | None = None):
+    return ip.run_line_magic("lora", line) if cell is None else ip.run_cell_magic("lora", line, cell)
+
+
+def refused(ip, line: str) -> str:
+    with pytest.raises(UsageError) as info:
+        lora(ip, line)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+@pytest.fixture
+def notebook(ip, tmp_path, monkeypatch):
+    """An empty working folder, an adapted tiny GPT-2 with a non-zero update, and variables of several kinds."""
+    monkeypatch.chdir(tmp_path)
+    ip.user_ns.update(namespace())
+    make_b_nonzero(ip.user_ns["gpt"])
+    return ip
+
+
+@pytest.mark.parametrize("path", ["''", ".", "./", "..", "/", "sub/..", "'~/..'"])
+def test_save_never_replaces_the_working_folder_or_a_parent(notebook, tmp_path, path):
+    message = refused(notebook, f"save gpt {path}")
+    assert "the working folder or one of its parents" in message or "must be a folder path" in message
+    assert os.getcwd() == str(tmp_path) and os.listdir(tmp_path) == []  # nothing written, nothing replaced
+    assert notebook.run_cell("1 + 1").success
+
+
+def test_every_written_path_is_checked_before_anything_is_written(notebook, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "data.txt").write_text("mine too")
+    cases = {
+        "save gpt notes.txt": "is a file",
+        "save gpt folder": "is not an adapter folder",
+        "save gpt notes.txt/sub": "is a file",
+        "save gpt /proc/nope": "cannot create a folder in /proc",
+        "export gpt /proc/nope --data texts --tokenizer tok": "cannot create a folder in /proc",
+        "export gpt folder --data texts --tokenizer tok": "is not an export folder",
+        "export gpt . --data texts --tokenizer tok": "the working folder",
+        f"save gpt {'n' * 300}": "longer than 255 bytes",
+        "train gpt --data texts --tokenizer tok --steps 1 --save-every 1 --save-dir /proc/nope": "cannot create",
+        "train gpt --data texts --tokenizer tok --steps 1 --save-every 1 --save-dir ..": "the working folder",
+    }
+    for line, expected in cases.items():
+        assert expected in refused(notebook, line), line
+    assert sorted(os.listdir(tmp_path)) == ["folder", "notes.txt"] and os.listdir(tmp_path / "folder") == ["data.txt"]
+    assert registry.find(notebook.user_ns["gpt"]).run is None  # no run started
+
+
+def test_variables_are_checked_for_their_kind_before_use(notebook, tmp_path):
+    ns = notebook.user_ns
+    before = model_state(ns["gpt"])
+    assert "tokenizer must be a tokenizer" in refused(notebook, "export gpt out --data texts --tokenizer texts")
+    assert not (tmp_path / "out").exists()  # refused before the folder was made
+    assert "takes token ids" in refused(notebook, "compare gpt --inputs x")
+    assert "the training data's inputs: a torch.float32 tensor" in refused(notebook, "train gpt --data xy --steps 1")
+    assert registry.find(ns["gpt"]).run is None  # refused before a run started
+    assert "loss_fn must be a function" in refused(notebook, "train mlp --data pairs --loss num --steps 1")
+    assert "tokenizer must be a tokenizer" in refused(notebook, "compare gpt --prompt hi --tokenizer word")
+    assert "`num` is an int" in refused(notebook, "status num")
+    assert "`weird` is an object" in refused(notebook, "attach weird")
+    assert same(before, model_state(ns["gpt"]))
+    out = lora(notebook, "compare gpt --inputs ids")  # the right kinds still work
+    assert out.max_abs > 0
+
+
+class Fragile(torch.nn.Module):
+    """A model whose forward raises on inputs with a negative first entry (a bug in the user's code)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.flatten()[0] < 0:
+            raise KeyError("bad row")
+        return self.fc(x)
+
+
+def test_an_error_inside_the_users_model_is_one_line_and_the_model_is_untouched(notebook):
+    ns = notebook.user_ns
+    ns["fragile"], ns["bad"], ns["good"] = Fragile(), -torch.ones(2, 4), torch.ones(2, 4)
+    lora(notebook, "attach fragile --r 2")
+    lora(notebook, "merge fragile")
+    before = model_state(ns["fragile"])
+    assert refused(notebook, "compare fragile --inputs bad") == \
+        "Fragile's forward (compare) raised KeyError: 'bad row'"
+    assert same(before, model_state(ns["fragile"]))  # merged, on, eval mode: as before
+    lora(notebook, "unmerge fragile")
+    ns["bad_pairs"] = [(-torch.ones(4), torch.tensor(0))] * 4
+    before = model_state(ns["fragile"])
+    plan = lora(notebook, "plan fragile --data bad_pairs --batch-size 2")  # the plan notes what it could not measure
+    assert "activations not measured: KeyError: 'bad row'" in plan
+    assert same(before, model_state(ns["fragile"]))
+    assert "max |Δ|" in str(lora(notebook, "compare fragile --inputs good"))
+
+
+def test_config_values_are_validated_when_set(notebook, caplog):
+    import logging
+
+    magics = next(c for c in notebook.configurables if isinstance(c, LoraMagics))
+    with caplog.at_level(logging.ERROR):
+        for line in ("device = 'tpu'", "default_alpha = float('nan')", "refresh_rate = float('nan')",
+                     "default_alpha = float('inf')"):
+            notebook.run_line_magic("config", f"LoraMagics.{line}")
+    assert len(caplog.records) == 4 and all("\n" not in r.getMessage() for r in caplog.records)
+    assert (magics.device, magics.default_alpha, magics.refresh_rate) == ("auto", 16, 4.0)
+    assert lora(notebook, "train mlp --data pairs --steps 1").state == "finished"
+
+
+def test_a_part_of_an_adapted_model_is_refused_naming_its_owner(notebook):
+    ns = notebook.user_ns
+    before = model_state(ns["gpt"])
+    for verb in ("status", "detach", "attach", "on", "off", "merge", "spectrum", "save"):
+        message = refused(notebook, f"{verb} gpt.transformer" + (" out" if verb == "save" else ""))
+        assert message.startswith("`gpt.transformer` is part of `gpt`, which has LoRA adapters: give `gpt`")
+    ns["body"] = ns["gpt"].transformer  # the same part under a name of its own
+    assert refused(notebook, "detach body").startswith("`body` is part of `gpt`")
+    with pytest.raises(lora_nb.errors.AdapterError, match="holds LoRA layers that belong to the model"):
+        lora_nb.detach(ns["body"])  # the Python API refuses it too
+    assert same(before, model_state(ns["gpt"]))
+    assert "8 adapted modules" in str(lora(notebook, "status gpt"))
+
+
+def test_a_session_notices_layers_removed_behind_its_back(notebook):
+    from lora_nb.core.adapters.inject import strip_lora
+
+    gpt = notebook.user_ns["gpt"]
+    lora(notebook, "on gpt")  # builds the session's layer index
+    strip_lora(gpt.transformer)  # what peft's unload on a part of the model does
+    for line in ("status gpt", "toggle gpt", "advise gpt", "spectrum gpt --base", "spectrum gpt --layers h.1",
+                 "weights gpt", "on gpt", "merge gpt", "save gpt out"):
+        assert "were changed outside lora_nb" in refused(notebook, line), line
+    print(lora(notebook, "detach gpt"))  # the way out
+    assert registry.find(gpt) is None and not registry.adapters_in_layers(gpt)
+    lora(notebook, "attach gpt --r 2")
+    assert "8 adapted modules" in str(lora(notebook, "status gpt"))
+
+
+def test_cell_keys_are_the_option_names(notebook):
+    notebook.user_ns["ce"] = torch.nn.functional.cross_entropy
+    run = lora(notebook, "train mlp", "data: pairs\neval: pairs\nloss: ce\nsteps: 2\n")  # --eval, --loss
+    assert run.state == "finished" and run.step == 2 and any("eval_loss" in r for r in run.history)
+    with pytest.raises(UsageError, match="unknown option `evl`; did you mean `eval`?"):
+        lora(notebook, "train mlp", "data: pairs\nevl: pairs\n")
