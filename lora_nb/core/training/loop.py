@@ -151,9 +151,15 @@ class Loop:
                 self.callbacks("on_evaluate", None, record)
 
     def wait_if_paused(self) -> None:
-        while not self.run._resume.wait(0.1):
-            if self.run._stop.is_set():
-                return
+        if self.run._resume.is_set():
+            return
+        self.run._holding.set()  # the step before is done: run.wait_paused() returns
+        try:
+            while not self.run._resume.wait(0.1):
+                if self.run._stop.is_set():
+                    return
+        finally:
+            self.run._holding.clear()
 
     def step(self) -> dict:
         """One optimizer step (``grad_accum`` micro-batches) and its record."""

@@ -76,6 +76,7 @@ class TrainRun:
 
     def __post_init__(self) -> None:
         self._stop, self._resume, self._done = threading.Event(), threading.Event(), threading.Event()
+        self._holding = threading.Event()  # set by the loop while a paused run waits at a step boundary
         self._resume.set()
         self._lock = threading.Lock()
         self._begun = self._ended = False  # set by the loop when it calls on_train_begin / on_train_end
@@ -108,6 +109,16 @@ class TrainRun:
             if self.state == "running":
                 self.state = "paused"
                 self._resume.clear()
+
+    def wait_paused(self, timeout: float = 30.0) -> bool:
+        """Block until a paused run holds at a step boundary (the step in flight is done) or ended; False when
+        ``timeout`` seconds passed first."""
+        end = time.monotonic() + timeout
+        while self.state == "paused" and not self._holding.is_set() and not self.done:
+            if time.monotonic() > end:
+                return False
+            self._holding.wait(0.01)
+        return True
 
     def resume(self) -> None:
         with self._lock:
