@@ -150,9 +150,7 @@ class Loop:
                 self.callbacks("on_evaluate", None, record)
 
     def wait_if_paused(self) -> None:
-        while not self.run.wait_while_paused(0.1):
-            if self.run.stop_requested:
-                return
+        self.run.hold_while_paused()
 
     def step(self) -> dict:
         """One optimizer step (``grad_accum`` micro-batches) and its record."""

@@ -88,6 +88,7 @@ class TrainRun:
 
     def __post_init__(self) -> None:
         self._stop, self._resume, self._done = threading.Event(), threading.Event(), threading.Event()
+        self._holding = threading.Event()  # set by the loop while a paused run waits at a step boundary
         self._resume.set()
         self._lock = threading.Lock()
         self._begun = self._ended = False  # set by the loop when it calls on_train_begin / on_train_end
@@ -114,9 +115,18 @@ class TrainRun:
         """True once ``stop()`` was called (the loop ends the run at the next step boundary)."""
         return self._stop.is_set()
 
-    def wait_while_paused(self, timeout: float) -> bool:
-        """Block while the run is paused, at most ``timeout`` seconds; True when it may go on (resumed or stopped)."""
-        return self._resume.wait(timeout)
+    def hold_while_paused(self) -> None:
+        """The loop, at a step boundary: block while the run is paused, until it is resumed or stopped; meanwhile
+        ``wait_paused`` returns (the step before is done)."""
+        if self._resume.is_set():
+            return
+        self._holding.set()
+        try:
+            while not self._resume.wait(0.1):
+                if self._stop.is_set():
+                    return
+        finally:
+            self._holding.clear()
 
     def wait_ended(self, timeout: float | None = None) -> bool:
         """Block until the run is marked ended (``mark_ended``) or ``timeout`` passed; True when it ended."""
@@ -158,6 +168,16 @@ class TrainRun:
             if self.state == "running":
                 self.state = "paused"
                 self._resume.clear()
+
+    def wait_paused(self, timeout: float = 30.0) -> bool:
+        """Block until a paused run holds at a step boundary (the step in flight is done) or ended; False when
+        ``timeout`` seconds passed first."""
+        end = time.monotonic() + timeout
+        while self.state == "paused" and not self._holding.is_set() and not self.done:
+            if time.monotonic() > end:
+                return False
+            self._holding.wait(0.01)
+        return True
 
     def resume(self) -> None:
         with self._lock:
