@@ -12,7 +12,7 @@ token batches), optimizer (AdamW), schedule (cosine), clipping (1.0) and steps, 
 (a) and (b) alternate in chunks (a b, b a, …) so machine noise hits both alike; each chunk is a
 fresh run (new optimizer) of ``steps / rounds`` steps. Timed: the ``train`` call (b) and the loop
 (a); the dashboard's construction is timed separately. With CUDA present, a GPU section reports
-tokens/s and peak memory of (a) and (b) on the GPU (bf16 autocast where supported).
+tokens/s and peak memory of (a) and (b) on the GPU (bf16 autocast on GPUs with native bf16, else fp32).
 
 Run: python benchmarks/train_overhead.py [--steps 1000] [--rounds 10] [--threads 1] [--layers 2 --embd 64]
      [--skip-trainer]
@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 import lora_nb  # noqa: E402
+from lora_nb.core.training.precision import choose_precision  # noqa: E402
 
 
 def build(device: str = "cpu", n_layer: int = 4, n_embd: int = 256):
@@ -116,7 +117,7 @@ class Wire:
         comm.create_comm = lambda *a, **k: CountingComm(*a, **k)
 
 
-def lora_nb_run(model, data: DataLoader, steps: int, wire: Wire) -> tuple[float, float, float]:
+def lora_nb_run(model, data: DataLoader, steps: int, wire: Wire, precision: str = "auto") -> tuple[float, float, float]:
     """(b): ``lora_nb.train`` with a live dashboard; returns (wall s, CPU s, dashboard build s)."""
     from lora_nb.widgets.live import LiveDashboard
 
@@ -125,7 +126,8 @@ def lora_nb_run(model, data: DataLoader, steps: int, wire: Wire) -> tuple[float,
     built = time.perf_counter() - t0
     wire.training = True
     t0, c0 = time.perf_counter(), time.process_time()
-    run = lora_nb.train(model, data, steps=steps, lr=2e-4, callbacks=[dash], background=False, seed=None)
+    run = lora_nb.train(model, data, steps=steps, lr=2e-4, callbacks=[dash], background=False, seed=None,
+                        precision=precision)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     wire.training = False
     assert run.state == "finished", run.message
@@ -206,7 +208,7 @@ def gpu_section(steps: int) -> None:
         print("GPU section: skipped (no CUDA)")
         return
     device = torch.device("cuda")
-    bf16 = torch.cuda.is_bf16_supported()
+    bf16 = choose_precision(device).name == "bf16"  # the hand loop has no scaler: fp32 where auto means fp16
     model = build("cuda", n_layer=12, n_embd=768)
     data = loader(n=1024, length=128, batch_size=16)
     tokens = steps * 16 * 128
@@ -216,7 +218,7 @@ def gpu_section(steps: int) -> None:
     a = hand_loop(model, data, steps, bf16=bf16)[0]
     peak_a = torch.cuda.max_memory_allocated(device) / 2**20
     torch.cuda.reset_peak_memory_stats(device)
-    b = lora_nb_run(model, data, steps, Wire())[0]
+    b = lora_nb_run(model, data, steps, Wire(), "bf16" if bf16 else "fp32")[0]
     torch.cuda.synchronize()
     peak_b = torch.cuda.max_memory_allocated(device) / 2**20
     name = torch.cuda.get_device_name(device)

@@ -54,8 +54,22 @@ class CheckpointError(LoraNBError):
     """A training checkpoint is missing, incomplete, unreadable or does not fit the run."""
 
 
+class PathError(OptionError):
+    """A path a verb would write is unusable (a file, not writable, impossible, the working folder)."""
+
+
+class ModelCallError(LoraNBError):
+    """The user's model (or tokenizer, metric) raised while lora_nb called it; the model was left as it was."""
+
+
 class LoraNBWarning(UserWarning):
     """Something works but deserves a note (e.g. a rank above a layer's size); shown as one line by magics."""
+
+
+def a_kind(obj: object) -> str:
+    """``"an int"``, ``"a list"``: the kind of ``obj`` with its article, for messages."""
+    name = type(obj).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

@@ -6,6 +6,7 @@ The magics' settings are traits (``%config LoraMagics``); their defaults and hel
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 from IPython.core.completer import CompletionContext, SimpleCompletion, SimpleMatcherResult, context_matcher
@@ -15,8 +16,10 @@ from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
 from .cmd import dispatch, help_text
 from .cmd.complete import suggest
-from .cmd.settings import UI_MODES, NotebookSettings, setting_help
+from .cmd.settings import NotebookSettings, setting_help
+from .core.training.device import resolve_device
 from .errors import LoraNBError
+from .frontend import UI_MODES
 
 _DEFAULTS = NotebookSettings()
 
@@ -37,10 +40,20 @@ class LoraMagics(Magics):
     default_alpha = _setting(Float, "default_alpha")
     background = _setting(Bool, "background")
 
-    @validate("default_alpha")
-    def _positive_alpha(self, proposal):
-        if proposal["value"] <= 0:
-            raise TraitError(f"LoraMagics.default_alpha must be positive; got {proposal['value']:g}")
+    @validate("default_alpha", "refresh_rate")
+    def _finite_positive(self, proposal):
+        value, name = proposal["value"], proposal["trait"].name
+        if not 0 < value < math.inf:
+            raise TraitError(f"LoraMagics.{name} must be positive; got {value:g}")
+        return value
+
+    @validate("device")
+    def _known_device(self, proposal):
+        """The device must make sense here when it is set, not only when a run starts."""
+        try:
+            resolve_device(proposal["value"])
+        except LoraNBError as exc:
+            raise TraitError(f"LoraMagics.device: {exc}") from None
         return proposal["value"]
 
     def settings(self) -> NotebookSettings:

@@ -230,3 +230,11 @@ def word_tokenizer():
 forks_cpu_workers = pytest.mark.skipif(torch.cuda.device_count() > 0,
                                        reason="forked CPU workers cannot run autograd after a backward in this "
                                               "process on a machine with a GPU")
+
+
+def open_widgets() -> dict:
+    """The kernel's live widgets by model id (ipywidgets 8 keeps them in ``widget._instances``, 7 in
+    ``Widget.widgets``)."""
+    from ipywidgets.widgets import widget
+
+    return widget._instances if hasattr(widget, "_instances") else widget.Widget.widgets

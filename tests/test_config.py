@@ -108,15 +108,26 @@ def test_ui_setting_and_the_lines_ui_option(notebook):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_device_setting_is_trains_default(notebook):
+def test_device_setting_is_trains_default(notebook, caplog, monkeypatch):
     notebook.run_line_magic("lora", "attach model --targets 0,2 --r 4")
-    config(notebook, "LoraMagics.device = 'cuda'")
-    with pytest.raises(UsageError, match="device `cuda` is not available here"):
-        notebook.run_line_magic("lora", "train model --data pairs --steps 2")
-    run = notebook.run_line_magic("lora", "train model --data pairs --steps 2 --device cpu")
+    with caplog.at_level(logging.ERROR):  # a device this machine lacks is refused when set, not at every run
+        config(notebook, "LoraMagics.device = 'cuda'")
+        config(notebook, "LoraMagics.device = 'tpu'")
+    assert [r.getMessage() for r in caplog.records] == [
+        "LoraMagics.device: device `cuda` is not available here; use --device auto or cpu",
+        "LoraMagics.device: device must be auto, cpu, cuda[:N] or mps; got `tpu`"]
+    assert lora_magics(notebook).device == "auto"
+    config(notebook, "LoraMagics.device = 'cpu'")
+    run = notebook.run_line_magic("lora", "train model --data pairs --steps 2")
     assert run.done and run.step == 2 and run.device.type == "cpu"
-    with pytest.raises(UsageError, match="device `cuda` is not available here"):  # vs-full trains with it too
-        notebook.run_line_magic("lora", "vs-full model --data pairs --steps 2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine: `cuda` is accepted ...
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    config(notebook, "LoraMagics.device = 'cuda'")
+    assert lora_magics(notebook).device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # ... and every verb that trains uses it
+    for line in ("train model --data pairs --steps 2", "vs-full model --data pairs --steps 2"):
+        with pytest.raises(UsageError, match="device `cuda` is not available here"):
+            notebook.run_line_magic("lora", line)
 
 
 def test_background_and_refresh_rate_in_a_notebook(notebook, monkeypatch):

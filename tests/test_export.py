@@ -122,7 +122,7 @@ def test_refusals_change_nothing(tmp_path):
     lora_nb.attach(model, r=2)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    with pytest.raises(lora_nb.errors.AdapterFileError, match="is not an export folder"):
+    with pytest.raises(lora_nb.errors.PathError, match="is not an export folder"):
         export(model, tmp_path / "taken")
     lora_nb.merge(model)
     with pytest.raises(AdapterError, match="unmerge it before exporting"):

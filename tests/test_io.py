@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.errors import AdapterError, AdapterFileError, TrainingActiveError
+from lora_nb.errors import AdapterError, AdapterFileError, PathError, TrainingActiveError
 
 
 def adapted(build=tiny_gpt2, name="default", **options):
@@ -94,7 +94,7 @@ def test_save_replaces_an_older_save_and_refuses_other_folders(tmp_path):
     assert os.listdir(tmp_path) == ["ad"]
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
-    with pytest.raises(AdapterFileError, match="not an adapter folder"):
+    with pytest.raises(PathError, match="not an adapter folder"):
         lora_nb.save(model, tmp_path / "notes")
     assert os.listdir(tmp_path / "notes") == ["todo.txt"]
 

@@ -132,12 +132,15 @@ def test_the_project_refers_to_no_document_outside_it():
 FOREIGN_PRIVATES = {
     "_actions": "argparse: a parser's options are listed only in ArgumentParser._actions (completion, option checks)",
     "_StoreTrueAction": "argparse: the class of a flag's action, to tell flags from options that take a value",
+    "_StoreFalseAction": "argparse: the class of a --no-… flag's action (same reason)",
     "_register_custom_module": "peft: LoraConfig's (experimental) hook mapping a custom layer type to its LoRA layer",
     "_disable_adapters": "peft: BaseTunerLayer's on/off flag, set directly on the indexed fast path (peft's "
                          "enable/disable_adapter_layers walk every module of the model)",
     "_active_adapter": "peft: BaseTunerLayer's active adapter names, set directly on the indexed fast path (peft's "
                        "set_adapter walks every module of the model)",
     "_ConvNd": "torch: the common base class of Conv1d/2d/3d",
+    "_view_name": "ipywidgets: the synced trait naming a widget's front-end view; None for widgets without one "
+                  "(ipywidgets 7.x builds its display bundle from it)",
     "_version": "torch: a tensor's in-place version counter, the cheap key that says its values changed",
     "_foreach_copy_": "torch: the fused copy of a list of tensors (one kernel instead of one per parameter)",
     "_shared_state": "accelerate: AcceleratorState's singleton, the only sign an Accelerator was created",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import classification_pairs, mlp_with_lora, wait_until
+from ipywidgets.widgets import widget as widget_module
 
 import lora_nb
 from lora_nb.core.training.run import TrainRun, TrainSettings
@@ -34,6 +35,11 @@ class CountingComm(comm.DummyComm):
 def wire(monkeypatch):
     CountingComm.log = []
     monkeypatch.setattr(comm, "create_comm", lambda *a, **k: CountingComm(*a, **k))
+    if hasattr(widget_module, "Comm"):  # ipywidgets 7 opens its comms with ipykernel's Comm class
+        from ipykernel.comm import Comm
+
+        monkeypatch.setattr(widget_module, "Comm", type("KernelCountingComm", (Comm,),
+                                                        {"publish_msg": CountingComm.publish_msg}))
     return CountingComm.log
 
 

@@ -56,16 +56,31 @@ def test_the_estimate_is_within_a_quarter_of_the_measured_peak(build, data, batc
 
 
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
-def test_a_runs_own_plan_costs_one_forward_and_holds_the_same_bound(build, monkeypatch):
-    """At its start a CPU run measures one forward on the longest sample (saved tensors, times the batch size)."""
+def test_a_cpu_runs_own_plan_costs_no_extra_forward_and_holds_the_same_bound(build):
+    """With plenty of free RAM a CPU run measures its plan on its own first step (saved tensors, scaled to the
+    widest batch): no forward of its own."""
     model, forwards = with_lora(build), []
-    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(kwargs["input_ids"].shape),
-                                    with_kwargs=True)
+    decoder = getattr(model, model.base_model_prefix)  # runs in every forward (also the LM head on selected rows)
+    decoder.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(
+        (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape), with_kwargs=True)
     run, measured = measured_run(model, token_data(), 16)
     plan = run.memory_plan
-    assert forwards[0] == (1, 48) and len(forwards) == 3  # the plan's one sample, then the two training steps
-    assert plan.measured_on.startswith("1 sample of 48 tokens") and plan.batch_size == 16
+    assert forwards == [(16, 48), (16, 48)]  # the two training steps only
+    assert plan.measured_on.startswith("the first step") and "16 × 48 tokens" in plan.measured_on
+    assert plan.batch_size == 16 and not plan.pending
     assert 0.75 <= plan.total / measured <= 1.25, (plan.total, measured)
+
+
+def test_with_little_free_ram_the_plan_is_measured_before_the_first_step(monkeypatch):
+    model, forwards = with_lora(tiny_gpt2), []
+    decoder = getattr(model, model.base_model_prefix)  # runs in every forward (also the LM head on selected rows)
+    decoder.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(
+        (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape), with_kwargs=True)
+    monkeypatch.setattr(memory_plan, "free_bytes", lambda device: 2**30)  # 1 GiB: the plan can matter
+    run, measured = measured_run(model, token_data(), 16)
+    assert forwards[0] == (1, 48) and len(forwards) == 3  # the plan's one sample, then the two steps
+    assert run.memory_plan.measured_on.startswith("1 sample of 48 tokens")
+    assert 0.75 <= run.memory_plan.total / measured <= 1.25
 
 
 def test_gradient_checkpointing_is_planned_and_trained_with_less_memory():

@@ -1,6 +1,6 @@
 """What the package's docstrings and comments point at exists: every dotted ``lora_nb.…`` name (and ``core.…``,
 ``training.…``, … relative to the package), every ``module.attr`` and private name in double backticks, every
-``run.…`` / ``session.…`` / ``settings.…`` attribute they name, and every Python file they mention by name; the
+``run.…`` / ``session.…`` / ``settings.…`` / ``plan.…`` attribute they name, and every Python file they mention by name; the
 same for the tests' own docstrings and comments, and the README's ``lora_nb.…`` names. A module moved or a name
 renamed fails here until its mentions follow."""
 
@@ -17,6 +17,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from lora_nb.core.registry import Session
+from lora_nb.core.training.memory.plan import MemoryPlan
 from lora_nb.core.training.run import TrainRun
 from lora_nb.core.training.settings import TrainSettings
 
@@ -26,7 +27,8 @@ HEADS = "lora_nb|core|viz|widgets|cmd|training|adapters|analysis|longrun|process
 DOTTED = re.compile(rf"(?<![\w.])((?:{HEADS})(?:\.[A-Za-z_]\w*)+)(?!\w|\.py)")
 TICKED = re.compile(r"``([A-Za-z_][\w.]*)``")
 FILE = re.compile(r"(?<![\w/.])([a-z_][a-z0-9_]*\.py)\b")
-OBJECTS = {"run": TrainRun, "session": Session, "settings": TrainSettings}  # what these names mean in the docs
+# what these names mean in the docs (else a module of that name)
+OBJECTS = {"run": TrainRun, "session": Session, "settings": TrainSettings, "plan": MemoryPlan}
 THIRD_PARTY = {"datasets", "torch", "peft", "transformers", "accelerate", "numpy", "safetensors"}
 FILES = {p.name for p in ROOT.rglob("*.py") if ".git" not in p.parts}
 
@@ -79,8 +81,8 @@ def resolves(name: str, package: str) -> bool:
     """``name`` (``a.b.c``) is a module path and attributes under lora_nb, its core, its training package or
     the package of the module that mentions it."""
     head, *rest = name.split(".")
-    if head in OBJECTS and rest:
-        return has_attribute(OBJECTS[head], rest[0])
+    if head in OBJECTS and rest and has_attribute(OBJECTS[head], rest[0]):
+        return True
     bases = ["", "lora_nb.", "lora_nb.core.", "lora_nb.core.training.", f"{package}."]
     candidates = [base + head for base in bases] + modules_named(head)
     if any(attribute_path(module, rest) for module in dict.fromkeys(candidates) if module.startswith("lora_nb")):

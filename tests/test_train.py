@@ -87,7 +87,7 @@ def test_magic_trains_texts_with_a_tokenizer(ip, capsys):  # done-when: the magi
     assert run.state == "finished" and run.step == 10 and not run.background
     assert run.history[-1]["loss"] < run.history[0]["loss"]
     out = capsys.readouterr().out
-    assert "training adapter `default` on cpu: 10 steps" in out and "24 texts" in out
+    assert "training adapter `default` on cpu, fp32 (no autocast on CPU unless asked): 10 steps" in out and "24 texts" in out
     assert "step 10/10" in out and "finished: 10/10 steps on cpu" in out
     last = registry.find(ip.user_ns["gpt"]).last_train
     assert last.names == {"data": "texts", "tokenizer": "tok"}
@@ -168,7 +168,7 @@ def test_epochs_eval_and_callback_order():
     ([], {}, "the training data is empty"),
     (iter([1, 2]), {}, "one-shot iterator"),
     ([torch.zeros(3)] * 4, {}, "items of type Tensor are not trainable data"),
-    (42, {}, "cannot train on a int"),
+    (42, {}, "cannot train on an int"),
     ((torch.zeros(4, 16), torch.zeros(3)), {}, "inputs and targets differ in length"),
 ])
 def test_unusable_data_is_one_line_and_starts_nothing(data, kwargs, message):

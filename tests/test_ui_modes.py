@@ -10,8 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
-from helpers import classification_pairs, mlp_with_lora
-from ipywidgets.widgets import widget as widget_module
+from helpers import classification_pairs, mlp_with_lora, open_widgets
 
 from lora_nb.errors import OptionError
 from lora_nb.viz.png import LEVELS, indexed_png, palette
@@ -101,7 +100,7 @@ def test_static_mode_verbs_show_svg_pictures_and_no_widgets(ip, monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj, raw=False, display_id=None: shown.append(obj))
     ip.user_ns.update(model=mlp_with_lora(), pairs=classification_pairs())
-    before = len(widget_module._instances)
+    before = len(open_widgets())
     report = ip.run_line_magic("lora", "spectrum model --ui static")
     assert isinstance(report, Pictures) and "eff. rank" in repr(report)
     report._ipython_display_()
@@ -110,6 +109,6 @@ def test_static_mode_verbs_show_svg_pictures_and_no_widgets(ip, monkeypatch):
     run = ip.run_line_magic("lora", "train model --data pairs --steps 6 --ui static")  # blocking in a terminal
     live, picture = shown[3], shown[4:]
     assert live["image/svg+xml"].startswith("<svg") and not picture  # shown when the run began…
-    assert run.state == "finished" and len(widget_module._instances) == before  # …with no widget anywhere
+    assert run.state == "finished" and len(open_widgets()) == before  # …with no widget anywhere
     text = ip.run_line_magic("lora", "toggle model --ui text")
     assert "strength of `default`: 1.00" in text

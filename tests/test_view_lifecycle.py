@@ -8,8 +8,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from helpers import make_b_nonzero, tiny_mlp
-from ipywidgets.widgets import widget as widget_module
+from helpers import make_b_nonzero, open_widgets, tiny_mlp
 
 import lora_nb
 from lora_nb.core import registry
@@ -24,7 +23,7 @@ from lora_nb.widgets.toggle import AdapterPanel
 
 def live_widgets() -> int:
     gc.collect()
-    return len(widget_module._instances)
+    return len(open_widgets())
 
 
 def finished_run(steps: int = 20) -> TrainRun:

@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import LoraNBError, LoraNBWarning, NotAModelError, OptionError, did_you_mean
-from .settings import UI_MODES, NotebookSettings
+from ..errors import AdapterError, LoraNBError, LoraNBWarning, NotAModelError, OptionError, a_kind, did_you_mean
+from ..frontend import UI_MODES, FrontEnd, detect, in_kernel, resolve_ui, say_once
+from .settings import NotebookSettings
 
 
 class UnknownVariableError(LoraNBError):
@@ -41,9 +42,10 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
                given_only: bool = False, notebook: Mapping[str, str] | None = None,
                ) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
     """A verb's options from the fields of dataclass ``cls``: ``--field-name`` (and ``--field_name``), the
-    field's help and default. A ``bool`` field is a flag. ``given_only``: the default is None, so the handler
-    passes on only what the line gave (the callee's defaults apply). ``notebook`` maps fields whose default is
-    a notebook setting to its name: their default is None, filled in by :func:`with_settings`."""
+    field's help and default. A ``bool`` field is a flag; a field with ``choices`` metadata offers them (Tab).
+    ``given_only``: the default is None, so the handler passes on only what the line gave (the callee's
+    defaults apply). ``notebook`` maps fields whose default is a notebook setting to its name: their default
+    is None, filled in by :func:`with_settings`."""
     notebook = notebook or {}
     options = []
     for f in dataclasses.fields(cls):
@@ -54,8 +56,14 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
         default = None if given_only or f.name in notebook else default
         flags = tuple(dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"]))
         text = f.metadata["help"].replace("%", "%%") + note
-        if f.type in (bool, "bool"):
+        if f.type in (bool, "bool") and f.default is True:  # on by default: the flag turns it off
+            options.append(arg(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                               default=None if given_only else True, help=f"turn off: {text}"))
+        elif f.type in (bool, "bool"):
             options.append(arg(*flags, dest=f.name, action="store_true", default=default, help=text))
+        elif "choices" in f.metadata:  # listed for Tab completion; any case is accepted
+            options.append(arg(*flags, dest=f.name, default=default, type=str.lower, choices=f.metadata["choices"],
+                               help=f"{text} (default: {shown})"))
         else:
             options.append(arg(*flags, dest=f.name, default=default, help=f"{text} (default: {shown})"))
     return options
@@ -142,7 +150,12 @@ class Context:
     @property
     def widgets(self) -> bool:
         """True inside a Jupyter kernel (a widget frontend may exist); False in terminal IPython."""
-        return getattr(self.shell, "kernel", None) is not None
+        return in_kernel(self.shell)
+
+    @property
+    def frontend(self) -> FrontEnd:
+        """The front end this notebook runs in (``lora_nb.frontend``)."""
+        return detect(kernel=self.widgets)
 
     @property
     def ui(self) -> str:
@@ -150,10 +163,13 @@ class Context:
         return self.settings.ui
 
     def view_mode(self, args: argparse.Namespace | None = None) -> str:
-        """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell."""
-        from ..widgets.ui import resolve_ui
-
-        return resolve_ui(getattr(args, "ui", None) or self.ui, kernel=self.widgets)
+        """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell (the
+        front end's note, e.g. VS Code's widget bug, is said once when ``auto`` decides)."""
+        asked = getattr(args, "ui", None) or self.ui
+        mode = resolve_ui(asked, kernel=self.widgets)
+        if asked == "auto":
+            say_once(self.frontend.view_note)
+        return mode
 
     @property
     def refresh_rate(self) -> float:
@@ -172,7 +188,12 @@ class Context:
         from peft import PeftModel
 
         if not isinstance(obj, (nn.Module, PeftModel)):
-            raise NotAModelError(f"`{path}` is a {type(obj).__name__}, not a torch.nn.Module")
+            raise NotAModelError(f"`{path}` is {a_kind(obj)}, not a torch.nn.Module")
+        from .owners import owner
+
+        if (name := owner(self.namespace, path, obj, self.lookup)) is not None:
+            raise AdapterError(f"`{path}` is part of `{name}`, which has LoRA adapters: give `{name}` instead "
+                               f"(e.g. `%lora status {name}`), so its session sees every change")
         return obj
 
     def display(self, obj: Any) -> None:
@@ -198,11 +219,13 @@ def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
             known = [d.replace("_", "-") for d in flags]
             raise OptionError(f"{parser.prog}: unknown option `{key.strip()}`{did_you_mean(key.strip(), known)}")
         value = value.strip()
-        if isinstance(action, argparse._StoreTrueAction):
-            if value.lower() in ("true", "yes", "1", "on", ""):
-                argv.append(action.option_strings[0])
-            elif value.lower() not in ("false", "no", "0", "off"):
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            truth = {"true": True, "yes": True, "1": True, "on": True, "": True,
+                     "false": False, "no": False, "0": False, "off": False}.get(value.lower())
+            if truth is None:
                 raise OptionError(f"{parser.prog}: `{key.strip()}` takes true or false, got `{value}`")
+            if truth == isinstance(action, argparse._StoreTrueAction):  # the flag says what the value says
+                argv.append(action.option_strings[0])
         else:
             argv += [action.option_strings[0], value]
     return argv

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from ..core.adapters.options import AttachOptions
 from ..core.training.settings import TrainSettings
 
-UI_MODES = ("auto", "widget", "static", "text")
-
 
 @dataclass(frozen=True)
 class NotebookSettings:
@@ -31,7 +29,8 @@ class NotebookSettings:
     default_alpha: float = field(default=AttachOptions.alpha, metadata={
         "help": "alpha %lora attach uses when the line gives no --alpha"})
     background: bool = field(default=True, metadata={
-        "help": "in a notebook, %lora train runs in the background (False: the cell waits, as with --wait)"})
+        "help": "in a notebook, %lora train runs in the background (False: the cell waits, as with --wait); "
+                "in Colab it runs in the cell unless --background is given"})
 
 
 def setting_help(name: str) -> str:

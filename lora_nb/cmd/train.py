@@ -6,6 +6,7 @@ from ..core import registry
 from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import TrainingError
+from ..frontend import COLAB_BACKGROUND_NOTE, say_once
 from .data_options import DATA_OPTIONS, data_names, data_objects
 from .router import UI, arg, options_of, verb, with_settings
 
@@ -34,7 +35,9 @@ def _train(ctx, args):
                              _NOTEBOOK)
     if args.sample_prompts:  # a variable holding the prompts (a list of str, or one str)
         settings["sample_prompts"] = ctx.lookup(args.sample_prompts)
-    background = ((ctx.widgets and ctx.settings.background) or args.background) and not args.wait
+    front = ctx.frontend  # Colab: in the cell's own thread unless --background (its updates may not show)
+    background = ((front.background and ctx.settings.background) or args.background) and not args.wait
+    say_once(COLAB_BACKGROUND_NOTE if background and front.name == "colab" else front.train_note)
     mode = ctx.view_mode(args)
     view = _view(ctx, mode, show_on_begin=not background)
     names = {key: name for key, name in names.items() if name}

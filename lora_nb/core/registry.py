@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..errors import AdapterError, LoraNBWarning, NotAModelError, TrainingActiveError, did_you_mean, first_line
+from ..errors import (
+    AdapterError,
+    LoraNBWarning,
+    NotAModelError,
+    TrainingActiveError,
+    a_kind,
+    did_you_mean,
+    first_line,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
@@ -97,6 +105,19 @@ class Session:
                 self.listeners.discard(listener)
                 report_failed_listener(listener, "on_model_change", exc)
 
+    def verify(self) -> None:
+        """A one-line error when the model's LoRA layers no longer hold every adapter the session knows (they were
+        changed behind lora_nb's back: through a part of the model, or with peft directly)."""
+        index = self.layer_index  # adapters.switch.LayerIndex: when its layers are all still in place, nothing moved
+        if index is not None and index.intact(self):
+            return
+        missing = [name for name in self.adapters if name not in adapters_in_layers(self.model)]
+        if missing:
+            raise AdapterError(
+                f"this model's LoRA layers were changed outside lora_nb (through a part of the model, or with peft "
+                f"directly): adapter(s) {', '.join(f'`{n}`' for n in missing)} have no layer left; `%lora detach "
+                "MODEL` (lora_nb.detach) clears what is left, then attach again")
+
     def ensure_idle(self, action: str) -> None:
         """Refuse a mutating ``action`` while a training run changes the model."""
         if self.training:
@@ -123,7 +144,7 @@ def as_module(obj: Any, what: str = "model") -> nn.Module:
     if isinstance(obj, PeftModel):
         obj = obj.base_model.model
     if not isinstance(obj, nn.Module):
-        raise NotAModelError(f"{what} must be a torch.nn.Module, got {type(obj).__name__}")
+        raise NotAModelError(f"{what} must be a torch.nn.Module, got {a_kind(obj)}")
     return obj
 
 
@@ -141,12 +162,34 @@ def find(model: Any) -> Session | None:
     return session
 
 
-def require(model: Any) -> Session:
-    """The session of ``model``, or a one-line error saying how to get one."""
+def require(model: Any, verify: bool = True) -> Session:
+    """The session of ``model`` (checked against the model's layers unless ``verify`` is False), or a one-line
+    error saying how to get one."""
     session = find(model)
     if session is None:
+        check_unowned(model)
         raise AdapterError("this model has no LoRA adapter; attach one first (`%lora attach MODEL`)")
+    if verify:
+        session.verify()
     return session
+
+
+def adapters_in_layers(model: nn.Module) -> set[str]:
+    """The adapter names that peft's LoRA layers inside ``model`` hold."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {name for m in model.modules() if isinstance(m, BaseTunerLayer)
+            for attr in m.adapter_layer_names for name in getattr(m, attr, {})}
+
+
+def check_unowned(model: Any) -> None:
+    """A one-line error when ``model`` has no session but holds LoRA layers: it is part of a model that has
+    adapters (its session owns those layers), or peft put them there directly."""
+    module = as_module(model)
+    if find(module) is None and adapters_in_layers(module):
+        raise AdapterError(
+            f"this {type(module).__name__} holds LoRA layers that belong to the model it is part of (or that peft "
+            "added directly): give that model (or the PeftModel), so its session sees every change")
 
 
 def register(session: Session) -> None:

@@ -8,6 +8,7 @@ import ipywidgets as W
 
 from ..viz import figure
 from ..viz.svg import render
+from .compat import BundleDisplay, widget_bundle
 
 
 class Chart(W.HTML):
@@ -43,7 +44,7 @@ class Chart(W.HTML):
         return figure(self.spec) if self.spec is not None else None
 
 
-class ViewBox(W.VBox):
+class ViewBox(BundleDisplay, W.VBox):
     """A view's top widget that also carries an HTML picture of its state for tools without widgets."""
 
     def __init__(self, children: list, fallback: Any, **kwargs: Any) -> None:
@@ -51,6 +52,6 @@ class ViewBox(W.VBox):
         self._fallback = fallback  # () -> HTML of the view's current state
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        bundle = super()._repr_mimebundle_(**kwargs)
+        bundle = widget_bundle(self, **kwargs)
         bundle["text/html"] = self._fallback()
         return bundle

@@ -27,6 +27,7 @@ from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import DataError, LoraNBError
 from .chart import ViewBox
+from .compat import set_titles, tooltip
 from .ui import close_tree
 
 TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum", "History")
@@ -56,7 +57,8 @@ class ModelDashboard(Callback):
         self._build_attach_form()
         self._build_train_form()
         pages = [W.VBox([self.status_html, self.attach_box]), W.VBox(), self.train_box, W.VBox(), W.VBox(), W.VBox()]
-        self.tabs = W.Tab(children=pages, titles=TABS)
+        self.tabs = W.Tab(children=pages)
+        set_titles(self.tabs, TABS)
         self.tabs.observe(self._on_tab, names="selected_index")
         self.widget = ViewBox([W.HTML(f"<b>LoRA dashboard: <code>{html.escape(name)}</code></b>"), self.tabs],
                               fallback=lambda: self.status_html.value)
@@ -133,7 +135,7 @@ class ModelDashboard(Callback):
         self.names = {key: W.Text(value=str(names.get(key) or ""), description=label, placeholder="variable name")
                       for key, label in _NAMES}
         self.steps = W.BoundedIntText(value=last.get("steps") or 0, min=0, max=10**9, description="steps",
-                                      tooltip="optimizer steps (0: one epoch)")
+                                      **tooltip(W.BoundedIntText, "optimizer steps (0: one epoch)"))
         self.lr = W.FloatText(value=last.get("lr", TrainSettings.lr), description="lr")
         self.batch_size = W.BoundedIntText(value=last.get("batch_size", TrainSettings.batch_size), min=1,
                                            max=10**6, description="batch size")

@@ -28,10 +28,11 @@ from ..viz.spectra import base_spectrum_spec, effective_rank_spec, similarity_sp
 from ..viz.svg import render
 from ..viz.weights import VALUE_LABELS, histogram_spec, module_specs, norm_map_spec
 from .chart import Chart
+from .compat import BundleDisplay, widget_bundle
 from .ui import close_tree
 
 
-class LiveView(Callback):
+class LiveView(BundleDisplay, Callback):
     """Refresh on training steps (time-throttled, within a cost budget) and on adapter changes."""
 
     interval = 3.0  # seconds between live refreshes at most
@@ -57,7 +58,7 @@ class LiveView(Callback):
         Widget front ends prefer the widget (its renderer ranks first); the others show the picture as
         it was when displayed.
         """
-        bundle = super()._repr_mimebundle_(**kwargs)
+        bundle = widget_bundle(self, **kwargs)
         bundle["image/svg+xml"] = render(self.picture().spec)
         return bundle
 

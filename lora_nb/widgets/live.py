@@ -230,7 +230,9 @@ class LiveDashboard(Callback):
         if self.run is not None and self.run.done:
             self.slot.show(svg_bundle(self.static_spec(), f"<training curves: {self.run.summary_line()}>"), raw=True)
         elif self.ui == "widget":
-            self.slot.show(self.widget)
+            from .compat import widget_bundle
+
+            self.slot.show(widget_bundle(self.widget), raw=True)  # by display id under ipywidgets 7 too
         else:
             self.slot.show(svg_bundle(self.spec(), "<training curves>"), raw=True)
 

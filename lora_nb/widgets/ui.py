@@ -2,42 +2,22 @@
 
 ``ui`` is one of ``auto | widget | static | text``. ``widget``: core ipywidgets (charts are SVG inside
 ``ipywidgets.HTML``, no custom JavaScript). ``static``: outputs updated in place by display id, carrying
-``image/svg+xml``. ``text``: printed progress and tables. ``auto`` is ``static`` in Google Colab, ``widget``
-in any other Jupyter kernel and ``text`` elsewhere (terminal IPython, scripts). This module imports no
-ipywidgets, so static and text views never pay for them.
+``image/svg+xml``. ``text``: printed progress and tables. What ``auto`` means in each front end (Colab, VS Code,
+other kernels, terminals) is decided in ``lora_nb.frontend`` (``resolve_ui`` comes from there). This module
+imports no ipywidgets, so static and text views never pay for them.
 """
 
 from __future__ import annotations
 
 import contextvars
 import html
-import sys
 import threading
 from typing import Any
 
-from ..errors import OptionError
+from ..frontend import resolve_ui
 from ..viz.svg import render
 
-MODES = ("auto", "widget", "static", "text")
-
-
-def in_kernel() -> bool:
-    """True inside a Jupyter kernel (some front end may render widgets)."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    return getattr(shell, "kernel", None) is not None
-
-
-def resolve_ui(ui: str | None = "auto", kernel: bool | None = None) -> str:
-    """``widget``, ``static`` or ``text`` for the requested mode (``auto`` decides from the front end)."""
-    mode = (ui or "auto").strip().lower()
-    if mode not in MODES:
-        raise OptionError(f"ui must be one of {', '.join(MODES)}, not `{ui}`")
-    if mode != "auto":
-        return mode
-    if "google.colab" in sys.modules:
-        return "static"
-    return "widget" if (in_kernel() if kernel is None else kernel) else "text"
+__all__ = ["Pictures", "Report", "Slot", "close_tree", "resolve_ui", "svg_bundle"]
 
 
 def svg_bundle(spec: Any, text: str) -> dict:

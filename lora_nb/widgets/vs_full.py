@@ -164,8 +164,13 @@ class VsFullLive(VsFullCallback):
     def _ipython_display_(self) -> None:
         from IPython.display import HTML
 
-        first = self.widget if self.ui == "widget" else svg_bundle(self.spec(), self.line)
-        self.slots[0].show(first, raw=self.ui != "widget")
+        if self.ui == "widget":
+            from .compat import widget_bundle
+
+            first = widget_bundle(self.widget)  # shown by display id under ipywidgets 7 too
+        else:
+            first = svg_bundle(self.spec(), self.line)
+        self.slots[0].show(first, raw=True)
         for slot in self.slots[1:]:
             slot.show(HTML(""))
         if self.result is not None:

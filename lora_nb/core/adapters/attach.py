@@ -84,8 +84,11 @@ def attach(model: Any, *, r: int = 8, alpha: float = 16, dropout: float = 0.0, t
                          init=init, replace=replace, modules_to_save=modules_to_save, rank_pattern=rank_pattern)
     model = registry.as_module(model)
     session = registry.find(model)
-    if session is not None:
+    if session is None:
+        registry.check_unowned(model)
+    else:
         session.ensure_idle("attach an adapter")
+        session.verify()
         if opts.name in session.adapters:
             if not opts.replace:
                 raise AdapterError(
@@ -191,7 +194,7 @@ def new_session(model: nn.Module, config, name: str) -> "registry.Session":
 
 def detach(model: Any) -> nn.Module:
     """Remove every adapter; the base parameters are exactly those from before attach."""
-    session = registry.require(model)
+    session = registry.require(model, verify=False)  # also the way out when the layers changed behind its back
     session.ensure_idle("detach")
     restore = session.merge_backup  # set by merge: exact copies of merged weights
     if restore is not None:

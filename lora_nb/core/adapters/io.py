@@ -25,6 +25,7 @@ import torch
 
 from ...errors import AdapterError, AdapterFileError, first_line
 from .. import registry
+from ..paths import output_folder
 from . import switch
 from .inject import inject
 from .keys import adapter_state_dict, fill_adapter, mismatch
@@ -38,13 +39,6 @@ PREFIX = "base_model.model."
 
 
 # ---------------------------------------------------------------- save
-
-
-def _check_target(target: Path) -> None:
-    if target.exists() and not target.is_dir():
-        raise AdapterFileError(f"{target} is a file; save needs a folder path")
-    if target.is_dir() and any(target.iterdir()) and not (target / CONFIG).exists():
-        raise AdapterFileError(f"{target} exists and is not an adapter folder; choose a new or empty path")
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
@@ -114,8 +108,7 @@ def save(model: Any, path: str | os.PathLike, adapter: str | None = None) -> Pat
     """Save ``adapter`` (default: active) to folder ``path`` in PEFT format, atomically; returns the path."""
     session = registry.require(model)
     adapter = session.check_adapter(adapter) if adapter is not None else session.active
-    target = Path(path).expanduser().absolute()
-    _check_target(target)
+    target = output_folder(path, "save path", marker=CONFIG, holds="an adapter")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
@@ -244,6 +237,9 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
     session = registry.find(model)
     if session is not None:
         session.ensure_idle("load an adapter")
+        session.verify()
+    else:
+        registry.check_unowned(model)
     name, config = _prepare(model, config, name, session)
     tensors = {k.removeprefix(PREFIX): v for k, v in tensors.items()}
     expected = expected_shapes(model, config)

@@ -6,6 +6,7 @@ option's help), so a default or a rule lives in exactly one place.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,9 +115,12 @@ def as_number(name: str, value: Any, kind: type) -> Any:
         raise OptionError(f"{name} must be a number; got {value}")
     try:
         number = kind(value)
-    except (TypeError, ValueError):
+        float(number)
+    except (TypeError, ValueError, OverflowError):
         raise OptionError(f"{name} must be {'an integer' if kind is int else 'a number'}; got `{value}`") from None
     if kind is int and float(value) != number:
         raise OptionError(f"{name} must be an integer; got `{value}`")
+    if not math.isfinite(number):
+        raise OptionError(f"{name} must be a finite number; got `{value}`")
     return number
 

@@ -35,12 +35,20 @@ class LayerIndex:
 
     token: tuple
     layers: list[tuple[nn.Module, dict[str, list[nn.Parameter]]]] = field(default_factory=list)
+    places: list[tuple[nn.Module, str]] = field(default_factory=list)  # per layer: (parent module, attribute)
     fast: bool = True
     stale: bool = False
 
     def on_model_change(self, session, what: str) -> None:
         if what in _STRUCTURAL:
             self.stale = True
+
+    def intact(self, session) -> bool:
+        """True when the index is current and every indexed layer still sits where it was found (cheap: no walk)."""
+        return (not self.stale and self.token == _token(session)
+                and all(any(name in p for _, p in self.layers) for name in session.adapters)
+                and all(getattr(parent, key, None) is layer
+                        for (parent, key), (layer, _) in zip(self.places, self.layers)))
 
 
 def _token(session) -> tuple:
@@ -52,10 +60,12 @@ def _build(session) -> LayerIndex:
     from peft.utils.other import AuxiliaryTrainingWrapper
 
     index = LayerIndex(_token(session))
-    for module in session.model.modules():
+    children = ((parent, key, module) for parent in session.model.modules() for key, module in parent.named_children())
+    for parent, key, module in children:
         if isinstance(module, AuxiliaryTrainingWrapper):
             index.fast = False
         elif isinstance(module, BaseTunerLayer):
+            index.places.append((parent, key))
             if getattr(module, "frozen_peft_weight_names", None):
                 index.fast = False
             params: dict[str, list[nn.Parameter]] = {}

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from ...errors import OptionError
+from ...errors import OptionError, a_kind
 from .. import registry
 from ..adapters import switch
+from ..kinds import check_token_ids, check_tokenizer, user_call
 from .generation import GenerationComparison, GenerationTable, Sampling, as_prompts, encode, generate
 
 __all__ = ["ClassComparison", "GenerationComparison", "GenerationTable", "OutputComparison", "compare"]
@@ -107,12 +108,13 @@ def _to(inputs: Any, device: torch.device) -> Any:
 def _forward(model: torch.nn.Module, inputs: Any) -> tuple[torch.Tensor, bool]:
     """The main output tensor (on CPU, fp32) and whether it is a model's ``logits``."""
     inputs = _to(inputs, _device(model))
-    if isinstance(inputs, Mapping):
-        out = model(**inputs)
-    elif isinstance(inputs, (tuple, list)):
-        out = model(*inputs)
-    else:
-        out = model(inputs)
+    with user_call(f"{type(model).__name__}'s forward (compare)"):
+        if isinstance(inputs, Mapping):
+            out = model(**inputs)
+        elif isinstance(inputs, (tuple, list)):
+            out = model(*inputs)
+        else:
+            out = model(inputs)
     is_logits = isinstance(getattr(out, "logits", None), torch.Tensor)
     return _main_tensor(out).detach().float().cpu(), is_logits
 
@@ -161,6 +163,9 @@ def compare(model: Any, prompt: str | list[str] | None = None, tokenizer: Any = 
                                    single=isinstance(prompt, str))
     if inputs is None:
         raise OptionError("compare needs --prompt TEXT with --tokenizer VAR, or --inputs VAR")
+    if not isinstance(inputs, (torch.Tensor, Mapping, tuple, list)):
+        raise OptionError(f"--inputs must be a tensor, a dict of tensors or a tuple of them; got {a_kind(inputs)}")
+    check_token_ids(session.model, inputs, "--inputs")
     adapter = session.active
     (on, is_logits), (off, _) = _on_off(session, lambda: _forward(session.model, inputs))
     if is_logits and on.dim() == 2:  # a classifier
@@ -177,11 +182,17 @@ def _compare_generation(session, prompts: list[str], tokenizer: Any, max_new_tok
     """Each prompt generated with the adapter on, then off: one comparison, or a table for several prompts."""
     if tokenizer is None:
         raise OptionError("compare with a prompt needs its tokenizer (--tokenizer VAR)")
+    check_tokenizer(tokenizer)
     model = session.model
     if not hasattr(model, "generate"):
         raise OptionError(f"{type(model).__name__} cannot generate text; pass --inputs instead")
-    encoded = [_to(encode(tokenizer, p, chat), _device(model)) for p in prompts]
-    run = lambda: [generate(model, tokenizer, e, max_new_tokens, sampling) for e in encoded]
+    with user_call("the tokenizer (compare)"):
+        encoded = [_to(encode(tokenizer, p, chat), _device(model)) for p in prompts]
+
+    def run():
+        with user_call(f"{type(model).__name__}.generate (compare)"):
+            return [generate(model, tokenizer, e, max_new_tokens, sampling) for e in encoded]
+
     on, off = _on_off(session, run)
     how = sampling.describe() + (", chat template" if chat else "")
     rows = [GenerationComparison(session.active, p, a[0], b[0], a[1], b[1], how=how)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ...errors import DataError, OptionError
+from ...errors import DataError, OptionError, a_kind
 
 
 def parse_sizes(sizes: Any, data: Any, eval_data: Any) -> list[int]:
@@ -44,7 +44,7 @@ def n_items(data: Any) -> int:
         return len(data[0])
     if isinstance(data, DataLoader) or not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         raise DataError("the data-size sweep needs data it can subsample: a list, an (X, Y) tensor pair or a "
-                        f"Dataset, not a {type(data).__name__}")
+                        f"Dataset, not {a_kind(data)}")
     return len(data)
 
 

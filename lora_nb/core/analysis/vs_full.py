@@ -39,8 +39,8 @@ from ..adapters.options import AttachOptions
 from ..training.callbacks import Callback
 from ..training.data.batches import count, takes_model, to_device
 from ..training.device import place_model, resolve_device
-from ..training.loop import autocast_factory, uses_bf16
 from ..training.memory.budget import PeakMemory, trainable_state_bytes
+from ..training.precision import choose_precision
 from ..training.run import launch, prepare_run, trainable_parameters
 from ..training.settings import TrainSettings, check_training_options
 from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients
@@ -287,7 +287,7 @@ def evaluate(model: nn.Module, data: Any, shared: _Shared, settings: TrainSettin
              device: torch.device) -> tuple[float, float | None]:
     """Mean loss over one pass of ``data`` (eval mode, no gradients) and accuracy for classifiers (else None)."""
     batches = prepare_run(Bare(model), data, None, shared.tokenizer, shared.loss_fn, settings, params=[]).batches
-    autocast = autocast_factory(device, uses_bf16(device, settings.precision))()
+    autocast = choose_precision(device, settings.precision).autocast()
     total, seen, hits, judged = 0.0, 0, 0, 0
     mode = model.training
     model.eval()

@@ -1,8 +1,6 @@
-"""Where a run trains: device choice, model placement, and whether we are inside a Jupyter kernel."""
+"""Where a run trains: device choice and model placement."""
 
 from __future__ import annotations
-
-import sys
 
 import torch
 
@@ -38,9 +36,3 @@ def place_model(model: torch.nn.Module, target: torch.device) -> None:
     if len(devices) == 1 and devices != {target}:
         model.to(target)
 
-
-def in_jupyter_kernel() -> bool:
-    """True inside a Jupyter kernel, detected without importing IPython."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    return getattr(shell, "kernel", None) is not None

@@ -8,22 +8,20 @@ flags are restored; nothing is displayed here (callbacks are the views).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import gc
 import math
 import time
 import traceback
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...errors import LoraNBError, first_line
-from .data.batches import Batches, count, to_device
+from .data.batches import Batches, count, positions, to_device
 from .data.position import DataPosition
 from .memory.budget import process_rss_mb
 from .optimizer import group_scales, make_optimizer
+from .precision import Precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from .run import TrainRun
@@ -45,10 +43,13 @@ class Loop:
     """One run's mechanics; ``Loop(run, ...)()`` trains until done, stopped or failed."""
 
     def __init__(self, run: TrainRun, session: Any, batches: Batches, eval_batches: Batches | None,
-                 params: list[torch.nn.Parameter], bf16: bool) -> None:
+                 params: list[torch.nn.Parameter], precision: Precision) -> None:
         self.run, self.session, self.batches, self.eval_batches = run, session, batches, eval_batches
         self.params, self.settings = params, run.settings
-        self.autocast = autocast_factory(run.device, bf16)
+        self.precision = precision
+        self.autocast = precision.autocast  # a factory: ``with self.autocast(): ...``
+        self.scaler = precision.scaler()  # fp16: scales the loss, skips steps whose gradients overflow
+        self.skipped_steps = 0  # steps the scaler skipped (restored from a checkpoint on resume)
         self.model = session.model
         self.phase = "setup"
         self.dirty = False  # True between the pre-step copy and the end of optimizer.step()
@@ -57,6 +58,7 @@ class Loop:
         self.position = DataPosition(batches.loader)  # epoch and batches drawn, for checkpoints
         self.loss_phase = "loss_fn" if run.custom_loss else "model forward"
         self._rss_at = -1.0
+        self.step_positions: int | None = None
         self._rss = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -158,43 +160,53 @@ class Loop:
         lr = s.lr * self.lr_factor(run.step)
         for group, scale in zip(self.opt.param_groups, self.lr_scales):
             group["lr"] = lr * scale
-        total, samples, tokens = None, 0, 0
+        total, samples, tokens, width = None, 0, 0, 0
         for _ in range(s.grad_accum):
-            loss, n, t = self.micro_step()
+            loss, n, t, w = self.micro_step()
             total = loss if total is None else total + loss
-            samples, tokens = samples + n, tokens + (t or 0)
+            samples, tokens, width = samples + n, tokens + (t or 0), width + (w or 0)
         self.phase = "gradient clipping"
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
         norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm or math.inf)
         loss_value, norm_value = torch.stack([total.float() / s.grad_accum, norm.float()]).tolist()  # one sync
-        if not math.isfinite(loss_value):
+        if not math.isfinite(loss_value):  # divergence, with or without a scaler
             self.restore_backup()
             raise NonFinite(f"loss became {loss_value} (run failed; the adapter was restored to its weights "
                             "before the last update)")
-        if not math.isfinite(norm_value):
+        skipped = not math.isfinite(norm_value)
+        if skipped and self.scaler is None:
             raise NonFinite(f"gradient norm became {norm_value} (run failed; this update was not applied)")
         self.phase = "optimizer step"
         with self.session.lock:
             torch._foreach_copy_(self.backup, self.values)
             self.dirty = True
-            self.opt.step()
+            self.optimizer_step()
             self.dirty = False
         self.opt.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
-        record = {"step": run.step + 1, "loss": loss_value, "lr": lr, "grad_norm": norm_value,
+        self.step_positions = width or None  # token positions of the step's batches, padding included
+        record = {"step": run.step + 1, "loss": loss_value, "lr": lr, "grad_norm": None if skipped else norm_value,
                   "samples_per_s": samples / seconds, "seconds": seconds,
                   "time": time.perf_counter() - self.started, "memory_mb": self.memory_mb()}
+        if self.scaler is not None:  # an overflow is the scaler's business: counted, the run goes on
+            self.skipped_steps += skipped
+            record.update(skipped_steps=self.skipped_steps, loss_scale=self.scaler.get_scale())
         if tokens:
             record["tokens_per_s"] = tokens / seconds
+        if tokens and width:
+            record["padding"] = 1.0 - tokens / width
         if run.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         if self.batches.per_epoch:
             record["epoch"] = self.batches_seen / self.batches.per_epoch
         return record
 
-    def micro_step(self) -> tuple[torch.Tensor, int, int | None]:
+    def micro_step(self) -> tuple[torch.Tensor, int, int | None, int | None]:
         self.phase = "reading data"
         batch = self.next_batch()
         samples, tokens = count(batch)
+        width = positions(batch)
         batch = to_device(batch, self.run.device)
         self.phase = self.loss_phase
         with self.autocast():
@@ -206,8 +218,9 @@ class Loop:
             raise LoraNBError("the loss does not depend on the adapter (no gradient): is the adapter on and "
                               "used by the model's forward?")
         self.phase = "backward"
-        (loss / self.settings.grad_accum).backward()
-        return loss.detach().reshape(()), samples, tokens
+        scaled = loss / self.settings.grad_accum
+        (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+        return loss.detach().reshape(()), samples, tokens, width
 
     def next_batch(self) -> Any:
         if self.iterator is None:
@@ -223,6 +236,14 @@ class Loop:
         self.batches_seen += 1
         self.position.consumed += 1
         return batch
+
+    def optimizer_step(self) -> None:
+        """AdamW's step; with a scaler, skipped when the gradients overflowed (the scale then halves)."""
+        if self.scaler is None:
+            self.opt.step()
+            return
+        self.scaler.step(self.opt)
+        self.scaler.update()
 
     def restore_backup(self) -> None:
         with self.session.lock, torch.no_grad():
@@ -268,14 +289,3 @@ class Loop:
         for cb in which if which is not None else tuple(self.run.callbacks):
             self.phase = f"callback {type(cb).__name__}.{hook}"
             self.run.call_hook(cb, hook, *args)
-
-
-def autocast_factory(device: torch.device, bf16: bool) -> Callable[[], contextlib.AbstractContextManager]:
-    """What every forward of a run (training, evaluation, the memory plan's measurement, vs-full) runs in:
-    ``factory()`` is bf16 autocast on ``device``'s type when ``bf16``, else a context that does nothing."""
-    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext
-
-
-def uses_bf16(device: torch.device, precision: str) -> bool:
-    """bf16 autocast on CUDA GPUs that support it (precision "auto"), or wherever it is asked for."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())

@@ -34,15 +34,20 @@ def eta_seconds(run: TrainRun, record: dict) -> float | None:
 
 
 def progress_line(run: TrainRun, record: dict, smoothed: float | None = None) -> str:
-    """``step 120/1000 · loss 1.234 (avg 1.301) · lr 2.0e-04 · 812 tokens/s · ETA 1:10``."""
+    """``step 120/1000 · loss 1.234 (avg 1.301) · lr 2.0e-04 · 812 tokens/s · ETA 1:10`` (fp16 runs: and
+    ``· 3 skipped (fp16 overflow)`` once the loss scaler skipped a step)."""
     parts = [f"step {record['step']}/{run.max_steps}", f"loss {record['loss']:.4g}"]
     if smoothed is not None:
         parts[-1] += f" (avg {smoothed:.4g})"
     parts.append(f"lr {record['lr']:.1e}")
     if "tokens_per_s" in record:
         parts.append(f"{record['tokens_per_s']:,.0f} tokens/s")
+        if "padding" in record:
+            parts[-1] += f" ({record['padding']:.0%} padding)"
     else:
         parts.append(f"{record['samples_per_s']:,.1f} samples/s")
+    if record.get("skipped_steps"):  # fp16: updates the loss scaler skipped (overflowing gradients)
+        parts.append(f"{record['skipped_steps']} skipped (fp16 overflow)")
     parts.append(f"ETA {format_eta(eta_seconds(run, record))}")
     return " · ".join(parts)
 
@@ -66,16 +71,22 @@ class ConsoleReporter(Callback):
         self.file, self.interval, self.clock = file, interval, clock
         self._last = -float("inf")
         self._ema = Ema()
+        self._plan_after_step = False
 
     def _print(self, text: str) -> None:
         print(text, file=self.file or sys.stdout, flush=True)
 
     def on_train_begin(self, run: TrainRun) -> None:
         self._print(begin_line(run))
-        if getattr(run, "memory_plan", None) is not None:
-            self._print(run.memory_plan.line())
+        plan = getattr(run, "memory_plan", None)
+        self._plan_after_step = plan is not None and plan.pending  # measured on the first step: shown after it
+        if plan is not None and not plan.pending:
+            self._print(plan.line())
 
     def on_step_end(self, run: TrainRun, record: dict) -> None:
+        if self._plan_after_step:
+            self._plan_after_step = False
+            self._print(run.memory_plan.line())
         smoothed = self._ema.add(record["loss"])
         now = self.clock()
         if now - self._last >= self.interval or record["step"] == run.max_steps:

@@ -12,9 +12,12 @@ How a run ends (``run.state``):
   released, and the message suggests a smaller batch.
 
 ``run.history`` holds one dict per optimizer step: ``step``, ``loss``, ``lr``, ``grad_norm``,
-``samples_per_s``, ``tokens_per_s`` (token data), ``seconds`` (wall time of the step), ``memory_mb``
+``samples_per_s``, ``tokens_per_s`` (token data: real tokens, padding left out), ``padding`` (share of the
+step's token positions that were padding), ``seconds`` (wall time of the step), ``memory_mb``
 (CUDA allocated on GPU, process RSS on CPU), ``peak_memory_mb`` (CUDA only), ``time`` (s since
-start) and ``epoch``; ``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``;
+start) and ``epoch``; in fp16 runs also ``loss_scale`` and ``skipped_steps`` (steps so far whose scaled
+gradients overflowed: the scaler skipped their update, their ``grad_norm`` is None; see ``precision.py``);
+``run.evals`` one dict per evaluation: ``step``, ``eval_loss``, ``time``;
 ``run.spectra_history`` ΔW's singular values per module every few steps (see ``spectra_history``).
 ``run.best``, ``run.samples``, ``run.memory_plan``: see ``longrun.additions`` (checkpoints, resume, early
 stopping, samples and the memory plan are callbacks the run places before the views).
@@ -33,14 +36,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from ...errors import OptionError, TrainingError
+from ...frontend import background_default
 from .. import registry
 from ..adapters.status import adapter_named_parameters
+from ..kinds import check_data_kinds
 from .callbacks import Callback
-from .data.batches import Batches, make_batches
-from .device import in_jupyter_kernel, place_model, resolve_device
+from .data.batches import Batches, make_batches, takes_model
+from .device import place_model, resolve_device
 from .longrun.additions import RunAdditions
 from .longrun.spectra_history import SpectraHistory, SpectraRecorder
-from .loop import Loop, uses_bf16
+from .loop import Loop
+from .precision import choose_precision
 from .settings import TrainSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +66,7 @@ class TrainRun:
     settings: TrainSettings
     max_steps: int
     device: torch.device
-    where: str  # e.g. "cuda:0 (bf16 autocast)"
+    where: str  # e.g. "cuda:0, bf16 autocast (native bf16 on compute capability 8.0)"
     data: str  # what the data was, in a few words
     background: bool = False
     custom_loss: bool = False
@@ -241,13 +247,14 @@ def prepare_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn
 
     Fills in ``settings.eval_every`` (a tenth of the run) when eval data is given without it.
     """
+    check_data_kinds(session.model, data, eval_data, tokenizer, loss_fn, takes_model(loss_fn))
     params = trainable_parameters(session) if params is None else params
     limit = settings.max_length
     for attr in ("n_positions", "max_position_embeddings"):
         limit = min(limit, getattr(getattr(session.model, "config", None), attr, None) or limit)
     kw = dict(tokenizer=tokenizer, loss_fn=loss_fn, batch_size=settings.batch_size, seed=settings.seed,
               max_length=limit)
-    batches = make_batches(data, shuffle=True, **kw)
+    batches = make_batches(data, shuffle=True, group_by_length=settings.group_by_length, **kw)
     eval_batches = None if eval_data is None else make_batches(eval_data, shuffle=False, **kw)
     per_process = None if batches.per_epoch is None else math.ceil(batches.per_epoch / world)
     if settings.steps is not None:
@@ -292,16 +299,16 @@ def launch(session: Any, name: str, prepared: PreparedRun, background: bool | No
     settings = prepared.settings
     target = resolve_device(settings.device)
     additions = RunAdditions(session, prepared)
-    bf16 = uses_bf16(target, settings.precision)
-    where = str(target) + (" (bf16 autocast)" if bf16 else "")
-    background = in_jupyter_kernel() if background is None else bool(background)
+    precision = choose_precision(target, settings.precision)
+    where = f"{target}, {precision.describe()}"
+    background = background_default() if background is None else bool(background)
     recorder = SpectraRecorder(settings.spectra_every)  # first, so views see this step's spectra
     run = TrainRun(session.model, name, settings, prepared.max_steps, target, where, prepared.batches.description,
                    background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])])
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     place_model(session.model, target)
-    loop = Loop(run, session, prepared.batches, prepared.eval_batches, prepared.params, bf16)
+    loop = Loop(run, session, prepared.batches, prepared.eval_batches, prepared.params, precision)
     run.callbacks[:0] = additions.callbacks(loop)
     return start_run(session, run, loop, background, names)
 

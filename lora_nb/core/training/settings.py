@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from ...errors import OptionError, did_you_mean
 from ..adapters.options import as_number
+from .precision import PRECISIONS
 
 SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 # options the in-process run implements with its own callbacks (not the multi-process worker or an exported script)
@@ -41,12 +41,17 @@ class TrainSettings:
     device: str = field(default="auto", metadata={"help": "auto (CUDA, then MPS, then CPU) | cpu | cuda[:N] | mps"})
     seed: int | None = field(default=0, metadata={"help": "seed for shuffling and dropout"})
     warmup: float = field(default=0.0, metadata={"help": "warmup steps (≥ 1) or fraction of the steps (< 1)"})
-    schedule: str = field(default="cosine", metadata={"help": "learning-rate decay: cosine | linear | constant"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate decay: cosine | linear | constant",
+                                                     "choices": SCHEDULES})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip the gradient norm (0: no clipping)"})
     eval_every: int | None = field(default=None, metadata={"help": "steps between evaluations (default: ~10 per run)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=512, metadata={"help": "tokens per text at most (text data)"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on capable GPUs) | bf16 | fp32"})
+    group_by_length: bool = field(default=True, metadata={
+        "help": "token data: batches of similar length (shuffled mega-batches sorted by length; less padding)"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 autocast on GPUs with native bf16, fp16 + loss scaling on older GPUs, fp32 on CPU/MPS) "
+                "| fp32 | bf16 | fp16", "choices": PRECISIONS})
     processes: int = field(default=1, metadata={"help": "data-parallel processes: N GPUs, or N CPU processes (gloo)"})
     save_every: int | None = field(default=None, metadata={"help": "steps between checkpoints (with --save-dir)"})
     save_dir: str | None = field(default=None, metadata={"help": "folder for checkpoints (with --save-every)"})
@@ -117,7 +122,7 @@ class TrainSettings:
             self.lr_ratio = as_number("lr_ratio", self.lr_ratio, float)
             if not self.lr_ratio > 0:
                 raise OptionError(f"lr_ratio must be positive; got {self.lr_ratio:g}")
-        for name in ("restore_best", "grad_checkpointing"):
+        for name in ("restore_best", "grad_checkpointing", "group_by_length"):
             setattr(self, name, as_flag(name, getattr(self, name)))
         if isinstance(self.sample_prompts, str):
             self.sample_prompts = [self.sample_prompts]

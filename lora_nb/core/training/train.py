@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ...errors import OptionError
 from .. import registry
+from ..paths import output_folder
 from .callbacks import Callback
 from .data.batches import takes_model
 from .device import resolve_device
-from .loop import autocast_factory, uses_bf16
 from .memory.plan import MemoryPlan, make_plan
 from .memory.recompute import check_grad_checkpointing
+from .precision import choose_precision
 from .processes.driver import launch_processes
 from .run import TrainRun, launch, prepare_run
 from .settings import TrainSettings, check_training_options
@@ -22,8 +24,9 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
           grad_accum: int = 1, device: str = "auto", background: bool | None = None,
           callbacks: list[Callback] | None = None, *, names: dict[str, str] | None = None,
           seed: int | None = 0, warmup: float = 0.0, schedule: str = "cosine", max_grad_norm: float | None = 1.0,
-          eval_every: int | None = None, weight_decay: float = 0.0, max_length: int = 512, precision: str = "auto",
-          processes: int = 1, save_every: int | None = None, save_dir: str | None = None, keep: int | None = None,
+          eval_every: int | None = None, weight_decay: float = 0.0, max_length: int = 512,
+          group_by_length: bool = True, precision: str = "auto", processes: int = 1, save_every: int | None = None,
+          save_dir: str | None = None, keep: int | None = None,
           resume: str | None = None, patience: int | None = None, min_delta: float = 0.0, restore_best: bool = False,
           sample_prompts: list | None = None, sample_every: int | None = None, sample_tokens: int = 32,
           grad_checkpointing: bool = False, lr_ratio: float | None = None, spectra_every: int | None = None,
@@ -41,6 +44,8 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
     settings = TrainSettings(**{name: given[name] for name in TrainSettings.__dataclass_fields__})
     session = registry.require(model)
     session.ensure_idle("start another training run")
+    if settings.save_dir is not None:  # checked before the run starts, not at its first checkpoint
+        output_folder(settings.save_dir, "save_dir (--save-dir)")
     if settings.processes > 1 and settings.uses_long_run_options:
         raise OptionError("checkpoints, resume, early stopping, samples, LoRA+ and gradient checkpointing train in "
                           "one process; drop --processes or those options")
@@ -62,6 +67,7 @@ def plan_memory(model: Any, data: Any, tokenizer: Any = None, loss_fn: Any = Non
     prepared = prepare_run(session, data, None, tokenizer, loss_fn, settings)
     target = resolve_device(settings.device)
     here = prepared.params[0].device
-    autocast = autocast_factory(here, uses_bf16(target, settings.precision) and here.type == target.type)
+    precision = choose_precision(target, settings.precision)
+    autocast = precision.autocast if here.type == target.type else contextlib.nullcontext
     batches = prepared.batches
     return make_plan(session.model, prepared.params, batches, settings, target, autocast, batches.loss)

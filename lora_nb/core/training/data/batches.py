@@ -5,7 +5,8 @@ Accepted forms, checked up front with a one-line ``DataError``:
 - a sequence of ``str`` with a tokenizer: causal-LM batches (labels = input ids, padding → -100);
 - chat data with a tokenizer (see ``chat``): conversations (lists of ``{"role", "content"}`` messages, or dicts /
   a dataset column ``messages``) and ``{"prompt", "completion"}`` pairs, with the loss on the answers only;
-- a ``datasets.Dataset``, a torch ``Dataset``/``DataLoader`` or a sequence of dicts: ``model(**batch).loss``;
+- a ``datasets.Dataset``, a torch ``Dataset``/``DataLoader`` or a sequence of dicts: ``model(**batch).loss``
+  (for causal LMs where it is exact, the same loss with the LM head only where labels count: ``head_loss``);
 - ``(inputs, targets)`` items, a ``TensorDataset`` or one ``(X, Y)`` tuple of tensors:
   ``loss_fn(output, target)``, cross-entropy by default;
 - a ``loss_fn(model, batch)`` (its first parameter is named ``model``) overrides all of these.
@@ -23,8 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from ....errors import DataError
+from ....errors import DataError, a_kind
 from .chat import ChatExamples, is_chat_item, pad, pad_token_id
+from .grouping import LengthGroupedBatches
+from .head_loss import selected_loss
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -40,8 +43,13 @@ class Batches:
 
 
 def make_batches(data: Any, *, tokenizer: Any = None, loss_fn: Callable | None = None, batch_size: int = 8,
-                 shuffle: bool = True, seed: int | None = 0, max_length: int = 512) -> Batches:
-    """Batches and a loss for ``data`` in any accepted form, or a one-line ``DataError``."""
+                 shuffle: bool = True, seed: int | None = 0, max_length: int = 512,
+                 group_by_length: bool = False) -> Batches:
+    """Batches and a loss for ``data`` in any accepted form, or a one-line ``DataError``.
+
+    ``group_by_length`` (with ``shuffle``): token data (texts, chat) is drawn in batches of similar length
+    (``grouping.py``); other forms are shuffled as usual.
+    """
     loss = loss_fn if takes_model(loss_fn) else _auto_loss(loss_fn)
     if isinstance(data, DataLoader):
         return Batches(data, _length(data), loss, f"DataLoader ({_length(data) or '?'} batches)")
@@ -56,6 +64,12 @@ def make_batches(data: Any, *, tokenizer: Any = None, loss_fn: Callable | None =
     else:
         collate = _collate_for(data)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if shuffle and group_by_length and isinstance(data, (_Texts, ChatExamples)):
+        if generator is None:  # unseeded: a generator of its own, seeded from torch's RNG
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        sampler = LengthGroupedBatches(data.lengths(), batch_size, generator)
+        loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate, generator=generator)
+        return Batches(loader, len(loader), loss, f"{what}; batches grouped by length")
     iterable = isinstance(data, IterableDataset)
     loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle and not iterable, collate_fn=collate,
                         generator=generator)
@@ -95,7 +109,7 @@ def _as_items(data: Any, tokenizer: Any) -> tuple[Any, str]:
     if isinstance(data, (str, bytes)) or not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         if hasattr(data, "__next__"):
             raise DataError("data is a one-shot iterator; pass a list, a Dataset or a DataLoader")
-        raise DataError(f"cannot train on a {type(data).__name__}: pass a list of texts, dicts or (input, target) "
+        raise DataError(f"cannot train on {a_kind(data)}: pass a list of texts, dicts or (input, target) "
                         "pairs, a Dataset or a DataLoader")
     if len(data) == 0:
         raise DataError("the training data is empty")
@@ -166,6 +180,9 @@ class _Texts(Dataset):
     def __getitem__(self, i: int) -> list[int]:
         return self.ids[i]
 
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.ids]
+
     def collate(self, items: list[list[int]]) -> dict[str, torch.Tensor]:
         return pad(items, items, self.pad_id)
 
@@ -205,6 +222,9 @@ def _auto_loss(loss_fn: Callable | None) -> LossFn:
             if loss_fn is not None:
                 raise DataError("dict batches go to model(**batch) and use its .loss; a loss_fn(output, target) "
                                 "needs (input, target) pairs (or write loss_fn(model, batch))")
+            selected = selected_loss(model, batch)  # the same loss, logits only where labels count
+            if selected is not None:
+                return selected
             out = model(**batch)
             value = getattr(out, "loss", None) if not isinstance(out, Mapping) else out.get("loss")
             if value is None:
@@ -257,3 +277,9 @@ def count(batch: Any) -> tuple[int, int | None]:
     if isinstance(batch, torch.Tensor) and batch.dim():
         return len(batch), None
     return 1, None
+
+
+def positions(batch: Any) -> int | None:
+    """Token positions of a batch of token ids, padding included (``input_ids``' size), else None."""
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    return ids.numel() if isinstance(ids, torch.Tensor) else None

@@ -185,5 +185,8 @@ class ChatExamples(Dataset):
     def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
         return self.examples[i]
 
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids, _ in self.examples]
+
     def collate(self, items: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         return pad([ids for ids, _ in items], [labels for _, labels in items], self.pad_id)

@@ -13,30 +13,48 @@ from typing import TYPE_CHECKING, Any
 
 from ....errors import OptionError
 from ..callbacks import Callback
-from ..memory.plan import make_plan
+from ..memory.first_step import FirstStepActivations, plenty_of_ram
+from ..memory.plan import make_plan, static_plan
 from ..memory.recompute import GradCheckpointing, check_grad_checkpointing
 from .early_stop import BestTracker
 from .resume import Checkpointer, Resume
 from .samples import Sampler, check_can_sample
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..run import PreparedRun, TrainRun
+    from ..run import PreparedRun
 
 
 class MemoryPlanner(Callback):
-    """Measures the run's memory plan when it begins (after gradient checkpointing is on)."""
+    """The run's memory plan (``run.memory_plan``): measured when the run begins, or on its first step when
+    memory cannot be short (CPU with plenty of free RAM: no extra forward; ``first_step.py``)."""
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
+        self.first: FirstStepActivations | None = None
 
-    def on_train_begin(self, run: TrainRun) -> None:
-        loop = self.loop
-        autocast = getattr(loop, "autocast", contextlib.nullcontext)
-        # a loss_fn(model, batch) is the user's code, which the measurement does not call unasked; a forward-only
-        # count cannot see what gradient checkpointing recomputes in backward, so that case measures fully
-        plan = make_plan(loop.model, loop.params, loop.batches, loop.settings, run.device, autocast,
-                         measure=not run.custom_loss, quick=not loop.settings.grad_checkpointing)
+    def on_train_begin(self, run: Any) -> None:
+        loop, s = self.loop, self.loop.settings
+        plan = static_plan(loop.model, loop.params, s, run.device)
+        if run.device.type == "cpu" and not s.grad_checkpointing and plenty_of_ram(plan):
+            self.first = FirstStepActivations(loop.model, plan, loop.batches, s.batch_size)
+            self.first.start()
+        else:
+            autocast = getattr(loop, "autocast", contextlib.nullcontext)
+            # a loss_fn(model, batch) is the user's code, which the measurement does not call unasked; a
+            # forward-only count cannot see what gradient checkpointing recomputes in backward, so that case
+            # measures fully
+            plan = make_plan(loop.model, loop.params, loop.batches, s, run.device, autocast,
+                             measure=not run.custom_loss, quick=not s.grad_checkpointing)
         run.memory_plan = plan
+
+    def on_step_end(self, run: Any, record: dict) -> None:
+        if self.first is not None:
+            self.first.finish(self.loop.step_positions, self.loop.settings.grad_accum)
+            self.first = None
+
+    def on_train_end(self, run: Any) -> None:
+        if self.first is not None:  # the run ended before its first step did
+            self.first.stop()
 
 
 class RunAdditions:

@@ -4,7 +4,8 @@
 step and when the run is stopped (Stop, ``%lora stop``, early stopping); a failing write (full
 disk, lost mount) leaves earlier checkpoints intact and the run going, with one ``LoraNBWarning``
 per run. ``Resume`` puts a checkpoint back before the first step: adapter weights, AdamW state,
-step and history (so the lr schedule continues), the data position (epoch, batches drawn, the
+step and history (so the lr schedule continues), an fp16 run's loss scaler (scale, growth tracker,
+steps it skipped), the data position (epoch, batches drawn, the
 shuffling generator's state when the epoch began) and every RNG state (torch CPU/CUDA, python
 ``random``, numpy). On CPU a resumed run's per-step losses equal those of the run that was never
 interrupted.
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # settings that change the sequence of updates: a resume with other values cannot repeat the first run
 REPEATABLE = ("batch_size", "grad_accum", "seed", "lr", "schedule", "warmup", "weight_decay", "lr_ratio",
-              "max_grad_norm")
+              "max_grad_norm", "precision", "group_by_length")
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -113,7 +114,7 @@ class Checkpointer(Callback):
                  "settings": settings_json(run.settings), "history": run.history, "evals": run.evals,
                  "best": getattr(run, "best", None), "samples": getattr(run, "samples", []),
                  "batches_seen": loop.batches_seen, "optimizer": opt_meta, "rng": rng_meta, "data": data_meta,
-                 "callbacks": {}}
+                 "scaler": loop.scaler.state_dict() if loop.scaler is not None else None, "callbacks": {}}
         tensors = {**opt_tensors, **rng_tensors, **data_tensors}
         for cb in run.callbacks:
             if hasattr(cb, "checkpoint_state"):
@@ -173,6 +174,9 @@ class Resume(Callback):
         run.history[:], run.evals[:] = state["history"], state["evals"]
         run.best, run.samples = state.get("best"), list(state.get("samples") or [])
         loop.batches_seen = state["batches_seen"]
+        if loop.scaler is not None and state.get("scaler"):  # fp16: the scale it had learned, not a fresh 65536
+            loop.scaler.load_state_dict(state["scaler"])
+            loop.skipped_steps = state["history"][-1].get("skipped_steps", 0) if state["history"] else 0
         loop.started = time.perf_counter() - (state["history"][-1]["time"] if state["history"] else 0.0)
         for cb in run.callbacks:
             saved = state["callbacks"].get(type(cb).__name__)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ....errors import OptionError
+from ....errors import OptionError, a_kind
 from ..callbacks import Callback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,7 +25,7 @@ def check_can_sample(model: Any, tokenizer: Any) -> None:
     if tokenizer is None:
         raise OptionError("sample prompts need a tokenizer (`--tokenizer VAR`, tokenizer=…)")
     if not callable(getattr(model, "generate", None)):
-        raise OptionError(f"sample prompts need a model that generates text; a {type(model).__name__} has no "
+        raise OptionError(f"sample prompts need a model that generates text; {a_kind(model)} has no "
                           "generate()")
 
 

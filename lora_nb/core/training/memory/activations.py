@@ -16,10 +16,13 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_leaves
 
+from ...kinds import user_call
 from ..data.batches import Batches, count, to_device
+from ..data.head_loss import selected_loss
 from .allocations import SavedTensorBytes, TrackedAllocations, storage_keys
 
 MEASURE_MAX = 4  # samples in the larger measuring batch
+_MEASURING = "the model (forward and backward while measuring the memory plan)"
 
 
 def measuring_batch(batches: Batches, n: int) -> tuple[Any, int] | None:
@@ -29,10 +32,17 @@ def measuring_batch(batches: Batches, n: int) -> tuple[Any, int] | None:
     if dataset is None or collate is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         return None
     n = max(1, min(n, len(dataset)))
-    lengths = [_item_length(dataset[i]) for i in range(min(len(dataset), 4096))]
+    lengths = item_lengths(dataset)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if all(lengths) else list(range(len(lengths)))
     batch = collate([dataset[i] for i in order[:n]])
     return batch, count(batch)[0]
+
+
+def item_lengths(dataset: Any) -> list[int]:
+    """Tokens per item (the first 4096 items, or all from a token dataset's ``lengths()``); 0 where unknown."""
+    if callable(getattr(dataset, "lengths", None)):
+        return list(dataset.lengths())
+    return [_item_length(dataset[i]) for i in range(min(len(dataset), 4096))]
 
 
 def _item_length(item: Any) -> int:
@@ -93,7 +103,7 @@ def activation_peak(model: torch.nn.Module, params: list[torch.nn.Parameter], lo
             torch.cuda.synchronize(device)
             peak = torch.cuda.max_memory_allocated(device) - start
         elif quick:
-            with autocast(), saved:
+            with autocast(), saved, user_call(_MEASURING):
                 loss_fn(model, batch)
             return saved.bytes, saved.bytes
         else:
@@ -105,15 +115,19 @@ def activation_peak(model: torch.nn.Module, params: list[torch.nn.Parameter], lo
 
 def _forward_backward(model: torch.nn.Module, loss_fn: Any, batch: Any, autocast: Any,
                       saved: SavedTensorBytes) -> None:
-    with autocast(), saved:
+    with autocast(), saved, user_call(_MEASURING):
         loss = loss_fn(model, batch)
-    loss.backward()
+    with user_call(_MEASURING):
+        loss.backward()
 
 
 def model_only_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     """A loss that runs no user code: the model's own loss for dict batches, else the outputs' mean square
     (which keeps one float copy of the outputs for backward, as a cross-entropy's softmax does)."""
     if isinstance(batch, Mapping):
+        selected = selected_loss(model, batch)  # what a run computes (``head_loss``)
+        if selected is not None:
+            return selected
         out = model(**batch)
         loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
         if loss is not None:

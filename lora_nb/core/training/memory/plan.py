@@ -39,6 +39,7 @@ class MemoryPlan:
     resident: int  # weight bytes already on that device (inside the used memory, not the free)
     grad_checkpointing: bool = False
     can_grad_checkpoint: bool = False
+    pending: bool = False  # activations to be measured on the run's first step (``first_step.py``)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -148,6 +149,17 @@ def available_ram() -> int | None:
     return int(psutil.virtual_memory().available)
 
 
+def static_plan(model: torch.nn.Module, params: list[torch.nn.Parameter], settings: Any,
+                device: torch.device) -> MemoryPlan:
+    """The plan's counted parts (weights, gradients, optimizer state, free memory); activations not measured."""
+    state = trainable_state_bytes(params)
+    grads = sum(p.numel() * p.element_size() for p in params)
+    return MemoryPlan(str(device), settings.batch_size, settings.grad_accum, weight_bytes(model), grads,
+                      state - grads, None, "nothing (no measurable batch)", free_bytes(device),
+                      resident_bytes(model, device), bool(settings.grad_checkpointing),
+                      supports_grad_checkpointing(model))
+
+
 def make_plan(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Batches, settings: Any,
               device: torch.device, autocast: Any = contextlib.nullcontext, loss_fn: Any = None,
               measure: bool = True, quick: bool = False) -> MemoryPlan:
@@ -157,17 +169,12 @@ def make_plan(model: torch.nn.Module, params: list[torch.nn.Parameter], batches:
     calls no user function (a user's loss may have side effects). ``quick``: the cheaper measure of
     ``activation_peak`` (what a run uses at its start; ``%lora plan`` measures fully).
     """
-    state = trainable_state_bytes(params)
-    grads = sum(p.numel() * p.element_size() for p in params)
-    plan = MemoryPlan(str(device), settings.batch_size, settings.grad_accum, weight_bytes(model), grads,
-                      state - grads, None, "nothing (no measurable batch)", free_bytes(device),
-                      resident_bytes(model, device), bool(settings.grad_checkpointing),
-                      supports_grad_checkpointing(model))
+    plan = static_plan(model, params, settings, device)
     if not measure:
         plan.notes.append("activations not measured (a loss_fn(model, batch) runs only when asked: `%lora plan`, "
                           "plan_memory)")
         return plan
-    size = min(settings.batch_size, _length(batches) or settings.batch_size)
+    size = min(settings.batch_size, data_length(batches) or settings.batch_size)
     checkpointing = settings.grad_checkpointing and supports_grad_checkpointing(model)
     undo = enable_grad_checkpointing(model) if checkpointing else (lambda: None)
     try:
@@ -180,7 +187,8 @@ def make_plan(model: torch.nn.Module, params: list[torch.nn.Parameter], batches:
     return plan
 
 
-def _length(batches: Batches) -> int | None:
+def data_length(batches: Batches) -> int | None:
+    """Samples in the data, when its loader has a sized dataset."""
     dataset = getattr(batches.loader, "dataset", None)
     try:
         return len(dataset)

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 
 from ....errors import OptionError, TrainingError, first_line
+from ....frontend import background_default
 from ... import registry
 from ...adapters.status import adapter_named_parameters
 from ..data.batches import takes_model
-from ..device import in_jupyter_kernel
 from ..run import PreparedRun, TrainRun, prepare_run, start_run
 from .worker import WEIGHTS, Job, run_worker
 
@@ -120,7 +120,7 @@ def launch_processes(session: registry.Session, settings: Any, data: Any, eval_d
     prepared = prepare_run(session, data, eval_data, tokenizer, loss_fn, settings, world=n)
     device = torch.device("cpu") if cpu else torch.device("cuda", 0)
     where = f"{n} processes × {'CPU (gloo)' if cpu else 'GPU (nccl)'}"
-    background = in_jupyter_kernel() if background is None else bool(background)
+    background = background_default() if background is None else bool(background)
     run = ProcessRun(session.model, session.active, settings, prepared.max_steps, device, where,
                      prepared.batches.description,
                      background=background, custom_loss=takes_model(loss_fn), callbacks=list(callbacks or []),

@@ -27,9 +27,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from ....errors import AdapterError, AdapterFileError, OptionError
+from ....errors import AdapterError, OptionError, a_kind
 from ... import registry
 from ...adapters.io import save
+from ...kinds import check_callable, check_tokenizer
+from ...paths import output_folder
 
 SCRIPT = "train.py"
 _SAFE = (torch.Tensor, str, int, float, bool, type(None))
@@ -56,9 +58,9 @@ def export(model: Any, path: str | os.PathLike, data: Any = None, eval_data: Any
     session.ensure_idle("export")
     if any(getattr(m, "merged", False) for m in session.model.modules() if hasattr(m, "merged_adapters")):
         raise AdapterError("an adapter is merged into the base weights; unmerge it before exporting (`%lora unmerge`)")
-    target = Path(path).expanduser().absolute()
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / SCRIPT).exists())):
-        raise AdapterFileError(f"{target} exists and is not an export folder; choose a new or empty path")
+    target = output_folder(path, "export path", marker=SCRIPT, holds="an export")
+    check_tokenizer(tokenizer, "tokenizer", saves=True)
+    check_callable(loss_fn, "loss_fn")
     settings = _settings(session, settings)
     _check_rebuildable(session.model)
     result = Export(target, f"cd {target} && accelerate launch --num_processes N {SCRIPT}   (--cpu for CPU processes)")
@@ -169,7 +171,7 @@ def _save_data(obj: Any, folder: Path, part: str) -> tuple[dict | None, str, int
     if isinstance(obj, (list, tuple, dict)) and _plain(obj):
         torch.save(obj, folder / f"{part}.pt")
         return {"kind": "torch", "path": f"data/{part}.pt"}, "", batch
-    return _missing(part, f"a {type(obj).__name__}, which lora_nb cannot save")
+    return _missing(part, f"{a_kind(obj)}, which lora_nb cannot save")
 
 
 def _missing(part: str, why: str) -> tuple[dict, str, None]:

@@ -21,7 +21,8 @@ import torch
 from ...adapters.status import adapter_named_parameters
 from ..callbacks import Callback
 from ..data.batches import Batches
-from ..loop import Loop, uses_bf16
+from ..loop import Loop
+from ..precision import choose_precision
 from ..run import PreparedRun, TrainRun
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,10 +127,11 @@ def run_worker(job: Job) -> None:
     loader = acc.prepare_data_loader(prepared.batches.loader)  # this process's shard; even_batches pads the last
     batches = Batches(loader, len(loader), prepared.batches.loss, prepared.batches.description)
     params = [p for _, p in adapter_named_parameters(model, session.active)]  # this process's copy of the model
-    run = TrainRun(model, session.active, prepared.settings, prepared.max_steps, acc.device, str(acc.device),
-                   batches.description, custom_loss=job.custom_loss, callbacks=[_Sync(acc, job)])
-    _DDPLoop(run, session, batches, prepared.eval_batches, params, uses_bf16(acc.device, prepared.settings.precision),
-             accelerator=acc)()
+    precision = choose_precision(acc.device, prepared.settings.precision)
+    run = TrainRun(model, session.active, prepared.settings, prepared.max_steps, acc.device,
+                   f"{acc.device}, {precision.describe()}", batches.description, custom_loss=job.custom_loss,
+                   callbacks=[_Sync(acc, job)])
+    _DDPLoop(run, session, batches, prepared.eval_batches, params, precision, accelerator=acc)()
     if acc.process_index == 0:  # the adapter at its last good state, however the loop ended
         write_result(job, session, run)
     if run.state == "failed":

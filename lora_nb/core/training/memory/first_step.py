@@ -1,0 +1,62 @@
+"""A CPU run's activations measured on its own first step, instead of by an extra forward before it.
+
+While the first optimizer step runs, saved-tensor hooks (thread-local: the training thread only)
+count the bytes autograd keeps for backward — the ``quick`` measure of ``activations.py``, on the
+real batch. Token data scales the count per token position to the widest batch the data can give
+(``batch_size`` × the longest sample); other data counts one micro-batch. A run measures this way
+when memory cannot be short: on the CPU with free RAM well above what the weights, gradients and
+optimizer state take (``plenty_of_ram``); elsewhere (GPUs, tight RAM, gradient checkpointing) the
+plan is measured before the first step, as ``make_plan`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .activations import item_lengths
+from .allocations import SavedTensorBytes, storage_keys
+from .plan import MemoryPlan, data_length
+
+HEADROOM = 2 * 2**30  # free RAM beyond 4× the counted state that makes the measure-first check needless
+
+
+def plenty_of_ram(plan: MemoryPlan) -> bool:
+    """Free RAM above 4× the weights, gradients and optimizer state plus ``HEADROOM``."""
+    return plan.free is not None and plan.free >= 4 * plan.total + HEADROOM
+
+
+class FirstStepActivations:
+    """``start()`` before the first step, ``finish(positions, micro_batches)`` after it fills ``plan.activations``."""
+
+    def __init__(self, model: torch.nn.Module, plan: MemoryPlan, batches: Any, batch_size: int) -> None:
+        self.plan = plan
+        self.saved = SavedTensorBytes(storage_keys([*model.parameters(), *model.buffers()]))
+        dataset = getattr(batches.loader, "dataset", None)
+        lengths = item_lengths(dataset) if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") else []
+        self.longest = max(lengths) if lengths and all(lengths) else None
+        self.size = min(batch_size, data_length(batches) or batch_size)
+        plan.pending, plan.measured_on = True, "the first step (not yet run)"
+        self.active = False
+
+    def start(self) -> None:
+        self.saved.__enter__()
+        self.active = True
+
+    def stop(self) -> None:
+        if self.active:
+            self.saved.__exit__(None, None, None)
+            self.active = False
+
+    def finish(self, positions: int | None, micro_batches: int) -> None:
+        self.stop()
+        plan, saved = self.plan, self.saved.bytes
+        if positions and self.longest:
+            plan.activations = int(saved / positions * self.size * self.longest)
+            plan.measured_on = (f"the first step (saved tensors of {positions} token positions), scaled to the "
+                                f"widest batch ({self.size} × {self.longest} tokens)")
+        else:
+            plan.activations = int(saved / micro_batches)
+            plan.measured_on = "the first step (saved tensors of one micro-batch)"
+        plan.pending = False
