@@ -12,12 +12,15 @@ from dataclasses import fields
 from IPython.core.completer import CompletionContext, SimpleCompletion, SimpleMatcherResult, context_matcher
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import display
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
-from .cmd import dispatch, help_text
+from .cmd import VERBS, dispatch, help_text
 from .cmd.complete import suggest
+from .cmd.messages import as_magic
 from .cmd.settings import NotebookSettings, setting_help
 from .core.training.device import resolve_device
+from .core.training.run import TrainRun
 from .errors import LoraNBError
 from .frontend import UI_MODES
 
@@ -63,9 +66,12 @@ class LoraMagics(Magics):
     @line_cell_magic
     def lora(self, line: str, cell: str | None = None):
         try:
-            return dispatch(self.shell, line, cell, settings=self.settings())
+            result = dispatch(self.shell, line, cell, settings=self.settings())
         except LoraNBError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(as_magic(str(exc), VERBS)) from None
+        if result is not None and runs_silently(self.shell) and not isinstance(result, TrainRun):
+            display(result)  # a script shows no values: show what a notebook shows (a run has printed its own)
+        return result
 
     lora.__doc__ = help_text()
 
@@ -78,6 +84,13 @@ class LoraMagics(Magics):
             return {"completions": [], "suppress": False}
         return {"completions": [SimpleCompletion(text, type=kind) for text, kind in found.items],
                 "matched_fragment": found.fragment, "suppress": True}
+
+
+def runs_silently(shell) -> bool:
+    """True while ``shell`` runs a script (``ipython tour.ipy``, ``%run tour.ipy``): IPython runs its cells with
+    ``silent=True``, which displays no value, so a verb's returned result would never be seen there."""
+    running = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    return running is not None and bool(running.info.silent)
 
 
 def drop_invalid_settings(config) -> None:

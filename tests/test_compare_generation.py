@@ -25,7 +25,12 @@ def generated(model, tok, ids, n, seed=None, **sampling):
             torch.manual_seed(seed)
         out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                              max_new_tokens=n, pad_token_id=tok.pad_token_id, **sampling)
-    return tok.convert_ids_to_tokens(out[0, len(ids):].tolist())
+    pieces, words = [], 0  # the text each token adds: a word-level vocabulary joins words with spaces
+    for token in tok.convert_ids_to_tokens(out[0, len(ids):].tolist()):
+        special = token in tok.all_special_tokens
+        pieces.append("" if special else " " * (words > 0) + token)
+        words += not special
+    return pieces
 
 
 def test_several_prompts_make_a_table_of_on_vs_off_rows(llama):

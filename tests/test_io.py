@@ -83,11 +83,15 @@ def test_modules_to_save_round_trip(tmp_path):
     assert (run(fresh, x) - run(model, x)).abs().max() < 1e-5
 
 
-def test_save_replaces_an_older_save_and_refuses_other_folders(tmp_path):
+def test_save_replaces_an_older_save_only_when_asked_and_refuses_other_folders(tmp_path):
     model, _ = adapted()
     lora_nb.save(model, tmp_path / "ad")
+    before = {n: (tmp_path / "ad" / n).read_bytes() for n in os.listdir(tmp_path / "ad")}
     make_b_nonzero(model, scale=2.0)
-    lora_nb.save(model, tmp_path / "ad")
+    with pytest.raises(PathError, match=r"already holds a saved adapter; pass `overwrite=True` to replace it"):
+        lora_nb.save(model, tmp_path / "ad")
+    assert {n: (tmp_path / "ad" / n).read_bytes() for n in os.listdir(tmp_path / "ad")} == before
+    lora_nb.save(model, tmp_path / "ad", overwrite=True)
     saved = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))
     key = next(k for k in saved if "lora_B" in k)
     assert saved[key].abs().max() > 1.0  # the new weights
@@ -114,7 +118,7 @@ def test_crash_mid_save_leaves_the_previous_save_intact(tmp_path, monkeypatch): 
     monkeypatch.setattr(safetensors.torch, "save_file", half_write)
     monkeypatch.setattr("peft.peft_model.safe_save_file", half_write)
     with pytest.raises(AdapterFileError, match="previous save is intact"):
-        lora_nb.save(model, path)
+        lora_nb.save(model, path, overwrite=True)
     assert os.listdir(tmp_path) == ["ad"]  # no half-written directory visible
     assert {n: (path / n).read_bytes() for n in os.listdir(path)} == before
     with pytest.raises(AdapterFileError):
@@ -254,12 +258,34 @@ def test_load_refused_while_training(tmp_path):
     lora_nb.save(model, tmp_path / "ad2")  # saving is read-only: allowed (tested idle here)
 
 
+def test_an_adapter_from_another_model_says_where_it_came_from(ip, tmp_path):
+    from helpers import tiny_gpt2, tiny_llama
+
+    llama = tiny_llama()
+    lora_nb.attach(llama, r=4)
+    path = lora_nb.save(llama, tmp_path / "llama_adapter")
+    gpt = tiny_gpt2()
+    with pytest.raises(AdapterFileError) as info:
+        lora_nb.load(gpt, path)
+    message = str(info.value)
+    assert message.startswith(f"{path} holds an adapter saved from a LlamaForCausalLM; this model is a GPT2LMHeadModel: "
+                              "its target modules model.layers.0.self_attn.q_proj, model.layers.0.self_attn.k_proj, "
+                              "… (12 more) are not in it")
+    assert len(message) < 300 and "\\" not in message and find(gpt) is None
+    ip.user_ns["gpt"] = gpt
+    with pytest.raises(UsageError, match="saved from a LlamaForCausalLM; this model is a GPT2LMHeadModel"):
+        ip.run_line_magic("lora", f"load gpt {path}")
+
+
 def test_save_and_load_magics(ip, tmp_path):
     model, pristine = adapted()
     ip.user_ns["model"] = model
     ip.user_ns["other"] = other = copy.deepcopy(pristine)
     x = sample_inputs(model)
     assert "saved to" in ip.run_line_magic("lora", f"save model {tmp_path}/ad")
+    with pytest.raises(UsageError, match=r"already holds a saved adapter; pass `--overwrite` to replace it"):
+        ip.run_line_magic("lora", f"save model {tmp_path}/ad")
+    assert "saved to" in ip.run_line_magic("lora", f"save model {tmp_path}/ad --overwrite")
     assert "`mine` loaded" in ip.run_line_magic("lora", f"load other {tmp_path}/ad --name mine")
     assert (run(other, x) - run(model, x)).abs().max() < 1e-5
     for line, message in [(f"load other {tmp_path}/nothing", "no adapter folder"),

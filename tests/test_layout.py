@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lora_nb"
 LAYERS = {"core": 0, "viz": 1, "widgets": 2, "cmd": 3, "magics": 4}
-CORE = {"adapters": 1, "training": 2, "analysis": 3}  # anything else in core (registry, …) is 0
+CORE = {"adapters": 1, "training": 2, "analysis": 3, "export": 4}  # anything else in core (registry, …) is 0
 
 
 def module_name(path: Path) -> str:

@@ -35,6 +35,9 @@ def test_not_a_module_names_the_type(ip, value):  # G2
     ("attach model --r x", "r must be an integer; got `x`"),
     ("attach model --alpha -1", "alpha must be positive"),
     ("attach model --bogus 3", "unrecognized arguments: --bogus"),
+    ("attach model --rank 8", r"unrecognized arguments: --rank 8; did you mean `--r`\?$"),
+    ("attach model --alpah 8", r"did you mean `--alpha`\?$"),
+    ("attach model --target-modules q_proj", r"did you mean `--targets`\?$"),
     ("atach model", "unknown verb `atach`; did you mean `attach`"),
     ("attach model --targets lin", "matches no module"),
     ("on model --adapter x", "no LoRA adapter"),
@@ -125,3 +128,19 @@ def test_foreign_warnings_pass_through_once_and_never_hang(ip, monkeypatch):
     with pytest.warns(FutureWarning, match="a library's deprecation") as record:
         assert ip.run_line_magic("lora", "status model") == "ok"
     assert len(record) == 1
+
+
+def test_each_option_says_its_default_once(ip):
+    from lora_nb.cmd.router import VERBS
+
+    for name, spec in VERBS.items():
+        for action in spec.parser._actions:
+            assert (action.help or "").count("(default:") <= 1, f"%lora {name} {action.option_strings}: {action.help}"
+    text = ip.run_line_magic("lora", "train -h")
+    assert "(default: one epoch)" in " ".join(text.split()) and "(default: None)" not in text
+
+
+def test_a_comment_ends_the_line_as_in_python(ip):
+    ip.user_ns["model"] = model = tiny_mlp()
+    assert ip.run_cell("%lora attach model --r 2 --targets '0'   # in place; a # inside a word stays").success
+    assert n_lora(model) == 1 and lora_nb.status(model).adapters[0].r == 2

@@ -208,7 +208,7 @@ def _trainer_threads():
     return [t for t in threading.enumerate() if t.name.startswith("lora_nb-train")]
 
 
-def test_background_run_refuses_mutations_then_stops(ip):  # G18 + G19
+def test_background_run_refuses_mutations_then_stops(ip, capsys):  # G18 + G19
     model = mlp_with_lora()
     ip.user_ns.update(model=model, pairs=classification_pairs())
     run = ip.run_line_magic("lora", "train model --data pairs --steps 100000 --background")
@@ -230,11 +230,14 @@ def test_background_run_refuses_mutations_then_stops(ip):  # G18 + G19
     at_stop = run.step
     ip.run_line_magic("lora", "stop model")
     assert run.done and run.state == "stopped" and run.step <= at_stop + 2
+    out = capsys.readouterr().out  # a background run at a terminal prompt: its first lines and its end, once
+    assert out.count("stopped at step") == 1 and "step 1/100000 ·" not in out and out.startswith("training adapter")
     assert not _trainer_threads() and not run._thread.is_alive()
     assert "stopped at step" in run.message
     lora_nb.disable(model)  # mutations work again
-    with pytest.raises(UsageError, match="no training is running on `model`"):
-        ip.run_line_magic("lora", "stop model")
+    ip.run_line_magic("lora", "stop model")  # nothing to stop: one line, nothing changed, no error
+    assert capsys.readouterr().out.splitlines()[-1] == f"no training is running on `model` (last run stopped: " \
+                                                       f"{run.message})"
 
 
 def test_add_callback_to_a_running_run_catches_up():

@@ -79,13 +79,15 @@ def _unmerge(ctx, args):
 
 
 @verb("save", "save an adapter in PEFT format (adapter_config.json + adapter_model.safetensors)",
-      arg("path", help="folder to write (replaced atomically if it holds an older save)"),
+      arg("path", help="folder to write"),
       arg("--adapter", help="adapter to save (default: the active one)"),
-      examples=["%lora save model ./my_adapter", "%lora save model ./second --adapter second"])
+      arg("--overwrite", action="store_true", help="replace the adapter saved in PATH (atomically)"),
+      examples=["%lora save model ./my_adapter", "%lora save model ./second --adapter second",
+                "%lora save model ./my_adapter --overwrite"])
 def _save(ctx, args):
     model = ctx.model(args.model)
     name = args.adapter or require(model).active
-    folder = save(model, args.path, adapter=args.adapter)
+    folder = save(model, args.path, adapter=args.adapter, overwrite=args.overwrite)
     return Text(f"adapter `{name}` saved to {folder} (loads with peft.PeftModel.from_pretrained too)")
 
 

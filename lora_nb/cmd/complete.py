@@ -87,7 +87,7 @@ def is_prompts(obj: Any) -> bool:
 _VARIABLE_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "model": ("model", is_model), "data": ("dataset", is_dataset), "eval_data": ("dataset", is_dataset),
     "tokenizer": ("tokenizer", is_tokenizer), "loss": ("function", is_loss), "loss_fn": ("function", is_loss),
-    "inputs": ("inputs", is_inputs), "prompts": ("prompts", is_prompts),
+    "inputs": ("inputs", is_inputs), "prompts": ("prompts", is_prompts), "metric": ("function", is_loss),
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import AdapterError, LoraNBError, LoraNBWarning, NotAModelError, OptionError, a_kind, did_you_mean
 from ..frontend import UI_MODES, FrontEnd, detect, in_kernel, resolve_ui, say_once
+from .messages import as_magic
 from .settings import NotebookSettings
 
 
@@ -26,11 +27,34 @@ class UnknownVariableError(LoraNBError):
     """A name that is not in the notebook namespace."""
 
 
+# options people type from other tools, and the option meant (suggested, never applied silently)
+SYNONYMS = {"--rank": "--r", "--lora-r": "--r", "--lora-alpha": "--alpha", "--lora-dropout": "--dropout",
+            "--target": "--targets", "--target-modules": "--targets", "--learning-rate": "--lr",
+            "--max-steps": "--steps", "--batch": "--batch-size", "--epoch": "--epochs", "--adapter-name": "--name"}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports mistakes as one-line ``OptionError``s instead of exiting."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise OptionError(f"{self.prog}: {message}")
+        raise OptionError(f"{self.prog}: {message}{self.suggestion(message)}")
+
+    def suggestion(self, message: str) -> str:
+        """For ``unrecognized arguments: --rank 8``: ``; did you mean `--r`?`` (a known synonym or a near miss)."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [flag for action in self._actions for flag in action.option_strings]
+        for word in message.split(":", 1)[1].split():
+            flag = word.split("=", 1)[0]
+            if not flag.startswith("--"):
+                continue
+            meant = SYNONYMS.get(flag.replace("_", "-"))
+            if meant in known:
+                return f"; did you mean `{meant}`?"
+            hint = did_you_mean(flag, [k for k in known if k.startswith("--")])
+            if hint:
+                return hint
+        return ""
 
 
 def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -61,11 +85,13 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
                                default=None if given_only else True, help=f"turn off: {text}"))
         elif f.type in (bool, "bool"):
             options.append(arg(*flags, dest=f.name, action="store_true", default=default, help=text))
-        elif "choices" in f.metadata:  # listed for Tab completion; any case is accepted
-            options.append(arg(*flags, dest=f.name, default=default, type=str.lower, choices=f.metadata["choices"],
-                               help=f"{text} (default: {shown})"))
-        else:
-            options.append(arg(*flags, dest=f.name, default=default, help=f"{text} (default: {shown})"))
+        else:  # said once: not again when the help says it (`default: one epoch`), not at all when it is "not set"
+            text = text if "(default:" in text or shown is None else f"{text} (default: {shown})"
+            if "choices" in f.metadata:  # listed for Tab completion; any case is accepted
+                options.append(arg(*flags, dest=f.name, default=default, type=str.lower,
+                                   choices=f.metadata["choices"], help=text))
+            else:
+                options.append(arg(*flags, dest=f.name, default=default, help=text))
     return options
 
 
@@ -231,10 +257,24 @@ def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
     return argv
 
 
+def without_comment(line: str) -> str:
+    """``line`` up to a ``#`` that starts a word outside quotes (`%lora attach model --r 8  # a note`), as in Python;
+    a ``#`` inside a word or in quotes is kept (`--targets 'a#b'`)."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
+
+
 def dispatch(shell, line: str, cell: str | None = None, settings: NotebookSettings | None = None) -> Any:
     """Run ``%lora LINE`` (or ``%%lora LINE`` with a cell body) under the notebook's ``settings``."""
     try:
-        words = shlex.split(line)
+        words = shlex.split(without_comment(line))
     except ValueError as exc:
         raise OptionError(f"%lora: cannot parse the line ({exc})") from None
     if not words or words[0] in ("help", "-h", "--help"):
@@ -256,7 +296,7 @@ def dispatch(shell, line: str, cell: str | None = None, settings: NotebookSettin
     finally:  # outside the `with`: there, showwarning would append to `caught` while we iterate it
         for w in caught:  # lora_nb's notes as one line; anything else goes on as a normal warning
             if issubclass(w.category, LoraNBWarning):
-                print(f"note: {w.message}", file=sys.stderr)
+                print(f"note: {as_magic(str(w.message), VERBS)}", file=sys.stderr)
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..core import registry
+from ..core.training.reporting import ConsoleReporter
 from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import TrainingError
@@ -39,7 +40,7 @@ def _train(ctx, args):
     background = ((front.background and ctx.settings.background) or args.background) and not args.wait
     say_once(COLAB_BACKGROUND_NOTE if background and front.name == "colab" else front.train_note)
     mode = ctx.view_mode(args)
-    view = _view(ctx, mode, show_on_begin=not background)
+    view = _view(ctx, mode, background)
     names = {key: name for key, name in names.items() if name}
     run = train(model, background=background, callbacks=[view], names=names, **objects, **settings)
     if mode != "text" and background:
@@ -47,16 +48,15 @@ def _train(ctx, args):
     return run
 
 
-def _view(ctx, mode: str, show_on_begin: bool):
-    """The live dashboard (``widget`` / ``static`` mode), or text progress."""
+def _view(ctx, mode: str, background: bool):
+    """The live dashboard (``widget`` / ``static`` mode), or text progress. Text progress of a background run in a
+    terminal prints its first and last lines only, so it never writes over the prompt the user types at."""
     if mode == "text":
-        from ..core.training.reporting import ConsoleReporter
-
-        return ConsoleReporter()
+        return ConsoleReporter(progress=not background)
     from ..widgets.live import LiveDashboard
 
     interval = 1 / ctx.refresh_rate  # the progress line; the curves also keep to their byte rate
-    return LiveDashboard(show_on_begin=show_on_begin, interval=interval, chart_interval=max(0.5, interval),
+    return LiveDashboard(show_on_begin=not background, interval=interval, chart_interval=max(0.5, interval),
                          ui=mode)
 
 
@@ -70,10 +70,18 @@ def _active_run(ctx, path: str):
 @verb("stop", "stop a running training at the next step boundary; trained weights are kept",
       examples=["%lora stop model"])
 def _stop(ctx, args):
-    run = _active_run(ctx, args.model)
+    session = registry.require(ctx.model(args.model))
+    run = session.run
+    if not session.training:  # nothing to do, nothing changed: say so (a script or a tour goes on)
+        ended = f" (last run {run.state}: {run.message})" if run is not None else ""
+        print(f"no training is running on `{args.model}`{ended}")
+        return
     run.stop()
     run.wait(timeout=30)
-    print(run.message if run.done else "stop requested; the run ends when the current step finishes")
+    if not run.done:
+        print("stop requested; the run ends when the current step finishes")
+    elif not any(isinstance(c, ConsoleReporter) for c in run.callbacks):  # text progress printed the end already
+        print(run.message)
 
 
 @verb("pause", "pause a background training run at the next step boundary", examples=["%lora pause model"])

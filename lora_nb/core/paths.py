@@ -52,13 +52,15 @@ def _can_create_in(folder: Path) -> str | None:
     return None
 
 
-def output_folder(path: Any, what: str, marker: str | None = None, holds: str = "") -> Path:
+def output_folder(path: Any, what: str, marker: str | None = None, holds: str = "",
+                  overwrite: bool = True) -> Path:
     """The absolute folder ``path`` a verb will write, or a one-line ``PathError`` saying why it cannot.
 
     ``what`` names the path in messages (``save path``, ``--save-dir``). ``marker``: a file that shows an existing,
     non-empty folder holds an earlier result of the same verb (``holds``: "an adapter"), which may be replaced;
-    other non-empty folders are refused. ``marker=None``: any existing folder may be written into (checkpoints
-    add their own sub-folders).
+    other non-empty folders are refused; with ``overwrite=False`` that earlier result is refused too (the caller
+    replaces it only when asked). ``marker=None``: any existing folder may be written into (checkpoints add their
+    own sub-folders).
     """
     target = _absolute(path, what)
     cwd = Path.cwd().resolve()
@@ -72,6 +74,9 @@ def output_folder(path: Any, what: str, marker: str | None = None, holds: str = 
         raise PathError(f"{what} {target} is a file; give a folder path")
     if marker is not None and target.is_dir() and any(target.iterdir()) and not (target / marker).exists():
         raise PathError(f"{what} {target} exists and is not {holds or 'such a'} folder; choose a new or empty path")
+    if marker is not None and not overwrite and (target / marker).exists():
+        raise PathError(f"{what} {target} already holds {holds or 'an earlier result'}; pass `overwrite=True` to "
+                        "replace it (atomically: the old one stays until the new one is complete)")
     for folder in {_nearest_existing(target.parent), *([target] if target.exists() else [])}:
         problem = _can_create_in(folder)
         if problem is not None:

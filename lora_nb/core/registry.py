@@ -42,9 +42,9 @@ class TrainRecipe:
     names: dict[str, str] = field(default_factory=dict)  # data / eval_data / tokenizer / loss_fn -> variable name
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Session:
-    """lora_nb's handle on one model that has LoRA adapters."""
+    """lora_nb's handle on one model that has LoRA adapters (what ``lora_nb.attach`` returns)."""
 
     model: nn.Module
     peft: "PeftModel"
@@ -86,6 +86,13 @@ class Session:
             )
         return name
 
+    def __repr__(self) -> str:
+        """One line (the model and its weights are not repeated here): adapters, the active one, the run."""
+        names = ", ".join(f"`{a}`" + (" (active)" if a == self.active else "") for a in self.adapters)
+        run = f"; training: {self.run.state}" if self.training else ""
+        return f"<lora_nb session on {type(self.model).__name__}: adapters {names}{run}; lora_nb.status(model) " \
+               "shows the table>"
+
     def __deepcopy__(self, memo: dict) -> None:
         return None  # a copied model is a plain model (its LoRA layers are copied, its lora_nb state is not)
 
@@ -122,7 +129,7 @@ class Session:
         """Refuse a mutating ``action`` while a training run changes the model."""
         if self.training:
             raise TrainingActiveError(
-                f"training is running; stop it first (`%lora stop`, or run.stop()) before you {action}"
+                f"training is running; stop it first (`run.stop()`) before you {action}"
             )
 
 
@@ -168,7 +175,7 @@ def require(model: Any, verify: bool = True) -> Session:
     session = find(model)
     if session is None:
         check_unowned(model)
-        raise AdapterError("this model has no LoRA adapter; attach one first (`%lora attach MODEL`)")
+        raise AdapterError("this model has no LoRA adapter; attach one first (`lora_nb.attach(model)`)")
     if verify:
         session.verify()
     return session

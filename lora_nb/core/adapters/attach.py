@@ -61,8 +61,8 @@ def _peft_config(opts: AttachOptions, model: nn.Module, names: list[str]):
     modules = dict(named_modules(model))
     no_dora = [n for n in names if own_forward(modules[n]) or isinstance(modules[n], nn.MultiheadAttention)]
     if opts.dora and no_dora:
-        raise OptionError(f"--dora cannot adapt `{no_dora[0]}` ({type(modules[no_dora[0]]).__name__}); leave it out "
-                          "of --targets or drop --dora")
+        raise OptionError(f"`dora=True` cannot adapt `{no_dora[0]}` ({type(modules[no_dora[0]]).__name__}); "
+                          "leave it out of `targets=…` or drop `dora=True`")
     config = opts.lora_config(target_regex(names), fan_in_fan_out=_stores_transposed(model, names))
     register(config, [modules[n] for n in names])
     return config
@@ -92,7 +92,7 @@ def attach(model: Any, *, r: int = 8, alpha: float = 16, dropout: float = 0.0, t
         if opts.name in session.adapters:
             if not opts.replace:
                 raise AdapterError(
-                    f"adapter `{opts.name}` already exists; pass --replace to replace it or --name for another"
+                    f"adapter `{opts.name}` already exists; pass `replace=True` to replace it or `name=…` for another"
                 )
     if opts.rank_pattern == "advised":
         opts = advised(session, opts)
@@ -117,7 +117,7 @@ def advised(session: "registry.Session | None", opts: AttachOptions) -> AttachOp
     """``opts`` with the session's last rank advice as its rank pattern (and, for targets=auto, its modules)."""
     advice = getattr(session, "advice", None)
     if advice is None:
-        raise OptionError("no rank advice for this model yet: run `%lora advise MODEL` (lora_nb.advise) first")
+        raise OptionError("no rank advice for this model yet: run `lora_nb.advise(model)` first")
     targets = list(advice.rank_pattern) if opts.targets == "auto" else opts.targets
     return replace(opts, rank_pattern=dict(advice.rank_pattern), targets=targets)
 

@@ -42,14 +42,14 @@ def _weights(weights: str | Sequence) -> list[float]:
 
 def _check(session, adapters: list[str], weights: list[float], name: str, kind: str) -> None:
     if not adapters:
-        raise OptionError("combine needs at least one adapter (--adapters a,b)")
+        raise OptionError("combine needs at least one adapter (`adapters=[\"a\", \"b\"]`)")
     if len(weights) != len(adapters):
         raise OptionError(f"got {len(adapters)} adapter(s) but {len(weights)} weight(s); give one weight per adapter")
     for adapter in adapters:
         session.check_adapter(adapter)
     AttachOptions(name=name)  # the same naming rules as attach
     if name in session.adapters:
-        raise AdapterError(f"adapter `{name}` already exists; choose another --name")
+        raise AdapterError(f"adapter `{name}` already exists; choose another `name=…`")
     if kind not in TYPES:
         raise OptionError(f"combination type `{kind}` is not one of {', '.join(TYPES)}{did_you_mean(kind, TYPES)}")
     ranks = {a: session.peft.peft_config[a].r for a in adapters}

@@ -121,7 +121,7 @@ def inject(model: nn.Module, session, config, name: str) -> "registry.Session":
         where, kind = _failed_module(model, config, name)
         _roll_back(model, session, before, name, flags)
         raise InjectionError(f"peft cannot adapt `{where}` ({kind}): {_reason(exc)}; the model is unchanged "
-                             "(leave it out of --targets)") from None
+                             "(leave it out of `targets=…`)") from None
     except BaseException:  # Ctrl-C: undo, then let it through
         _roll_back(model, session, before, name, flags)
         raise

@@ -104,11 +104,13 @@ def replace_folder(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save(model: Any, path: str | os.PathLike, adapter: str | None = None) -> Path:
-    """Save ``adapter`` (default: active) to folder ``path`` in PEFT format, atomically; returns the path."""
+def save(model: Any, path: str | os.PathLike, adapter: str | None = None, overwrite: bool = False) -> Path:
+    """Save ``adapter`` (default: active) to folder ``path`` in PEFT format, atomically; returns the path.
+
+    A folder that holds a saved adapter already is replaced only with ``overwrite=True``."""
     session = registry.require(model)
     adapter = session.check_adapter(adapter) if adapter is not None else session.active
-    target = output_folder(path, "save path", marker=CONFIG, holds="an adapter")
+    target = output_folder(path, "save path", marker=CONFIG, holds="a saved adapter", overwrite=overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
@@ -172,7 +174,7 @@ def _read_tensors(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         raise AdapterFileError(f"{folder} has no {WEIGHTS}")
     if not allow_pickle:
         raise AdapterFileError(f"{pickled} is a pickle, which can run code when loaded; refused (convert it to "
-                               "safetensors, or pass allow_pickle=True / --allow-pickle if you trust its source)")
+                               "safetensors, or pass `allow_pickle=True` if you trust its source)")
     try:
         tensors = torch.load(str(pickled), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -196,7 +198,7 @@ def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
     AttachOptions(name=name)  # the same naming rules as attach
     register(config, [m for _, m in named_modules(model)])  # Linear/Conv subclasses: lora_nb's LoRA layers
     if session is not None and name in session.adapters:
-        raise AdapterError(f"adapter `{name}` already exists on this model; load it under another name (--name)")
+        raise AdapterError(f"adapter `{name}` already exists on this model; load it under another name (`name=…`)")
     config.init_lora_weights = False  # the file's weights replace the init; pissa/olora inits would edit the base
     return name, config
 
@@ -213,11 +215,27 @@ def _inject(model, session, config, name: str):
     return session, lambda: session.peft.delete_adapter(name)
 
 
-def _record(folder: Path) -> dict:
+def _saved(folder: Path) -> dict:
+    """The saved record (``lora_nb_record.json``), or ``{}`` for a folder saved by peft alone."""
     try:
         saved = json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
-        saved = {}
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _not_for(model, folder: Path, problem: str) -> AdapterFileError:
+    """One line: the model the adapter was saved from (its record, or peft's base model name) and this one."""
+    config = json.loads((folder / CONFIG).read_text())
+    origin = _saved(folder).get("model_type") or config.get("base_model_name_or_path")
+    this = type(model).__name__
+    if origin and origin != this:
+        return AdapterFileError(f"{folder} holds an adapter saved from a {origin}; this model is a {this}: {problem}")
+    return AdapterFileError(f"{folder} does not fit this {this}: {problem}")
+
+
+def _record(folder: Path) -> dict:
+    saved = _saved(folder)
     options = dict(saved.get("options") or {})
     options["loaded_from"] = str(folder)
     return {"options": options, "runs": list(saved.get("runs") or [])}
@@ -242,9 +260,12 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
         registry.check_unowned(model)
     name, config = _prepare(model, config, name, session)
     tensors = {k.removeprefix(PREFIX): v for k, v in tensors.items()}
-    expected = expected_shapes(model, config)
+    try:
+        expected = expected_shapes(model, config)
+    except AdapterFileError as exc:
+        raise _not_for(model, folder, str(exc)) from None
     if expected is not None and (problem := mismatch(tensors, expected)):
-        raise AdapterFileError(f"{folder} does not fit this model: {problem}")
+        raise _not_for(model, folder, problem)
     config.inference_mode = not trainable
     session, rollback = _inject(model, session, config, name)
     try:

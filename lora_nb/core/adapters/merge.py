@@ -56,7 +56,8 @@ def merge(model: Any, adapter: str | None = None, keep_base: bool = True, allow_
     adapter = session.check_adapter(adapter) if adapter is not None else session.active
     merged = switch.merged_adapters(session)
     if merged:
-        raise AdapterError(f"adapter `{sorted(merged)[0]}` is already merged; unmerge it first (`%lora unmerge`)")
+        raise AdapterError(f"adapter `{sorted(merged)[0]}` is already merged; unmerge it first "
+                            "(`lora_nb.unmerge(model)`)")
     check_merge([layer for layer, _ in _merged_layers(session, adapter)], adapter, allow_rounding)  # 4/8-bit
     switch.turn_on(session, adapter)
     layers = _merged_layers(session, adapter)

@@ -46,4 +46,4 @@ def check_merge(layers: list[nn.Module], adapter: str, allow_rounding: bool) -> 
     if quantized and not allow_rounding:
         raise AdapterError(f"{len(quantized)} layer(s) of `{adapter}` have {bits(quantized[0])}-bit quantized base "
                            "weights: merging re-quantizes W+ΔW, rounding the update and losing the exact base; "
-                           "pass allow_rounding=True (`--allow-rounding`) to merge anyway")
+                           "pass `allow_rounding=True` to merge anyway")

@@ -116,7 +116,7 @@ def compile_regex(pattern: str, option: str) -> re.Pattern:
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise TargetError(f"{option} `{pattern}` is not a valid regex: {exc}") from None
+        raise TargetError(f"`{option}={pattern!r}` is not a valid regex: {exc}") from None
 
 
 def _match_regex(model: nn.Module, pattern: str) -> list[str]:
@@ -146,7 +146,7 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "auto") -> 
             if not names:
                 raise TargetError(
                     f"targets=auto found no linear or conv layer in {type(model).__name__}; "
-                    "pass --targets with module names"
+                    "pass `targets=…` with module names"
                 )
         elif all(_NAMES.match(part.strip()) for part in text.split(",")):
             names = match_names(model, [p.strip() for p in text.split(",") if p.strip()])

@@ -8,15 +8,25 @@ the probe adapter's parameters, keyed as in an adapter file, name the keys and s
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import torch
 from torch import nn
 
-from ...errors import AdapterFileError, first_line
+from ...errors import AdapterFileError, preview
 from .keys import adapter_parameters_by_key
 
 _PROBE = "lora_nb_probe"
+
+
+def target_names(config) -> list[str]:
+    """The module names an adapter config targets: a list, or lora_nb's exact-name regex ``^(a|b\\.c)$`` read back."""
+    targets = config.target_modules
+    if isinstance(targets, str):
+        body = targets.removeprefix("^(").removesuffix(")$")
+        return [re.sub(r"\\(.)", r"\1", name) for name in body.split("|")]
+    return sorted(targets or [])
 
 
 def _meta_skeleton(model: nn.Module) -> nn.Module:
@@ -42,6 +52,6 @@ def expected_shapes(model: nn.Module, config) -> dict[str, tuple[int, ...]] | No
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
             inject_adapter_in_model(probe, skeleton, adapter_name=_PROBE)
-    except ValueError as exc:
-        raise AdapterFileError(f"the adapter's targets do not fit this model: {first_line(exc)}") from None
+    except ValueError:  # peft's message repeats the whole target regex: name a few targets instead
+        raise AdapterFileError(f"its target modules {preview(target_names(config), 2)} are not in it") from None
     return {k: tuple(p.shape) for k, p in adapter_parameters_by_key(skeleton, _PROBE).items()}

@@ -162,10 +162,10 @@ def compare(model: Any, prompt: str | list[str] | None = None, tokenizer: Any = 
         return _compare_generation(session, as_prompts(prompt), tokenizer, max_new_tokens, chat, sampling,
                                    single=isinstance(prompt, str))
     if inputs is None:
-        raise OptionError("compare needs --prompt TEXT with --tokenizer VAR, or --inputs VAR")
+        raise OptionError("compare needs `prompt=…, tokenizer=…`, or `inputs=…`")
     if not isinstance(inputs, (torch.Tensor, Mapping, tuple, list)):
-        raise OptionError(f"--inputs must be a tensor, a dict of tensors or a tuple of them; got {a_kind(inputs)}")
-    check_token_ids(session.model, inputs, "--inputs")
+        raise OptionError(f"`inputs=…` must be a tensor, a dict of tensors or a tuple of them; got {a_kind(inputs)}")
+    check_token_ids(session.model, inputs, "inputs")
     adapter = session.active
     (on, is_logits), (off, _) = _on_off(session, lambda: _forward(session.model, inputs))
     if is_logits and on.dim() == 2:  # a classifier
@@ -181,11 +181,11 @@ def _compare_generation(session, prompts: list[str], tokenizer: Any, max_new_tok
                         sampling: Sampling, single: bool):
     """Each prompt generated with the adapter on, then off: one comparison, or a table for several prompts."""
     if tokenizer is None:
-        raise OptionError("compare with a prompt needs its tokenizer (--tokenizer VAR)")
+        raise OptionError("compare with a prompt needs its tokenizer (`tokenizer=…`)")
     check_tokenizer(tokenizer)
     model = session.model
     if not hasattr(model, "generate"):
-        raise OptionError(f"{type(model).__name__} cannot generate text; pass --inputs instead")
+        raise OptionError(f"{type(model).__name__} cannot generate text; pass `inputs=…` instead")
     with user_call("the tokenizer (compare)"):
         encoded = [_to(encode(tokenizer, p, chat), _device(model)) for p in prompts]
 

@@ -97,12 +97,12 @@ def select(session: "registry.Session", adapter: str, layers: str | None = None)
     found = list(lora_layers(session, adapter))
     if not layers:
         return found
-    rx = compile_regex(layers, "--layers")
+    rx = compile_regex(layers, "layers")
     hits = [(n, m) for n, m in found if rx.search(n)]
     if not hits:
         kinds = dict.fromkeys(n.rsplit(".", 1)[-1] for n, _ in found)
         raise TargetError(
-            f"--layers `{layers}` matches none of the {len(found)} modules of adapter `{adapter}`; "
+            f"`layers={layers!r}` matches none of the {len(found)} modules of adapter `{adapter}`; "
             f"candidates: {preview(kinds, 8)} (e.g. {found[0][0]})"
         )
     return hits

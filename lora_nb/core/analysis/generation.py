@@ -26,7 +26,7 @@ class Sampling:
         if not 0 < self.top_p <= 1:
             raise OptionError(f"top_p must be in (0, 1]; got {self.top_p:g}")
         if self.greedy and self.top_p < 1:
-            raise OptionError("top_p applies to sampling: give a temperature > 0 too (--temperature 0.7)")
+            raise OptionError("top_p applies to sampling: give a temperature > 0 too (`temperature=0.7`)")
 
     @property
     def greedy(self) -> bool:
@@ -51,7 +51,7 @@ class GenerationComparison:
 
     adapter: str
     prompt: str
-    on: list[str]
+    on: list[str]  # the text each generated token adds, adapter on (see `pieces`)
     off: list[str]
     on_text: str
     off_text: str
@@ -63,9 +63,10 @@ class GenerationComparison:
         n = max(len(self.on), len(self.off))
         return [i >= len(self.on) or i >= len(self.off) or self.on[i] != self.off[i] for i in range(n)]
 
-    def _marked(self, tokens: list[str], mark) -> str:
+    def _marked(self, pieces: list[str], mark) -> str:
+        """The text as generated, each differing piece marked (its leading space kept outside the mark)."""
         flags = self.differs
-        return " ".join(mark(t) if flags[i] else t for i, t in enumerate(tokens))
+        return "".join(_mark(p, mark) if flags[i] else p for i, p in enumerate(pieces)).strip()
 
     def __str__(self) -> str:
         n = sum(self.differs)
@@ -79,10 +80,9 @@ class GenerationComparison:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        def cell(tokens: list[str]) -> str:
-            flags = self.differs
-            return " ".join(f"<mark>{html.escape(t)}</mark>" if flags[i] else html.escape(t)
-                            for i, t in enumerate(tokens))
+        def cell(pieces: list[str]) -> str:
+            return html.escape(self._marked(pieces, lambda t: f"\0{t}\1")).replace("\0", "<mark>").replace(
+                "\1", "</mark>")
 
         return (f"<div class='lora-nb-compare'><div><b>prompt:</b> {html.escape(self.prompt)}</div>"
                 f"<table><tr><th>adapter <code>{html.escape(self.adapter)}</code> on</th><th>off (base)</th></tr>"
@@ -130,6 +130,22 @@ class GenerationTable:
                 f"{html.escape(self.how)})</small>")
 
 
+def _mark(piece: str, mark) -> str:
+    body = piece.lstrip()
+    return piece[:len(piece) - len(body)] + mark(body) if body else piece
+
+
+def pieces(tokenizer: Any, ids: list[int]) -> list[str]:
+    """The text each generated token adds, as the reader sees it (`` behavior``, not ``Ġbehavior``): the decoded
+    prefix after the token minus the decoded prefix before it, so a character split over tokens comes out whole."""
+    out, before = [], ""
+    for i in range(len(ids)):
+        text = tokenizer.decode(ids[:i + 1], skip_special_tokens=True)
+        out.append(text[len(before):] if text.startswith(before) else text)
+        before = text
+    return out
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -147,7 +163,7 @@ def encode(tokenizer: Any, prompt: str, chat: bool) -> dict[str, torch.Tensor]:
     if not chat:
         return dict(tokenizer(prompt, return_tensors="pt"))
     if not has_chat_template(tokenizer):
-        raise OptionError("--chat needs a tokenizer with a chat template (this one has none)")
+        raise OptionError("`chat=True` needs a tokenizer with a chat template (this one has none)")
     text = render(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
     return dict(tokenizer(text, add_special_tokens=False, return_tensors="pt"))
 
@@ -163,4 +179,4 @@ def generate(model: Any, tokenizer: Any, encoded: dict[str, torch.Tensor], max_n
         ids = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=pad,
                              **sampling.generate_kwargs())
     new = ids[0, encoded["input_ids"].shape[1]:].tolist() if not model.config.is_encoder_decoder else ids[0].tolist()
-    return tokenizer.convert_ids_to_tokens(new), tokenizer.decode(new, skip_special_tokens=True)
+    return pieces(tokenizer, new), tokenizer.decode(new, skip_special_tokens=True)

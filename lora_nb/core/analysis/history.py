@@ -56,8 +56,9 @@ def spectra_history(model) -> SpectraHistory:
     """The spectra recorded by the model's current (or last) training run."""
     run = registry.require(model).run
     if run is None:
-        raise TrainingError("this model has not been trained yet: its spectra history is empty (`%lora train`)")
+        raise TrainingError("this model has not been trained yet: its spectra history is empty "
+                            "(`lora_nb.train(model)`)")
     if not len(run.spectra_history):
         raise TrainingError("the last run recorded no spectra (it trained in several processes, with "
-                            "spectra_every=0, or has not finished a step yet)")
+                            "`spectra_every=0`, or has not finished a step yet)")
     return run.spectra_history

@@ -50,7 +50,7 @@ def interference(model, adapters, layers: str | None = None) -> Interference:
     """Per module shared by all ``adapters`` (two or more): cos(ΔWᵢ, ΔWⱼ) and mean φ of each pair."""
     names = [a.strip() for a in adapters.split(",")] if isinstance(adapters, str) else list(adapters)
     if len(names) < 2:
-        raise OptionError("interference needs two or more adapters, e.g. --adapters first,second")
+        raise OptionError("interference needs two or more adapters, e.g. `adapters=[\"first\", \"second\"]`")
     session = registry.require(model)
     for name in names:
         session.check_adapter(name)

@@ -17,7 +17,7 @@ def parse_sizes(sizes: Any, data: Any, eval_data: Any) -> list[int]:
     parts = [p for p in sizes.replace(" ", "").split(",") if p] if isinstance(sizes, str) else list(sizes)
     values = sorted({_as_size(p) for p in parts})
     if eval_data is None:
-        raise OptionError("the data-size sweep compares eval losses: pass eval data (eval_data=…, `--eval VAR`)")
+        raise OptionError("the data-size sweep compares eval losses: pass `eval_data=…`")
     total = n_items(data)
     if values and values[-1] > total:
         raise OptionError(f"sizes go up to {values[-1]} but the training data has {total} items")

@@ -181,8 +181,8 @@ def base_copy(model: nn.Module) -> nn.Module:
         return _deepcopy(model)
     with session.lock:  # a consistent snapshot, even while a run trains the adapter
         if switch.merged_adapters(session):
-            raise AdapterError("an adapter is merged into the base weights; unmerge it first (`%lora unmerge "
-                               "MODEL`) so both arms start from the base weights")
+            raise AdapterError("an adapter is merged into the base weights; unmerge it first "
+                               "(`lora_nb.unmerge(model)`) so both arms start from the base weights")
         clone = _deepcopy(model)
     strip_lora(clone)
     for name, p in clone.named_parameters():

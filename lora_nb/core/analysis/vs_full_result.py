@@ -173,7 +173,7 @@ class VsFullResult:
     def _data(self) -> list[Row]:
         if not self.sizes:
             return [Row("data", "eval loss by training-set size", "—", "—",
-                        "not measured: pass sizes=[…] (`--sizes 25,50,100`) with eval data")]
+                        "not measured: pass `sizes=[25, 50, 100]` with `eval_data=…`")]
         wins = [n for n in self.sizes if self.sweep_arm("lora", n).eval_loss < self.sweep_arm("full", n).eval_loss]
         reading = (f"LoRA has the lower eval loss at {len(wins)} of {len(self.sizes)} sizes"
                    + (f" ({', '.join(map(str, wins))})" if wins else ""))
@@ -193,7 +193,7 @@ class VsFullResult:
         lo, fu, aspect = self.lora, self.full, "overfitting"
         if lo.gap is None:
             return [Row(aspect, "generalization gap (eval − train loss)", "—", "—",
-                        "not measured: pass eval data (`--eval VAR`)")]
+                        "not measured: pass `eval_data=…`")]
         rows = [Row(aspect, "generalization gap (eval − train loss)", fmt_loss(lo.gap), fmt_loss(fu.gap),
                     compare("gap", lo.gap, fu.gap).replace("has the lower gap", "has the smaller gap"))]
         if self.sizes:

@@ -22,7 +22,7 @@ def resolve_device(device: str) -> torch.device:
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
     if not available.get(target.type, False):
-        raise OptionError(f"device `{device}` is not available here; use --device auto or cpu")
+        raise OptionError(f"device `{device}` is not available here; use `device=\"auto\"` or `device=\"cpu\"`")
     if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
         raise OptionError(f"device `{device}` does not exist (this machine has {torch.cuda.device_count()} GPU(s))")
     if target.type == "cuda" and target.index is None:

@@ -106,4 +106,4 @@ def _check_supported(precision: Precision) -> None:
                                or "GradScaler" in str(w.message)), "")
     if problem:
         raise OptionError(f"{precision.name} on {precision.device_type} is not supported by torch "
-                          f"{torch.__version__} ({problem}); use --precision auto or fp32")
+                          f"{torch.__version__} ({problem}); use `precision=auto` or `precision=fp32`")

@@ -59,6 +59,26 @@ def begin_line(run: TrainRun) -> str:
             f"{s.schedule} schedule; data: {run.data}")
 
 
+def loss_ends(losses: list[float]) -> tuple[float, float, int]:
+    """``(first, last, k)``: the mean loss of the first ``k`` and of the last ``k`` steps, ``k`` a quarter of the run
+    (1 to 20 steps, never overlapping), so one noisy batch at either end cannot make a run look better or worse than
+    it went."""
+    n = len(losses)
+    k = max(1, min(20, (n + 3) // 4, n // 2))
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k, k
+
+
+def loss_change(losses: list[float]) -> str:
+    """``loss 4.562 → 4.545 (means of the first and last 2 steps)``; ``""`` for a run without steps."""
+    if not losses:
+        return ""
+    first, last, k = loss_ends(losses)
+    if len(losses) == 1:
+        return f"loss {first:.4g}"
+    means = "first and last step" if k == 1 else f"means of the first and last {k} steps"
+    return f"loss {first:.4g} → {last:.4g} ({means})"
+
+
 def end_line(run: TrainRun) -> str:
     return f"{run.state}: {run.message}"
 
@@ -67,8 +87,9 @@ class ConsoleReporter(Callback):
     """Prints training progress as text (terminal IPython, scripts), throttled by time."""
 
     def __init__(self, file: TextIO | None = None, interval: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.file, self.interval, self.clock = file, interval, clock
+                 clock: Callable[[], float] = time.monotonic, progress: bool = True) -> None:
+        """``progress=False``: only the first lines, evaluations and the end (a background run at a prompt)."""
+        self.file, self.interval, self.clock, self.progress = file, interval, clock, progress
         self._last = -float("inf")
         self._ema = Ema()
         self._plan_after_step = False
@@ -89,7 +110,7 @@ class ConsoleReporter(Callback):
             self._print(run.memory_plan.line())
         smoothed = self._ema.add(record["loss"])
         now = self.clock()
-        if now - self._last >= self.interval or record["step"] == run.max_steps:
+        if self.progress and (now - self._last >= self.interval or record["step"] == run.max_steps):
             self._last = now
             self._print(progress_line(run, record, smoothed))
 

@@ -47,6 +47,7 @@ from .longrun.additions import RunAdditions
 from .longrun.spectra_history import SpectraHistory, SpectraRecorder
 from .loop import Loop
 from .precision import choose_precision
+from .reporting import loss_change
 from .settings import TrainSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -185,8 +186,8 @@ class TrainRun:
             callback.on_train_end(self)
 
     def summary_line(self) -> str:
-        losses = [r["loss"] for r in self.history]
-        loss = f"; loss {losses[0]:.4g} → {losses[-1]:.4g}" if losses else ""
+        change = loss_change([r["loss"] for r in self.history])
+        loss = f"; {change}" if change else ""
         return f"{self.step}/{self.max_steps} steps on {self.where} in {self.seconds:.1f} s{loss}"
 
     def summary(self) -> dict:
@@ -260,7 +261,7 @@ def prepare_run(session: Any, data: Any, eval_data: Any, tokenizer: Any, loss_fn
     if settings.steps is not None:
         max_steps = settings.steps
     elif per_process is None:
-        raise OptionError("the data has no length: give steps=N (`--steps N`)")
+        raise OptionError("the data has no length: give `steps=…`")
     else:
         max_steps = max(1, math.ceil((settings.epochs or 1.0) * per_process / settings.grad_accum))
     if eval_batches is not None and settings.eval_every is None:
@@ -324,9 +325,9 @@ def trainable_parameters(session: Any) -> list[torch.nn.Parameter]:
                             "(empty or offloaded weights); load real weights first")
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     if any(layer.disable_adapters for layer in layers):
-        raise TrainingError("the adapters are off; turn them on first (`%lora on MODEL`)")
+        raise TrainingError("the adapters are off; turn them on first (`lora_nb.enable(model)`)")
     if any(layer.merged for layer in layers):
-        raise TrainingError("the adapter is merged into the base weights; unmerge it first (`%lora unmerge MODEL`)")
+        raise TrainingError("the adapter is merged into the base weights; unmerge it first (`lora_nb.unmerge(model)`)")
     params = [p for _, p in adapter_named_parameters(model, session.active)]
     if not params:
         raise TrainingError(f"adapter `{session.active}` has no parameters to train")

@@ -114,7 +114,7 @@ class TrainSettings:
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
         if (self.save_every is None) != (self.save_dir is None):
-            raise OptionError("checkpoints need both save_every and save_dir (`--save-every N --save-dir PATH`)")
+            raise OptionError("checkpoints need both save_every and save_dir (`save_every=…, save_dir=…`)")
         self.min_delta = as_number("min_delta", self.min_delta, float)
         if self.min_delta < 0:
             raise OptionError(f"min_delta must be ≥ 0; got {self.min_delta:g}")

@@ -48,7 +48,7 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
         output_folder(settings.save_dir, "save_dir (--save-dir)")
     if settings.processes > 1 and settings.uses_long_run_options:
         raise OptionError("checkpoints, resume, early stopping, samples, LoRA+ and gradient checkpointing train in "
-                          "one process; drop --processes or those options")
+                          "one process; drop `processes=…` or those options")
     if settings.processes > 1:  # data-parallel over processes (processes/driver.py); it decides the devices
         return launch_processes(session, settings, data, eval_data, tokenizer, loss_fn, background, callbacks, names)
     prepared = prepare_run(session, data, eval_data, tokenizer, loss_fn, settings)

@@ -118,7 +118,7 @@ def _as_items(data: Any, tokenizer: Any) -> tuple[Any, str]:
         return _Chat(list(data)), ""
     if isinstance(first, str):
         if tokenizer is None:
-            raise DataError("texts need a tokenizer: pass tokenizer=… (`--tokenizer VAR`)")
+            raise DataError("texts need a tokenizer: pass `tokenizer=…`")
         return _Texts(list(data)), ""
     if isinstance(data, Dataset):
         return data, f"{type(data).__name__} ({len(data)} items)"
@@ -142,10 +142,10 @@ def _hf_dataset(data: Any, tokenizer: Any) -> tuple[Any, str]:
         return data.with_format("torch", columns=numeric), f"Dataset ({len(data)} rows; {', '.join(numeric)})"
     if "text" in columns:
         if tokenizer is None:
-            raise DataError("the dataset has a `text` column: pass a tokenizer (`--tokenizer VAR`) to train on it")
+            raise DataError("the dataset has a `text` column: pass `tokenizer=…` to train on it")
         return _Texts(list(data["text"])), ""
     raise DataError(f"cannot use a dataset with columns {', '.join(columns)}: tokenize it (input_ids) or pass "
-                    "a loss_fn(model, batch)")
+                    "`loss_fn=…`, a loss_fn(model, batch)")
 
 
 @dataclass

@@ -144,7 +144,7 @@ class ChatExamples(Dataset):
 
     def __init__(self, items: Sequence[Any], tokenizer: Any, max_length: int) -> None:
         if tokenizer is None:
-            raise DataError("chat data needs its tokenizer: pass tokenizer=… (`--tokenizer VAR`)")
+            raise DataError("chat data needs its tokenizer: pass `tokenizer=…`")
         template = has_chat_template(tokenizer)
         self.examples: list[tuple[list[int], list[int]]] = []
         self.dropped = 0

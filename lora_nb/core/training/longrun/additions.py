@@ -64,9 +64,9 @@ class RunAdditions:
         s, model = prepared.settings, session.model
         self.session, self.prepared = session, prepared
         if s.patience is not None and prepared.eval_batches is None:
-            raise OptionError("early stopping (patience) needs evaluation data (`--eval VAR`, eval_data=…)")
+            raise OptionError("early stopping (patience) needs evaluation data (`eval_data=…`)")
         if s.restore_best and prepared.eval_batches is None:
-            raise OptionError("restore_best needs evaluation data (`--eval VAR`, eval_data=…)")
+            raise OptionError("`restore_best=True` needs evaluation data (`eval_data=…`)")
         if s.sample_prompts:
             check_can_sample(model, prepared.tokenizer)
         if s.grad_checkpointing:

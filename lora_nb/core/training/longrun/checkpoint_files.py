@@ -139,5 +139,5 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, to
     groups = meta["param_groups"]
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         raise CheckpointError("the checkpoint's optimizer has other parameter groups than this run "
-                              "(a different adapter, or --lr-ratio given in one run only)")
+                              "(a different adapter, or `lr_ratio=…` given in one run only)")
     optimizer.load_state_dict({"state": state, "param_groups": groups})

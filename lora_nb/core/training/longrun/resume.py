@@ -135,7 +135,7 @@ class Resume(Callback):
         step = self.state["step"]
         if step >= max_steps:
             raise CheckpointError(f"{self.folder} is at step {step} of {max_steps}: nothing left to train; "
-                                  "give more --steps")
+                                  "give more `steps=…`")
         self._check_weights()
         if (self.state["settings"].get("lr_ratio") is None) != (settings.lr_ratio is None):
             raise CheckpointError(f"{self.folder} was trained {'without' if settings.lr_ratio else 'with'} LoRA+ "

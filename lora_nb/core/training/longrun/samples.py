@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def check_can_sample(model: Any, tokenizer: Any) -> None:
     """A one-line error unless ``model`` can generate text with ``tokenizer``."""
     if tokenizer is None:
-        raise OptionError("sample prompts need a tokenizer (`--tokenizer VAR`, tokenizer=…)")
+        raise OptionError("sample prompts need a tokenizer (`tokenizer=…`)")
     if not callable(getattr(model, "generate", None)):
         raise OptionError(f"sample prompts need a model that generates text; {a_kind(model)} has no "
                           "generate()")

@@ -66,9 +66,9 @@ class MemoryPlan:
         while smaller >= 1 and self.needs(smaller) > self.free:
             smaller //= 2
         if smaller >= 1:
-            tips.append(f"--batch-size {smaller} --grad-accum {max(1, effective // smaller)} (same effective batch)")
+            tips.append(f"`batch_size={smaller}, grad_accum={max(1, effective // smaller)}` (same effective batch)")
         if self.can_grad_checkpoint and not self.grad_checkpointing:
-            tips.append("--grad-checkpointing (keeps about one layer's activations; steps ~30% slower)")
+            tips.append("`grad_checkpointing=True` (keeps about one layer's activations; steps ~30% slower)")
         tips.append(f"a 4-bit base (load the model quantized with bitsandbytes, then attach): weights "
                     f"{self.weights / MB:,.0f} MB → about {self.weights / 4 / MB:,.0f} MB")
         return tips
@@ -171,8 +171,8 @@ def make_plan(model: torch.nn.Module, params: list[torch.nn.Parameter], batches:
     """
     plan = static_plan(model, params, settings, device)
     if not measure:
-        plan.notes.append("activations not measured (a loss_fn(model, batch) runs only when asked: `%lora plan`, "
-                          "plan_memory)")
+        plan.notes.append("activations not measured (a loss_fn(model, batch) runs only when asked: "
+                          "`lora_nb.plan_memory(model)`)")
         return plan
     size = min(settings.batch_size, data_length(batches) or settings.batch_size)
     checkpointing = settings.grad_checkpointing and supports_grad_checkpointing(model)

@@ -90,11 +90,11 @@ def check_launchable(processes: int, device: str, model: torch.nn.Module) -> boo
                             "launch processes after that: restart the kernel and start the run before creating one")
     if "bitsandbytes" in sys.modules:
         raise TrainingError("bitsandbytes is imported in this kernel, and accelerate will not fork processes after "
-                            "that: train a quantized model in one process, or `%lora export` it and "
-                            "`accelerate launch`")
+                            "that: train a quantized model in one process, or export it (`lora_nb.export(model)`) "
+                            "and `accelerate launch` it")
     if len({p.device for p in model.parameters()}) > 1:
         raise OptionError("this model is spread over several devices (device_map): it trains in one process; "
-                          "drop --processes")
+                          "drop `processes=…`")
     name = str(device).strip().lower()
     if name not in ("auto", "cpu", "cuda"):
         raise OptionError(f"with processes > 1 the device is auto, cpu or cuda (one process per GPU); got `{device}`")
@@ -103,11 +103,11 @@ def check_launchable(processes: int, device: str, model: torch.nn.Module) -> boo
         return True
     if gpus < processes:
         raise OptionError(f"{processes} processes need {processes} GPUs; this machine has {gpus} "
-                          "(use --device cpu for CPU processes)")
+                          "(`device=\"cpu\"` for CPU processes)")
     if torch.cuda.is_initialized():
         raise TrainingError("CUDA is already in use in this kernel, and forked processes cannot use it after that: "
-                            "restart the kernel and keep the model on the CPU until the run starts, or `%lora export` "
-                            "the run and use `accelerate launch`")
+                            "restart the kernel and keep the model on the CPU until the run starts, or export the run "
+                            "(`lora_nb.export(model)`) and use `accelerate launch`")
     return False
 
 
@@ -224,7 +224,8 @@ class _Driver:
             if AUTOGRAD_AFTER_FORK in message:
                 message = ("this kernel already ran a backward pass on a machine with a GPU, and torch's autograd "
                            "cannot run in processes forked after that: restart the kernel and start the multi-process "
-                           "run before any other training, or `%lora export` it and use `accelerate launch`")
+                           "run before any other training, or export it (`lora_nb.export(model)`) for "
+                           "`accelerate launch`")
             return "failed", f"{message} (in process {rank + 1} of {n}; {kept})"
         if failure is not None or self.ended is None:
             run.error = failure or WorkerError("the worker processes ended without a result")

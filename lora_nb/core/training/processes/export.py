@@ -57,7 +57,8 @@ def export(model: Any, path: str | os.PathLike, data: Any = None, eval_data: Any
     session = registry.require(model)
     session.ensure_idle("export")
     if any(getattr(m, "merged", False) for m in session.model.modules() if hasattr(m, "merged_adapters")):
-        raise AdapterError("an adapter is merged into the base weights; unmerge it before exporting (`%lora unmerge`)")
+        raise AdapterError("an adapter is merged into the base weights; unmerge it before exporting "
+                           "(`lora_nb.unmerge(model)`)")
     target = output_folder(path, "export path", marker=SCRIPT, holds="an export")
     check_tokenizer(tokenizer, "tokenizer", saves=True)
     check_callable(loss_fn, "loss_fn")
@@ -65,7 +66,7 @@ def export(model: Any, path: str | os.PathLike, data: Any = None, eval_data: Any
     _check_rebuildable(session.model)
     result = Export(target, f"cd {target} && accelerate launch --num_processes N {SCRIPT}   (--cpu for CPU processes)")
     target.mkdir(parents=True, exist_ok=True)
-    save(session.model, target / "adapter", session.active)
+    save(session.model, target / "adapter", session.active, overwrite=True)  # the export's own folder
     model_entry = _save_base(session.model, target / "base")
     model_entry["adapter"] = session.active
     parts = {}

@@ -159,6 +159,6 @@ def write_result(job: Job, session: Any, run: TrainRun) -> None:
     if job.channel is None:  # a launched script: the adapter in PEFT format and the curve beside it
         from ...adapters.io import save
 
-        save(session.model, out / "adapter")
+        save(session.model, out / "adapter", overwrite=True)  # the job's own output folder
         (out / "history.json").write_text(json.dumps({"state": run.state, "history": run.history,
                                                       "evals": run.evals}, indent=1))
