@@ -145,6 +145,7 @@ FOREIGN_PRIVATES = {
     "_foreach_copy_": "torch: the fused copy of a list of tensors (one kernel instead of one per parameter)",
     "_shared_state": "accelerate: AcceleratorState's singleton, the only sign an Accelerator was created",
     "_set_params_and_buffers_to_ignore_for_model": "torch DDP: keep the frozen base weights out of the all-reduce",
+    "_caches": "peft: BaseTunerLayer's cache, where DoRA's merge_safe leaves the weight norm; put back after an export",
     "_lora_dashboard": "an attribute lora_nb sets on an ipywidgets widget it made, so the widget keeps its view alive",
     "_lora_panel": "an attribute lora_nb sets on an ipywidgets widget it made, so the widget keeps its view alive",
 }

@@ -9,7 +9,7 @@ ORDER = (
     "attach", "status", "on", "off", "toggle",  # put an adapter on, see it, switch it
     "plan", "train", "pause", "resume", "stop", "dashboard",  # train it
     "weights", "spectrum", "history", "advise", "intruders", "similarity", "compare", "vs-full",  # look inside
-    "merge", "unmerge", "combine", "save", "load", "export",  # combine, keep, take elsewhere
+    "merge", "unmerge", "combine", "save", "load", "export", "check",  # combine, keep, take elsewhere
     "delete", "detach",  # take it off
 )
 order_verbs(ORDER)
