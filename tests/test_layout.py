@@ -139,14 +139,13 @@ FOREIGN_PRIVATES = {
     "_active_adapter": "peft: BaseTunerLayer's active adapter names, set directly on the indexed fast path (peft's "
                        "set_adapter walks every module of the model)",
     "_ConvNd": "torch: the common base class of Conv1d/2d/3d",
-    "_caches": "peft: a LoRA layer's cache dict, which DoRA's merge_safe writes; put back after an export merges "
-               "a copy, so exporting leaves the live layer as it was",
     "_view_name": "ipywidgets: the synced trait naming a widget's front-end view; None for widgets without one "
                   "(ipywidgets 7.x builds its display bundle from it)",
     "_version": "torch: a tensor's in-place version counter, the cheap key that says its values changed",
     "_foreach_copy_": "torch: the fused copy of a list of tensors (one kernel instead of one per parameter)",
     "_shared_state": "accelerate: AcceleratorState's singleton, the only sign an Accelerator was created",
     "_set_params_and_buffers_to_ignore_for_model": "torch DDP: keep the frozen base weights out of the all-reduce",
+    "_caches": "peft: BaseTunerLayer's cache, where DoRA's merge_safe leaves the weight norm; put back after an export",
     "_lora_dashboard": "an attribute lora_nb sets on an ipywidgets widget it made, so the widget keeps its view alive",
     "_lora_panel": "an attribute lora_nb sets on an ipywidgets widget it made, so the widget keeps its view alive",
 }

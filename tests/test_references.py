@@ -1,6 +1,6 @@
 """What the package's docstrings and comments point at exists: every dotted ``lora_nb.…`` name (and ``core.…``,
 ``training.…``, … relative to the package), every ``module.attr`` and private name in double backticks, every
-``run.…`` / ``session.…`` / ``settings.…`` attribute they name, and every Python file they mention by name; the
+``run.…`` / ``session.…`` / ``settings.…`` / ``plan.…`` attribute they name, and every Python file they mention by name; the
 same for the tests' own docstrings and comments, and the README's ``lora_nb.…`` names. A module moved or a name
 renamed fails here until its mentions follow."""
 
@@ -17,6 +17,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from lora_nb.core.registry import Session
+from lora_nb.core.training.memory.plan import MemoryPlan
 from lora_nb.core.training.run import TrainRun
 from lora_nb.core.training.settings import TrainSettings
 
@@ -26,12 +27,13 @@ HEADS = "lora_nb|core|viz|widgets|cmd|training|adapters|analysis|longrun|process
 DOTTED = re.compile(rf"(?<![\w.])((?:{HEADS})(?:\.[A-Za-z_]\w*)+)(?!\w|\.py)")
 TICKED = re.compile(r"``([A-Za-z_][\w.]*)``")
 FILE = re.compile(r"(?<![\w/.])([a-z_][a-z0-9_]*\.py)\b")
-OBJECTS = {"run": TrainRun, "session": Session, "settings": TrainSettings}  # what these names mean in the docs
+# what these names mean in the docs (else a module of that name)
+OBJECTS = {"run": TrainRun, "session": Session, "settings": TrainSettings, "plan": MemoryPlan}
 THIRD_PARTY = {"datasets", "torch", "peft", "transformers", "accelerate", "numpy", "safetensors"}
+EXTERNAL = {  # other projects' files and names the docstrings cite, with the project
+    "convert_hf_to_gguf.py": "llama.cpp", "convert_lora_to_gguf.py": "llama.cpp", "_set_vocab_gpt2": "llama.cpp",
+}
 FILES = {p.name for p in ROOT.rglob("*.py") if ".git" not in p.parts}
-# files of other projects that the code cites as the source of a rule it follows
-EXTERNAL_FILES = {"convert_hf_to_gguf.py": "llama.cpp's HF → GGUF converter",
-                  "convert_lora_to_gguf.py": "llama.cpp's PEFT adapter → GGUF-LoRA converter"}
 
 
 def texts(path: Path) -> Iterator[tuple[int, str]]:
@@ -82,8 +84,8 @@ def resolves(name: str, package: str) -> bool:
     """``name`` (``a.b.c``) is a module path and attributes under lora_nb, its core, its training package or
     the package of the module that mentions it."""
     head, *rest = name.split(".")
-    if head in OBJECTS and rest:
-        return has_attribute(OBJECTS[head], rest[0])
+    if head in OBJECTS and rest and has_attribute(OBJECTS[head], rest[0]):
+        return True
     bases = ["", "lora_nb.", "lora_nb.core.", "lora_nb.core.training.", f"{package}."]
     candidates = [base + head for base in bases] + modules_named(head)
     if any(attribute_path(module, rest) for module in dict.fromkeys(candidates) if module.startswith("lora_nb")):
@@ -106,7 +108,7 @@ def defined(path: Path) -> set[str]:
 
 def private_exists(name: str, path: Path) -> bool:
     """A private name mentioned in ``path`` is defined there (or is a module of the package)."""
-    return name in defined(path) or bool(modules_named(name))
+    return name in defined(path) or bool(modules_named(name)) or name in EXTERNAL
 
 
 def stale_references() -> list[str]:
@@ -124,7 +126,7 @@ def stale_references() -> list[str]:
             stale += [f"{where} {n}" for n in sorted(names) if not resolves(n, package)]
             stale += [f"{where} ``{n}``" for n in TICKED.findall(text)
                       if re.fullmatch(r"_[a-z]\w*[a-z0-9]", n) and not private_exists(n, path)]
-            stale += [f"{where} {f}" for f in FILE.findall(text) if f not in FILES and f not in EXTERNAL_FILES]
+            stale += [f"{where} {f}" for f in FILE.findall(text) if f not in FILES and f not in EXTERNAL]
     return stale
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ...errors import OptionError
+from ...errors import OptionError, first_line
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NATIVE_BF16 = (8, 0)  # compute capability from which CUDA GPUs compute in bf16 natively
@@ -101,7 +101,7 @@ def _check_supported(precision: Precision) -> None:
             if precision.scaled:
                 precision.scaler()
         except (RuntimeError, ValueError, AttributeError, TypeError) as exc:
-            problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            problem = first_line(exc)
     problem = problem or next((str(w.message) for w in caught if "autocast" in str(w.message).lower()
                                or "GradScaler" in str(w.message)), "")
     if problem:

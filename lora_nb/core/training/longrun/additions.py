@@ -21,7 +21,7 @@ from .resume import Checkpointer, Resume
 from .samples import Sampler, check_can_sample
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..run import PreparedRun
+    from ..run import PreparedRun, TrainRun
 
 
 class MemoryPlanner(Callback):
@@ -32,7 +32,7 @@ class MemoryPlanner(Callback):
         self.loop = loop
         self.first: FirstStepActivations | None = None
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         loop, s = self.loop, self.loop.settings
         plan = static_plan(loop.model, loop.params, s, run.device)
         if run.device.type == "cpu" and not s.grad_checkpointing and plenty_of_ram(plan):
@@ -47,12 +47,12 @@ class MemoryPlanner(Callback):
                              measure=not run.custom_loss, quick=not s.grad_checkpointing)
         run.memory_plan = plan
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         if self.first is not None:
             self.first.finish(self.loop.step_positions, self.loop.settings.grad_accum)
             self.first = None
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         if self.first is not None:  # the run ended before its first step did
             self.first.stop()
 
