@@ -13,14 +13,17 @@ import pytest
 from helpers import classification_pairs, mlp_with_lora, open_widgets
 
 from lora_nb.errors import OptionError
+from lora_nb.frontend import VSCODE_VARIABLES, resolve_ui
 from lora_nb.viz.png import LEVELS, indexed_png, palette
 from lora_nb.viz.svg import render
-from lora_nb.widgets.ui import Pictures, resolve_ui
+from lora_nb.widgets.ui import Pictures
 
 
 def test_auto_mode_follows_the_front_end(monkeypatch):
+    for name in VSCODE_VARIABLES:  # (VS Code's own cases: test_frontends.py)
+        monkeypatch.delenv(name, raising=False)
     assert resolve_ui("auto", kernel=False) == "text"  # terminal IPython, scripts
-    assert resolve_ui(None, kernel=True) == "widget"  # JupyterLab, Notebook 7, VS Code
+    assert resolve_ui(None, kernel=True) == "widget"  # JupyterLab, Notebook 7
     monkeypatch.setitem(sys.modules, "google.colab", object())
     assert resolve_ui("auto", kernel=True) == "static"  # Colab: pictures updated in place
     assert resolve_ui("widget", kernel=True) == "widget"  # asked for explicitly
