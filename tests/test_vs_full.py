@@ -203,7 +203,7 @@ def test_magic_in_a_terminal_shell(ip, capsys):
     assert "--sizes SIZES" in ip.run_line_magic("lora", "vs-full -h")
     assert "tabs" in ip.run_line_magic("lora", "dashboard -h")
     for line, message in [("vs-full model --data trian", "no variable `trian`; did you mean `train`"),
-                          ("vs-full model --data train --sizes 10", "pass eval data"),
+                          ("vs-full model --data train --sizes 10", "pass `--eval …`"),
                           ("vs-full model --data train --steps many", "steps must be an integer"),
                           ("vs-full model --data train --targets nothing_here", "nothing_here"),
                           ("vs-full model", "the following arguments are required: --data")]:
