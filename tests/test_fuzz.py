@@ -41,6 +41,7 @@ MODELS = ("gpt", "mlp", "plain")
 # variables of every kind the namespace holds, and names that are not there
 VARIABLES = ("gpt", "mlp", "plain", "gpt.transformer", "mlp.0", "texts", "tok", "pairs", "xy", "ids", "x", "num",
              "weird", "none", "word", "fn", "items", "empty", "chats", "prompts", "gpt.nope", "missing", "gtp")
+PARTS = ("gpt.transformer", "gpt.transformer.h", "mlp.0")
 PATHS = ("out", "sub/dir", "notes.txt", "keep", ".", "..", "/", "/proc/nope", "''", "'~'", "'a b'", "out/../out")
 NUMBERS = ("0", "1", "2", "-1", "0.5", "1e-3", "nan", "inf", "-inf", "1e400", "x", "''", "3.7", "--")
 TEXTS = ("default", "second", "mix", "a,b", "default,second", "q", "c_attn", "0,2", "'.*'", "'('", "auto", "svd",
@@ -153,7 +154,7 @@ def lora_line(rnd: random.Random) -> tuple[str, str | None]:
             continue
         if action.dest == "model":
             words.append(rnd.choice(("gpt", "mlp") * 3 + MODELS) if careful or rnd.randint(0, 4) else
-                         rnd.choice(VARIABLES))
+                         rnd.choice(VARIABLES + PARTS * 4))  # parts of adapted models: often
         elif rnd.randint(0, 5):  # a positional is sometimes left out
             words.append(_value(rnd, action, careful, words[1]))
     options = [a for a in parser._actions if a.option_strings]
