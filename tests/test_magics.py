@@ -150,7 +150,9 @@ def test_one_message_in_python_names_for_the_api_and_in_options_for_the_magics(i
     from lora_nb.errors import AdapterError
 
     model = tiny_mlp()
-    lora_nb.attach(model, r=2)
+    session = lora_nb.attach(model, r=2)
+    assert repr(session) == ("<lora_nb session on Sequential: adapters `default` (active); lora_nb.status(model) shows "
+                             "the table>")  # at a prompt: one line, not the model and its weights
     with pytest.raises(AdapterError) as python:
         lora_nb.attach(model, r=2)
     assert str(python.value) == ("adapter `default` already exists; pass `replace=True` to replace it or `name=…` "
