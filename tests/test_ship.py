@@ -303,6 +303,7 @@ def test_magics_export_check_and_their_completion(ip, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_smollm2_exports_round_trip_within_their_precision(tmp_path):
     from transformers import AutoTokenizer
 
@@ -320,7 +321,7 @@ def test_smollm2_exports_round_trip_within_their_precision(tmp_path):
     merged = reload(model, lora_nb.export(model, tmp_path / "merged", format="merged", tokenizer=tok))
     reference = logits(merged, batch)
     f16 = lora_nb.export(model, tmp_path / "f16", format="gguf", quant="f16", tokenizer=tok)
-    assert f16.seconds <= 30
+    print(f"SmolLM2 f16 GGUF export: {f16.seconds:.1f} s (load {os.getloadavg()[0]:.1f})")
     merged.load_state_dict({k: (v.half().float() if v.dim() == 2 else v) for k, v in merged.state_dict().items()})
     torch.testing.assert_close(logits(reload(model, f16), batch), logits(merged, batch), atol=1e-3, rtol=1e-4)
     q8 = lora_nb.export(model, tmp_path / "q8", format="gguf", quant="q8_0", tokenizer=tok)
@@ -333,6 +334,7 @@ def test_smollm2_exports_round_trip_within_their_precision(tmp_path):
     assert again.chat_template == tok.chat_template
     lora = lora_nb.export(model, tmp_path / "lora", format="gguf-lora")
     assert len(lora.survival.modules) == 20 and min(lora.survival.modules.values()) > 0.999
+    assert f16.seconds <= 30  # the bound, on an idle 2-core CPU (36 s measured here at load 26)
 
 
 def test_a_quantized_base_is_dequantized_before_merging(tmp_path, monkeypatch):
