@@ -375,7 +375,7 @@ def test_every_written_path_is_checked_before_anything_is_written(notebook, tmp_
     (tmp_path / "folder" / "data.txt").write_text("mine too")
     cases = {
         "save gpt notes.txt": "is a file",
-        "save gpt folder": "is not an adapter folder",
+        "save gpt folder": "is not a saved adapter folder",
         "save gpt notes.txt/sub": "is a file",
         "save gpt /proc/nope": "cannot create a folder in /proc",
         "export gpt /proc/nope --data texts --tokenizer tok": "cannot create a folder in /proc",

@@ -73,7 +73,7 @@ def test_every_block_is_run_somewhere():
     held to the signatures by test_signatures.py."""
     for marker, _, code in README:
         kind = (marker in ("SETUP", "TEST", "DEMO", "GPU", "SIGNATURES")
-                or code.startswith(("%load_ext lora_nb", "import lora_nb",
+                or code.startswith(("%load_ext lora_nb", "import lora_nb", "%lora check model",
                                                                                  "%%lora attach model"))
                 or code.startswith("lora_nb/"))  # the last: the layout tree, not code
         assert kind, f"README block not run by any test:\n{code}"
@@ -180,3 +180,18 @@ def test_the_demo_starts_and_serves_jupyterlab(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_the_shipping_block_runs_as_written(ip, tmp_path, monkeypatch):
+    """"Shipping it": pre-flight, GGUF, merged and GGUF-LoRA exports, on a tiny Llama with a trained-looking adapter
+    and a small BPE tokenizer standing in for SmolLM2's."""
+    from test_ship import bpe_tokenizer, tiny
+
+    [code] = [code for _, lang, code in README if code.startswith("%lora check model")]
+    monkeypatch.chdir(tmp_path)
+    ip.user_ns.update(model=tiny("llama"), tok=bpe_tokenizer(), acc=lambda m: 0.5)
+    for line in code.splitlines():
+        ip.run_line_magic("lora", line.split("#")[0].strip().removeprefix("%lora "))
+    assert sorted(p.name for p in (tmp_path / "shipped").glob("*.gguf")) == ["model-q8_0.gguf"]
+    assert (tmp_path / "shipped" / "Modelfile").is_file()
+    assert (tmp_path / "merged" / "config.json").is_file() and list((tmp_path / "lora").glob("*.gguf"))
