@@ -68,7 +68,7 @@ def conversations(name: str, n: int, skip: int = 0) -> list[list[dict]]:
         rows = lora_nb.rotten_tomatoes(n=skip + n)[skip:]
         return [[{"role": "user", "content": QUESTION.format(r["text"])},
                  {"role": "assistant", "content": r["sentiment"]}] for r in rows]
-    lo, hi = (1, 16) if name == "variable" else (16, 64)  # "long": 512-2048 tokens for the GPU section
+    lo, hi = (1, 16) if name == "variable" else (16, 56)  # "long": ~512-2048 tokens for the GPU section
     rows, rng, talk = lora_nb.rotten_tomatoes(seed=1), random.Random(len(name) * 1000 + skip), []
     for _ in range(n):
         k = min(hi, max(lo, round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.5))))))
@@ -317,6 +317,8 @@ def main() -> None:
     parser.add_argument("--config", default="smollm2", help=argparse.SUPPRESS)
     parser.add_argument("--trl-best", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if min(opts.steps or 2, opts.gpu_steps) < 2:
+        parser.error("a run needs at least 2 steps (the step time is measured between step ends)")
     if opts.worker:
         return worker(opts)
     import torch
