@@ -27,7 +27,7 @@ from ..errors import TrainingError
 from ..viz.analysis import rank_map_spec, values_over_steps_spec
 from .chart import Chart, ViewBox
 from .throttle import RateLimit
-from .ui import close_tree
+from .ui import close_tree, set_options
 
 SHARE = 0.05  # of the wall time that live redraws may take on the training thread (as the explorers)
 
@@ -117,15 +117,12 @@ class HistoryView(Callback):
                                if self.run.state not in ("running", "paused") else "no spectra recorded yet")
             self.drawn = 0
             return
-        if list(self.module.options) != history.modules:
-            chosen = self.module.value
-            self.module.options = history.modules
-            if chosen in history.values:
-                self.module.value = chosen
-        module = self.module.value if self.module.value in history.values else history.modules[0]
+        set_options(self.module, history.modules)
+        module = self.module.value
         sent, start = self.sent_bytes, self.clock()
         self.heatmap.draw(rank_map_spec(rank_map(history, self.measure.value, self.energy)))
-        self.lines.draw(values_over_steps_spec(history.steps, values_over_steps(history, module), module))
+        self.lines.draw(values_over_steps_spec(history.steps, values_over_steps(history, module), module,
+                                               history.modules))
         self.limit.sent(self.sent_bytes - sent, self.clock() - start)
         self.drawn = len(history)
         self.redraws += 1
