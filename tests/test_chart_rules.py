@@ -53,8 +53,9 @@ def reading_problems(spec: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def trained_bert():
     """A 4-layer BERT classifier (25 adapted modules named like all-MiniLM-L6-v2's), trained 24 steps with evals."""
-    import lora_nb
     from transformers import BertConfig, BertForSequenceClassification
+
+    import lora_nb
 
     torch.manual_seed(0)
     cfg = BertConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=2,
@@ -190,7 +191,8 @@ def test_legend_lists_eval_loss_once_there_is_one_and_stars_the_best():
     evals = [{"step": s, "eval_loss": 1.1 / s} for s in (10, 20, 30, 40)]
     after_svg, labels = render_labels(history_spec(history, evals, best={"step": 40, "eval_loss": 1.1 / 40}))
     assert ">eval loss</text>" in after_svg and after_svg.count("best eval") >= 2  # legend + hover text
-    assert after_svg.count("scale(1.80)' d='M0,-6L1.8") == 2  # a large star in the plot and in the legend
+    assert after_svg.count("scale(1.80)' d='M0,-6L1.8") == 1  # a large star in the plot, unlike the eval dots
+    assert after_svg.count("scale(0.90)' d='M0,-6L1.8") == 1  # and in the legend
     legend = next(lb for lb in labels if lb.text == "train loss")
     loss_title = next(lb for lb in labels if lb.text == "loss")
     assert legend.y1 < loss_title.y0 < legend.y1 + 40  # the legend sits right over the loss panel
@@ -199,25 +201,23 @@ def test_legend_lists_eval_loss_once_there_is_one_and_stars_the_best():
 def test_history_tab_dropdown_shows_the_module_it_draws():
     """The dashboard's History tab built after a run: the module dropdown has its first module chosen (it was
     empty, selectedIndex −1, above a chart of that module); a later run with the same modules keeps the choice."""
-    from helpers import tiny_mlp
+    from helpers import classification_pairs, tiny_mlp
 
     import lora_nb
     from lora_nb.widgets.dashboard import Dashboard
 
     model = tiny_mlp()
     lora_nb.attach(model, r=2)
-    x = torch.randn(64, 16)
-    data = torch.utils.data.TensorDataset(x, x[:, :5].argmax(1))
-    loss = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
-    lora_nb.train(model, data, loss_fn=loss, steps=6, spectra_every=2, background=False)
+    data = classification_pairs()
+    lora_nb.train(model, data, steps=6, spectra_every=2, background=False)
     dash = Dashboard(model)
     view = dash.open("History")
-    modules = list(view.run.spectra_history.modules)
-    assert len(modules) >= 2
+    modules = list(view.run.spectra_history.snapshot().modules)
+    assert modules == ["0", "2", "4"]
     assert view.module.index == 0 and view.module.value == modules[0]
     assert f"{modules[0]}: singular values" in view.lines.value
     view.module.value = modules[1]
-    run = lora_nb.train(model, data, loss_fn=loss, steps=4, spectra_every=2, background=False)
+    run = lora_nb.train(model, data, steps=4, spectra_every=2, background=False)
     view.follow(run)
     assert view.module.value == modules[1] and f"{modules[1]}: singular values" in view.lines.value
     dash.close()

@@ -109,7 +109,7 @@ def test_form_starts_from_the_last_settings_and_errors_are_one_line(notebook):
     dash.names["data"].value = "pairz"
     dash.start_button.click()
     message = dash.train_message.value
-    assert "no variable `pairz`; did you mean `pairs`" in message and "\n" not in message
+    assert "no variable <code>pairz</code>; did you mean <code>pairs</code>" in message and "\n" not in message
     dash.names["data"].value = ""
     dash.start_button.click()
     assert "name the variable that holds the training data" in dash.train_message.value

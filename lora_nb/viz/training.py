@@ -43,6 +43,12 @@ SMOOTHING = 0.9  # the EMA's beta before the run's length is known
 MEMORY = "memory (MB)"
 
 
+def memory_title(run: Any) -> str:
+    """The memory panel's title for ``run``: what its ``memory_mb`` measures, live and in the final picture alike."""
+    gpu = getattr(getattr(run, "device", None), "type", None) == "cuda"
+    return "GPU memory allocated (MB)" if gpu else "process RSS (MB)"
+
+
 def smoothing_for(steps: int | None) -> float:
     """The live EMA's beta for a run of ``steps``: a span of about 1/40 of the run (3 … 20 steps), so the smoothed
     curve lags a few steps behind, not a tenth of the run."""
@@ -111,6 +117,8 @@ def training_spec(title: str | None = None, throughput: str = "samples/s", memor
         layout["yaxis" + ("" if not i else str(i + 1))] = {"domain": list(yd), "anchor": axis_ref("x", i)}
     layout["yaxis"]["type"] = loss_axis or loss_scale(values)
     layout["yaxis2"]["rangemode"] = "tozero"  # a 1% decay of the learning rate looks like one
+    layout["meta"] = {"alt": (f"{title}: " if title else "") + "training curves of " + ", ".join(names)
+                      + " against the optimizer step"}
     if layout["title"] is None:
         del layout["title"]
     return {"data": data, "layout": layout}

@@ -21,7 +21,7 @@ from typing import Any
 from ..core.analysis.weights import code_spans
 from ..core.training.callbacks import Callback
 from ..core.training.reporting import Ema, begin_line, progress_line
-from ..viz.training import MEMORY, SERIES, SMOOTHING, history_spec, mark_best, smoothing_for, training_spec
+from ..viz.training import SERIES, SMOOTHING, history_spec, mark_best, memory_title, smoothing_for, training_spec
 from .throttle import Decimator, RateLimit, Throttle
 from .ui import Slot, close_tree, picture_bundle, svg_bundle
 
@@ -58,7 +58,7 @@ class LiveDashboard(Callback):
         self.updates = 0  # chart refreshes sent
         self.slot = Slot()  # the output this view lives in once displayed
         self.closed = False
-        self._units = ("samples/s", MEMORY)
+        self._units = ("samples/s", memory_title(run))
         self._beta = SMOOTHING
         self._build()
         self._reset()
@@ -102,8 +102,7 @@ class LiveDashboard(Callback):
             self._feed(record)
         for record in list(run.evals):
             self.series["eval_loss"].add(record["step"], record["eval_loss"])
-        gpu = getattr(getattr(run, "device", None), "type", None) == "cuda"
-        self._units = (self._units[0], "GPU memory allocated (MB)" if gpu else "process RSS (MB)")
+        self._units = (self._units[0], memory_title(run))
         self._began(run)
         if self.show_on_begin and self.slot.handle is None:
             self._ipython_display_()
@@ -174,7 +173,7 @@ class LiveDashboard(Callback):
         """The run's whole history as a spec (what a saved notebook keeps)."""
         run = self.run
         return history_spec(run.history, run.evals, title=self.title or f"{run.state}: {run.summary_line()}",
-                            best=getattr(run, "best", None), memory=self._units[1])
+                            best=getattr(run, "best", None), memory=memory_title(run))
 
     def static_figure(self) -> Any:
         """The run's whole history as a plotly ``go.Figure``."""

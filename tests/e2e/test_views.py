@@ -33,17 +33,18 @@ CELLS = [MODEL, "%lora attach model --r 8",
 TRAIN, DASHBOARD, VIEWS = 2, 3, {"spectrum": 4, "weights": 5, "history": 6, "advise": 7}
 TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum", "History")
 
-# For each visible <svg> in the area: text boxes (client pixels) outside the svg's box, and pairs of text boxes that
+# For each visible lora_nb chart (an <svg> carrying its font) in the area: text boxes (client pixels) outside the svg's box, and pairs of text boxes that
 # overlap by more than 2 px both ways. Hidden charts (tabs not shown) have an empty box and are skipped.
-LABELS = """(sel) => { const out = {clipped: [], overlaps: [], charts: 0, untitled: 0};
+LABELS = r"""(sel) => { const out = {clipped: [], overlaps: [], charts: 0, untitled: 0};
   for (const svg of document.querySelectorAll(sel)) {
     const s = svg.getBoundingClientRect(); if (s.width < 2) continue; out.charts += 1;
     if (!svg.getAttribute('aria-label') && !svg.querySelector(':scope > title')) out.untitled += 1;
     const boxes = Array.from(svg.querySelectorAll('text')).filter(t => t.textContent.trim())
-        .map(t => [t.textContent, t.getBoundingClientRect()]);
+        .map(t => [t.textContent, t.getBoundingClientRect(), /rotate\(-35/.test(t.getAttribute('transform') || '')]);
     for (const [text, b] of boxes) if (b.left < s.left - 1 || b.right > s.right + 1 || b.top < s.top - 1
         || b.bottom > s.bottom + 1) out.clipped.push(text);
     for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+      if (boxes[i][2] && boxes[j][2]) continue;  // parallel slanted labels: their boxes are checked in the kernel
       const a = boxes[i][1], b = boxes[j][1];
       if (Math.min(a.right, b.right) - Math.max(a.left, b.left) > 2
           && Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 2) out.overlaps.push([boxes[i][0], boxes[j][0]]);
@@ -58,7 +59,7 @@ def check_readable(lab: LabPage, cell: int, what: str) -> dict:
     """The charts of ``cell`` that are on screen: every label inside its picture, none over another; every visible
     dropdown shows a chosen item."""
     area = lab.cell_node(cell)
-    labels = lab.page.evaluate(LABELS, f"{area} svg")
+    labels = lab.page.evaluate(LABELS, f"{area} svg[font-family]")
     dropdowns = lab.page.evaluate(DROPDOWNS, f"{area} .widget-dropdown select")
     problems = []
     if labels["clipped"]:
@@ -74,6 +75,12 @@ def check_readable(lab: LabPage, cell: int, what: str) -> dict:
     if problems:
         raise WidgetFailure(f"{what}: " + "; ".join(problems))
     return {"charts": labels["charts"], "dropdowns": len(dropdowns)}
+
+
+def shoot_output(lab: LabPage, cell: int, label: str) -> None:
+    """A screenshot of the whole output of ``cell`` (taller than the window where the view is)."""
+    lab.n_shot += 1
+    lab.page.locator(lab.cell_node(cell)).first.screenshot(path=str(lab.shots / f"{lab.n_shot:02d}-{label}-full.png"))
 
 
 def open_tab(lab: LabPage, cell: int, title: str) -> None:
@@ -92,6 +99,7 @@ def test_every_view(app, lab_server, browser, screenshots):
             lab.run_cell(i, timeout=240)
         lab.scroll_to(TRAIN)
         lab.shot("train-final")
+        shoot_output(lab, TRAIN, "train-final")
         try:
             seen["train"] = check_readable(lab, TRAIN, "training picture")
         except WidgetFailure as exc:
@@ -102,6 +110,7 @@ def test_every_view(app, lab_server, browser, screenshots):
             open_tab(lab, DASHBOARD, title)
             lab.scroll_to(DASHBOARD)
             lab.shot(f"dashboard-{title}")
+            shoot_output(lab, DASHBOARD, f"dashboard-{title}")
             try:
                 seen[f"dashboard/{title}"] = check_readable(lab, DASHBOARD, f"dashboard tab {title}")
             except WidgetFailure as exc:
@@ -114,6 +123,7 @@ def test_every_view(app, lab_server, browser, screenshots):
                 lab.page.wait_for_timeout(500)
                 lab.scroll_to(cell)
                 lab.shot(name)
+                shoot_output(lab, cell, name)
                 seen[name] = check_readable(lab, cell, f"%lora {name}")
             except WidgetFailure as exc:
                 failures.append(str(exc))
