@@ -138,7 +138,7 @@ def test_history_charts_share_their_step_axis(trained_bert):
     assert len(colors) == 8 and brightness == sorted(brightness)
     # the energy measure is a whole number: so are its colour bar's ticks
     svg = render(specs["rank map (energy)"])
-    bar = re.findall(r"<line x1='[\d.]+' x2='[\d.]+' y1='[\d.]+' y2='[\d.]+' stroke='#666'/><text [^>]*>([^<]+)<", svg)
+    bar = re.findall(r"<line x1='[\d.]+' x2='[\d.]+' y1='[\d.]+' y2='[\d.]+' stroke='white'/><text [^>]*>([^<]+)<", svg)
     assert len(bar) >= 3 and all(re.fullmatch(r"\d+", t) for t in bar)
 
 
@@ -257,3 +257,38 @@ def test_every_front_end_is_its_own_class():
 
     for module in (live, vs_full):
         assert 'ui == "widget"' not in inspect.getsource(module) and "self.ui ==" not in inspect.getsource(module)
+
+
+@pytest.mark.slow
+def test_saved_notebook_keeps_every_chart_and_nbconvert_finds_alternative_text():
+    """A notebook run headless and saved: each view leaves every chart it showed (with its sentence) as HTML, and
+    nbconvert's HTML export reports no image without alternative text."""
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    cells = ["%load_ext lora_nb\nimport torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
+             "model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))\n"
+             "x = torch.randn(96, 16); data = torch.utils.data.TensorDataset(x, x[:, :5].argmax(1))\n"
+             "%lora attach model --r 4",
+             "run = %lora train model --data data --steps 12 --wait",
+             "%lora spectrum model", "%lora weights model", "%lora history model", "%lora advise model"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", store_widget_state=True).execute()
+    assert not [o for c in nb.cells for o in c.outputs if o.output_type == "error"]
+
+    def html_of(cell: int) -> str:
+        return "".join(o.get("data", {}).get("text/html", "") for o in nb.cells[cell].outputs)
+
+    charts = {cell: html_of(cell).count("<svg") for cell in range(1, 6)}
+    assert charts == {1: 1, 2: 2, 3: 5, 4: 2, 5: 1}  # training, spectrum, weights, history, advise
+    assert "effective rank: how many directions" in html_of(2) and "--rank-pattern advised" in html_of(5)
+    for state in (True, False):  # with the widgets' saved state, and as a viewer without widgets reads it
+        copy = nbformat.from_dict(nb)
+        if not state:
+            copy.metadata.pop("widgets", None)
+        body, _ = HTMLExporter().from_notebook_node(copy)
+        assert "No description has been provided" not in body  # what nbconvert gives an <img> without alt
+        if not state:
+            assert body.count('role="img"') >= 11 and body.count('<svg aria-label="') >= 11  # inline, with alt text

@@ -17,7 +17,7 @@ from .png import palette
 from .spectra import short_names
 
 MAX_HEIGHT = 900  # a heatmap of many modules keeps a readable height (its row labels are thinned)
-ROW = 14  # pixels per module row: one line of 11 px text
+ROW = 12  # pixels per module row: one line of 11 px text
 COLUMNS = 400  # a rank map's columns at most (the recorded steps, resampled onto a regular grid)
 RANK_NOTE = ("effective rank: how many directions ΔW really uses; rank for a share of the energy: how many of its "
              "largest singular values hold that share of ‖ΔW‖² (the squared sum of all ΔW's entries).")
@@ -161,7 +161,7 @@ def advice_spec(advice: Any) -> dict:
              f"{advice.params('now') - advice.params('pattern'):,} parameters")
     note = (f"rank for {advice.energy:.0%} energy: how many of ΔW's largest singular values hold {advice.energy:.0%} "
             "of ‖ΔW‖². Apply it to a new adapter with: %lora attach model --name lean --rank-pattern advised")
-    return {"data": data, "layout": panel_layout(title, "rank (directions)", None, max(260, ROW * len(names) * 2 + 110),
+    return {"data": data, "layout": panel_layout(title, "rank (directions)", None, max(260, 18 * len(names) + 110),
                                                  barmode="group", xaxis={"tickformat": "d", "rangemode": "tozero"},
                                                  yaxis={"type": "category", "autorange": "reversed"},
                                                  legend={"orientation": "h", "y": 1.02, "x": 0}, meta={"note": note})}

@@ -186,9 +186,9 @@ class Axis:
                     for c, v in zip(self.positions(vals), vals) if np.isfinite(c)]
         if self.kind == "category":
             span, n, width = abs(self.p1 - self.p0), max(1, len(self.categories)), self.label_px
-            # a label needs a line (14 px) on a y axis; on an x axis its width, up to 6 characters; longer ones are
+            # a label needs a line (12 px) on a y axis; on an x axis its width, up to 6 characters; longer ones are
             # drawn slanted, one above the other, and need about a line and a half along the axis
-            room = 14.0 if self.name[0] != "x" else max(14.0, width + 8) if width <= 6 * CHAR_PX else 20.0
+            room = 12.0 if self.name[0] != "x" else max(14.0, width + 8) if width <= 6 * CHAR_PX else 20.0
             every = max(1, math.ceil(n / max(2, span // room)))
             slot = span / n * every
             # an x label wider than its slot goes on a second line every other tick, or, wider still, slanted

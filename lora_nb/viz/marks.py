@@ -222,8 +222,8 @@ def colorbar(trace: dict, lo: float, hi: float, canvas: Any) -> list[str]:
     values, step = nice_ticks(lo, hi, count, integer=whole)
     for value in values:
         y = y1 - (value - lo) / ((hi - lo) or 1.0) * (y1 - y0)
-        out.append(f"<line x1='{x + 14}' x2='{x + 17}' y1='{y:.1f}' y2='{y:.1f}' stroke='#666'/>"
-                   + canvas.text(format_number(value, step), x + 19, y + 4))
+        out.append(f"<line x1='{x + 9}' x2='{x + 14}' y1='{y:.1f}' y2='{y:.1f}' stroke='white'/>"  # inside the bar
+                   + canvas.text(format_number(value, step), x + 18, y + 4))
     if title:
         out.append(canvas.text(str(title), x + 7, y0 - 12, "middle"))
     return out

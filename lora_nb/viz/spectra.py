@@ -35,7 +35,8 @@ def short_names(names: list[str]) -> list[str]:
 
 
 RANK_NOTE = ("effective rank: how many directions ΔW really uses (the exponential of the entropy of its normalised "
-             "singular values); stable rank: ‖ΔW‖²_F / σ₁², small when one direction dominates; "
+             "singular values); stable rank: ‖ΔW‖² / σ₁² (all squared singular values summed, over the largest "
+             "one squared), small when one direction dominates; "
              "min(r, out, in): the most directions this adapter can have.")
 
 

@@ -49,8 +49,9 @@ class HistoryView(Callback):
         self.drawn = 0  # spectra records of ``run`` on screen
         self.redraws = 0  # times the charts were recomputed
         self.measure = W.ToggleButtons(options=[("effective rank", "effective"),
-                                                (f"rank for {energy:.0%} energy", "energy")], value=MEASURES[0])
-        self.module = W.Dropdown(description="module", options=[])
+                                                (f"rank for {energy:.0%} energy", "energy")], value=MEASURES[0],
+                                       style={"button_width": "auto"})
+        self.module = W.Dropdown(description="module", options=[], layout=W.Layout(width="520px"))
         self.heatmap, self.lines = Chart(), Chart()
         self.note = W.HTML()
         self.widget = ViewBox([self.measure, self.note, self.heatmap, self.module, self.lines],

@@ -54,7 +54,7 @@ def note_of(spec: Any) -> str:
 def figure_html(spec: Any, svg: str | None = None) -> str:
     """The chart's SVG (it carries its alternative text) with its sentence under it, as HTML."""
     note = note_of(spec)
-    caption = (f"<div style='font-size:12px;color:#555;margin:2px 0 8px 8px'>{html.escape(note)}</div>"
+    caption = (f"<div style='font-size:12px;line-height:1.4;color:#555;margin:2px 0 8px 8px'>{html.escape(note)}</div>"
                if note else "")
     return f"<div class='lora-nb-chart'>{svg if svg is not None else render(spec)}{caption}</div>"
 
