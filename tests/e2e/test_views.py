@@ -88,7 +88,7 @@ def open_tab(lab: LabPage, cell: int, title: str) -> None:
     lab.page.wait_for_timeout(1500)  # the tab's view is built on first opening (a kernel round trip)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize("app", ["lab", "notebook"])
 def test_every_view(app, lab_server, browser, screenshots):
     """The dashboard's six tabs and the spectrum, weights, history and advise views: readable, nothing empty."""
