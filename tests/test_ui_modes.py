@@ -72,7 +72,7 @@ def test_svg_has_axes_legend_hover_text_and_gaps():
                        "xaxis2": {"domain": [0.55, 1]}, "yaxis2": {"anchor": "x2"}}}
     svg = render(spec)
     assert "two &lt;panels&gt;" in svg and ">step</text>" in svg
-    assert svg.count("<circle") == 3  # the None is a gap, not a point
+    assert svg.count("<circle") == 3 + 1  # the None is a gap, not a point (+ the legend's marker of "loss")
     assert re.search(r"<path d='M[-\d.]+ [-\d.]+l0 0M", svg)  # the line breaks at the gap
     assert "<title>a has 2.0</title>" in svg and "<title>b has 5.0</title>" in svg
     assert ">loss</text>" in svg and ">counts</text>" in svg  # legend entries

@@ -282,7 +282,7 @@ def test_saved_notebook_keeps_the_pictures():  # a real kernel: live view shown,
     svg = curves.data["image/svg+xml"]
     for arm in ("LoRA", "full fine-tuning"):
         assert f"<title>{arm} train loss (smoothed)</title>" in svg
-    assert sweep.data["image/svg+xml"].count("<circle") == 2 * 2 * 3  # 2 arms × 2 sizes × 3 panels (accuracy)
+    assert sweep.data["image/svg+xml"].count("<circle") == 2 * 2 * 3 + 2  # 2 arms × 2 sizes × 3 panels + legend
     assert sweep.data["text/plain"] == "<data-size sweep>"
     assert "overlap (1 = same subspace)" in directions.data["image/svg+xml"]
     (dashboard,) = [o for o in nb.cells[2].outputs if o.output_type in ("display_data", "execute_result")]

@@ -37,7 +37,7 @@ def _history(ctx, args):
     from ..viz.analysis import rank_map_spec, values_over_steps_spec
 
     specs = [rank_map_spec(rank_map(history)),
-             values_over_steps_spec(history.steps, values_over_steps(history, module), module)]
+             values_over_steps_spec(history.steps, values_over_steps(history, module), module, history.modules)]
     return (Pictures if mode == "static" else Report)(_history_text(history), specs)
 
 
@@ -54,7 +54,7 @@ def _advise(ctx, args):
     from ..viz.capacity import advice_capacity_spec
 
     specs = [advice_spec(advice)] + ([advice_capacity_spec(advice)] if advice.tokens else [])
-    return (Report if ctx.view_mode(args) == "text" else Pictures)(repr(advice), specs, advice._repr_html_())
+    return Report(repr(advice), specs, advice._repr_html_(), charts=True)
 
 
 @verb("intruders", "intruder dimensions per layer; with --metric, a slider that scales them (undoable)",
