@@ -204,13 +204,13 @@ def test_history_tab_dropdown_shows_the_module_it_draws():
     from helpers import classification_pairs, tiny_mlp
 
     import lora_nb
-    from lora_nb.widgets.dashboard import Dashboard
+    from lora_nb.widgets.dashboard import ModelDashboard
 
     model = tiny_mlp()
     lora_nb.attach(model, r=2)
     data = classification_pairs()
     lora_nb.train(model, data, steps=6, spectra_every=2, background=False)
-    dash = Dashboard(model)
+    dash = ModelDashboard(model)
     view = dash.open("History")
     modules = list(view.run.spectra_history.snapshot().modules)
     assert modules == ["0", "2", "4"]

@@ -11,8 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.smoothing import Ema
-from .training import SMOOTHING
+from ..core.smoothing import SMOOTHING, Ema
 
 COLORS = {"lora": (31, 119, 180), "full": (255, 127, 14), "attention": (148, 103, 189), "all": (44, 160, 44)}
 LABELS = {"lora": "LoRA", "full": "full fine-tuning", "attention": "attention only", "all": "all linear layers"}

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ..core.smoothing import Ema
+from ..core.smoothing import SMOOTHING, Ema
 from . import figure
-from .training import SMOOTHING, decimate
+from .training import decimate
 
 LABELS = {"lora": "LoRA", "full": "full fine-tuning"}
 COLORS = {"lora": (31, 119, 180), "full": (255, 127, 14)}

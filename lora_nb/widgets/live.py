@@ -19,10 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.analysis.weights import code_spans
-from ..core.smoothing import Ema
+from ..core.smoothing import SMOOTHING, Ema
 from ..core.training.callbacks import Callback
 from ..core.training.reporting import begin_line, progress_line
-from ..viz.training import SERIES, SMOOTHING, history_spec, mark_best, memory_title, smoothing_for, training_spec
+from ..viz.training import SERIES, history_spec, mark_best, memory_title, smoothing_for, training_spec
 from .throttle import Decimator, RateLimit, Throttle
 from .ui import Slot, close_tree, picture_bundle, svg_bundle
 

@@ -26,7 +26,7 @@ def svg_bundle(spec: Any, text: str) -> dict:
 
 
 def note_of(spec: Any) -> str:
-    """The plain sentence a spec carries for its chart (``layout.meta.note``: what a learner may not know)."""
+    """The plain sentence a spec carries for its chart (its layout's meta note: what a learner may not know)."""
     meta = (spec.get("layout") or {}).get("meta") if isinstance(spec, dict) else None
     return str(meta.get("note") or "") if isinstance(meta, dict) else ""
 

@@ -18,9 +18,8 @@ from typing import Any
 
 from ..core.analysis.vs_full import VsFullCallback
 from ..core.analysis.weights import code_spans
-from ..core.smoothing import Ema
+from ..core.smoothing import SMOOTHING, Ema
 from ..viz.analysis import directions_spec
-from ..viz.training import SMOOTHING
 from ..viz.vs_full import CURVES, LABELS, curves_spec, result_curves_spec, sweep_spec
 from .throttle import Decimator, RateLimit
 from .ui import Slot, close_tree, picture_bundle, svg_bundle

@@ -209,7 +209,8 @@ class TrainRun:
     def summary_line(self) -> str:
         change = loss_change([r["loss"] for r in self.history])
         loss = f"; {change}" if change else ""
-        return f"{self.step}/{self.max_steps} steps on {self.where} in {self.seconds:.1f} s{loss}"
+        where = self.where.partition(" (")[0]  # the device and precision; the first line gave the reason
+        return f"{self.step}/{self.max_steps} steps on {where} in {self.seconds:.1f} s{loss}"
 
     def summary(self) -> dict:
         """What the run did, as stored in ``session.records[adapter]["runs"]``."""
