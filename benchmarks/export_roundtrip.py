@@ -55,19 +55,25 @@ def prompt_batch(tok, reviews):
     return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
 
-def logits(lm, batch) -> torch.Tensor:
+def logits(lm, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(every prompt position × vocab, the answer position × vocab)``: padding dropped; the answer position is
+    each prompt's last, whose logits pick the first word the model says."""
     with torch.no_grad():
         out = lm(**batch).logits.float()
-    return out[batch["attention_mask"].bool()]  # positions × vocab, padding dropped
+    last = batch["attention_mask"].sum(1) - 1
+    return out[batch["attention_mask"].bool()], out[torch.arange(out.shape[0]), last]
 
 
-def compare(ref: torch.Tensor, got: torch.Tensor) -> str:
+def compare(ref: tuple[torch.Tensor, torch.Tensor], got: tuple[torch.Tensor, torch.Tensor]) -> str:
+    (ref, ref_answer), (got, got_answer) = ref, got
     logp, logq = ref.log_softmax(-1), got.log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1).mean().item()
     top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    answer = (ref_answer.argmax(-1) == got_answer.argmax(-1)).float().mean().item()
     scale = ref.abs().max().item()
     return (f"max |Δlogit| {(ref - got).abs().max().item():.4f} (logits up to {scale:.1f}), top-1 agreement "
-            f"{top1:.2%}, mean KL {kl:.2e} nats over {ref.shape[0]} positions")
+            f"{top1:.2%}, mean KL {kl:.2e} nats over {ref.shape[0]} positions; top-1 at the answer position "
+            f"{answer:.0%} of {ref_answer.shape[0]}")
 
 
 def lora_readback(model, shipped) -> str:

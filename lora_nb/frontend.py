@@ -85,7 +85,8 @@ COLAB_BACKGROUND_NOTE = ("training in a background thread as asked: Colab may no
 
 def vscode_note(version: str) -> str:
     return (f"VS Code shows no widgets with ipywidgets {version} (microsoft/vscode-jupyter#17504): showing static "
-            "pictures instead; `pip install ipywidgets==8.1.8` and a kernel restart bring the widgets back")
+            "pictures instead; `pip install ipywidgets==8.1.8` and a kernel restart bring the widgets back "
+            "(not in VS Code? `%config LoraMagics.ui = 'widget'`)")
 
 
 def detect(kernel: bool | None = None, environ: Mapping[str, str] | None = None) -> FrontEnd:

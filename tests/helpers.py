@@ -258,3 +258,44 @@ def open_widgets() -> dict:
     from ipywidgets.widgets import widget
 
     return widget._instances if hasattr(widget, "_instances") else widget.Widget.widgets
+
+
+class StopAt(lora_nb.Callback):
+    """Stops the run after step ``step`` (as the Stop button would)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, run, record):
+        if record["step"] == self.step:
+            run.stop()
+
+
+class Overflow(torch.autograd.Function):
+    """Identity forward; backward sends infinite gradients (what fp16 overflow does to a scaled backward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def lm_loss(at_call=None, nan_at=None):
+    """``loss_fn(model, batch)``: the model's loss; training call ``at_call`` overflows in backward, ``nan_at``
+    returns NaN (a real divergence)."""
+    calls = [0]
+
+    def loss_fn(model, batch):
+        loss = model(**batch).loss
+        if model.training:
+            calls[0] += 1
+            if calls[0] == at_call:
+                loss = Overflow.apply(loss)
+            if calls[0] == nan_at:
+                loss = loss * float("nan")
+        return loss
+
+    return loss_fn

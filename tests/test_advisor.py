@@ -68,8 +68,10 @@ def test_advise_and_attach_with_the_advice_from_the_magics(ip):
     report = ip.run_line_magic("lora", "advise model --energy 0.9")
     assert "global r=4" in repr(report)
     bars = report.figures[0].data
-    assert list(bars[0].y) == [5, 5, 5] and list(bars[1].y) == [1, 2, 4]
+    assert list(bars[0].x) == [5, 5, 5] and list(bars[1].x) == [1, 2, 4]  # one row per module
     svg = render(report.specs[0])
     assert svg.count("advised rank") == 3 and svg.count(": r = 5</title>") == 3  # a bar per module and measure
+    shown = report._repr_html_()  # the notebook shows the chart, how to apply it, then the table
+    assert shown.index("<svg") < shown.index("--rank-pattern advised") < shown.index("<table")
     ip.run_line_magic("lora", "attach model --name lean --rank-pattern advised")
     assert {n: model.get_submodule(n).lora_A["lean"].weight.shape[0] for n in TRUE_RANKS} == TRUE_RANKS

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import classification_pairs, gpt2_lora, mlp_with_lora, tiny_mlp, token_items, wait_until
+from helpers import StopAt, classification_pairs, gpt2_lora, mlp_with_lora, tiny_mlp, token_items, wait_until
 from IPython.core.error import UsageError
 
 import lora_nb
@@ -21,15 +21,6 @@ SETUP = "import torch, lora_nb\nfrom helpers import gpt2_lora, token_items\n"
 OPTIONS = dict(steps=12, batch_size=4, lr=1e-2, background=False)
 PAIRS = classification_pairs(40)  # 5 batches of 8 an epoch
 MLP = dict(steps=12, batch_size=8, lr=1e-2, background=False)
-
-
-class StopAt(lora_nb.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, run, record):
-        if record["step"] == self.step:
-            run.stop()
 
 
 def losses(run):

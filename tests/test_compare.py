@@ -127,7 +127,7 @@ def test_compare_errors_and_training_refusal(gpt):
     model, _ = gpt
     with pytest.raises(OptionError, match="needs its tokenizer"):
         lora_nb.compare(model, prompt="w1")
-    with pytest.raises(OptionError, match="--prompt TEXT with --tokenizer VAR, or --inputs VAR"):
+    with pytest.raises(OptionError, match=r"compare needs `prompt=…, tokenizer=…`, or `inputs=…`"):
         lora_nb.compare(model)
     state = layer_state(model)
     find(model).run = SimpleNamespace(state="running")

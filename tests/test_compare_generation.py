@@ -61,7 +61,7 @@ def test_chat_prompts_go_through_the_chat_template(llama):
     assert result.on == generated(model, tok, ids, 5, do_sample=False)
     assert result.off == generated(pristine, tok, ids, 5, do_sample=False)
     assert result.prompt == "w5 w6" and "greedy, chat template" in str(result)
-    with pytest.raises(OptionError, match="--chat needs a tokenizer with a chat template"):
+    with pytest.raises(OptionError, match="`chat=True` needs a tokenizer with a chat template"):
         lora_nb.compare(model, prompt="w5", tokenizer=chat_tokenizer(template=None), chat=True)
 
 

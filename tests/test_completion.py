@@ -143,3 +143,14 @@ def test_a_jupyter_kernel_answers_tab_with_lora_completions():
         manager.shutdown_kernel(now=True)
     assert answers == {"%lora tr": (["train"], 2), "%lora train model --data p": (["pairs"], 1),
                        "%%lora attach model\nr: 4\nalp": (["alpha: "], 3), "%lora on model --adapter ": (["first"], 0)}
+
+
+def test_the_teaching_verbs_complete_their_options_and_fitting_variables(notebook):
+    from helpers import chat_tokenizer
+
+    notebook.user_ns["tok"] = chat_tokenizer()
+    assert complete(notebook, "%lora lr-sweep model --v") == ["--vs-full"]
+    assert {"--lrs", "--steps", "--eval", "--loss", "--alpha"} <= set(complete(notebook, "%lora lr-sweep model --"))
+    assert complete(notebook, "%lora placement model --data pa") == ["pairs"]
+    assert complete(notebook, "%lora data --tokenizer ") == ["tok"]  # no model on this verb's line
+    assert "--max-length" in complete(notebook, "%lora data --data pairs --")

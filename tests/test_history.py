@@ -1,4 +1,4 @@
-"""ΔW's spectra over a run: recorded on every run at ≤ 2% of the step time, shown as ranks over steps."""
+"""ΔW's spectra over a run: recorded on every run at ≤ 1% of the step time, shown as ranks over steps."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def test_save_replaces_an_older_save_only_when_asked_and_refuses_other_folders(t
     assert os.listdir(tmp_path) == ["ad"]
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
-    with pytest.raises(PathError, match="not an adapter folder"):
+    with pytest.raises(PathError, match="not a saved adapter folder"):
         lora_nb.save(model, tmp_path / "notes")
     assert os.listdir(tmp_path / "notes") == ["todo.txt"]
 

@@ -38,8 +38,8 @@ def wire(monkeypatch):
     if hasattr(widget_module, "Comm"):  # ipywidgets 7 opens its comms with ipykernel's Comm class
         from ipykernel.comm import Comm
 
-        monkeypatch.setattr(widget_module, "Comm", type("KernelCountingComm", (Comm,),
-                                                        {"publish_msg": CountingComm.publish_msg}))
+        monkeypatch.setattr(widget_module, "Comm", type("KernelCountingComm", (Comm,),  # "kernel": it sends only then
+                                                        {"publish_msg": CountingComm.publish_msg, "kernel": True}))
     return CountingComm.log
 
 
@@ -178,9 +178,11 @@ def test_run_end_leaves_a_static_picture(monkeypatch, wire):
 
     monkeypatch.setattr("IPython.display.display", fake_display)
     dash = LiveDashboard(show_on_begin=True)
+    widget_id = dash.widget.model_id
     run = lora_nb.train(mlp_with_lora(), classification_pairs(), steps=12, eval_data=classification_pairs(16),
                         callbacks=[dash])
-    assert shown[0] is dash.widget and len(updates) == 1  # displayed when the run began; replaced when it ended
+    view = shown[0]["application/vnd.jupyter.widget-view+json"]  # displayed by display id when the run began...
+    assert view["model_id"] == widget_id and len(updates) == 1  # ...and replaced when it ended
     picture = updates[0]
     assert picture["text/plain"].startswith("<training curves: 12/12 steps on cpu")
     spec = dash.static_spec()

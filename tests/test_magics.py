@@ -144,3 +144,24 @@ def test_a_comment_ends_the_line_as_in_python(ip):
     ip.user_ns["model"] = model = tiny_mlp()
     assert ip.run_cell("%lora attach model --r 2 --targets '0'   # in place; a # inside a word stays").success
     assert n_lora(model) == 1 and lora_nb.status(model).adapters[0].r == 2
+
+
+def test_one_message_in_python_names_for_the_api_and_in_options_for_the_magics(ip):
+    from lora_nb.errors import AdapterError
+
+    model = tiny_mlp()
+    session = lora_nb.attach(model, r=2)
+    assert repr(session) == ("<lora_nb session on Sequential: adapters `default` (active); lora_nb.status(model) shows "
+                             "the table>")  # at a prompt: one line, not the model and its weights
+    with pytest.raises(AdapterError) as python:
+        lora_nb.attach(model, r=2)
+    assert str(python.value) == ("adapter `default` already exists; pass `replace=True` to replace it or `name=…` "
+                                 "for another")
+    ip.user_ns.update(model=model, bare=tiny_mlp())
+    with pytest.raises(UsageError) as magic:
+        ip.run_line_magic("lora", "attach model --r 2")
+    assert str(magic.value) == "adapter `default` already exists; pass `--replace` to replace it or `--name …` for another"
+    with pytest.raises(AdapterError, match=r"attach one first \(`lora_nb\.attach\(model\)`\)$"):
+        lora_nb.spectra(ip.user_ns["bare"])
+    with pytest.raises(UsageError, match=r"attach one first \(`%lora attach MODEL`\)$"):
+        ip.run_line_magic("lora", "spectrum bare")

@@ -105,7 +105,7 @@ def test_a_plan_that_does_not_fit_says_what_to_change(ip, monkeypatch):
     monkeypatch.setattr(memory_plan, "free_bytes", lambda device: room)
     text = ip.run_line_magic("lora", "plan model --data items --batch-size 16 --device cpu")
     assert "does NOT fit" in text
-    assert "try: --batch-size 4 --grad-accum 4 (same effective batch)" in text
+    assert "try: `--batch-size 4 --grad-accum 4` (same effective batch)" in text
     assert "--grad-checkpointing" in text and "4-bit base" in text
 
 

@@ -142,7 +142,7 @@ def test_out_proj_alone_dora_and_attention_with_other_key_size_are_refused_or_sk
         lora_nb.attach(model, targets="attn.out_proj")
     with pytest.raises(TargetError, match=r"^LoRA cannot adapt `cross` \(MultiheadAttention\) exactly: separate"):
         lora_nb.attach(model, targets="cross")
-    with pytest.raises(OptionError, match=r"^--dora cannot adapt `attn` \(MultiheadAttention\)"):
+    with pytest.raises(OptionError, match=r"^`dora=True` cannot adapt `attn` \(MultiheadAttention\)"):
         lora_nb.attach(model, targets="attn", dora=True)
     with pytest.warns(LoraNBWarning, match=r"^skipped 1 layer\(s\) of class MultiheadAttention") as notes:
         lora_nb.attach(model, r=2)

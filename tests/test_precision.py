@@ -8,7 +8,7 @@ import io
 
 import pytest
 import torch
-from helpers import gpt2_lora, lora_params, token_items
+from helpers import StopAt, gpt2_lora, lm_loss, lora_params, token_items
 
 import lora_nb
 from lora_nb.core.training import precision as policy
@@ -23,44 +23,6 @@ OPTIONS = dict(steps=12, batch_size=4, lr=1e-2, background=False, device="cpu")
 def play_gpu(monkeypatch, capability):
     """The CPU answers as a CUDA GPU of ``capability`` would (what ``auto`` decides from)."""
     monkeypatch.setattr(policy, "device_capability", lambda device: capability)
-
-
-class Overflow(torch.autograd.Function):
-    """Identity forward; backward sends infinite gradients (what fp16 overflow does to a scaled backward)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("inf")
-
-
-def lm_loss(at_call=None, nan_at=None):
-    """``loss_fn(model, batch)``: the model's loss; training call ``at_call`` overflows, ``nan_at`` returns NaN."""
-    calls = [0]
-
-    def loss_fn(model, batch):
-        loss = model(**batch).loss
-        if model.training:
-            calls[0] += 1
-            if calls[0] == at_call:
-                loss = Overflow.apply(loss)
-            if calls[0] == nan_at:
-                loss = loss * float("nan")
-        return loss
-
-    return loss_fn
-
-
-class StopAt(lora_nb.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, run, record):
-        if record["step"] == self.step:
-            run.stop()
 
 
 class Weights(lora_nb.Callback):

@@ -76,8 +76,9 @@ def test_the_readme_attach_row_shows_every_attach_option():
 
 
 def readme_call(function: str) -> dict[str, object]:
-    """The keywords and defaults of ``lora_nb.<function>(…)`` as the README's Python API block writes it."""
-    block = README.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    """The keywords and defaults of ``lora_nb.<function>(…)`` as the README's signature listing (the Python block
+    after the ``<!-- SIGNATURES -->`` marker) writes it."""
+    block = README.split("<!-- SIGNATURES -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     start = block.index(f"lora_nb.{function}(")
     for end in range(block.index(")", start) + 1, len(block) + 1):
         try:

@@ -253,3 +253,17 @@ def test_add_callback_to_a_running_run_catches_up():
     ended = Recorder()
     run.add_callback(ended)  # a run that already ended: begin then end, at once
     assert ended.calls == [("begin", "stopped"), ("end", "stopped")]
+
+
+def test_the_end_line_compares_averaged_losses_not_two_batches():
+    from lora_nb.core.training.reporting import loss_change, loss_ends
+
+    losses = [5.0, 4.0, 6.0, 3.0, 2.0, 4.0, 3.0, 5.0, 1.0, 2.0, 4.5, 2.5]  # 12 steps: means of 3 at each end
+    assert loss_ends(losses) == (5.0, 3.0, 3)
+    assert loss_change(losses) == "loss 5 → 3 (means of the first and last 3 steps)"
+    assert loss_ends(list(range(200)))[2] == 20 and loss_ends([1.0, 2.0, 3.0]) == (1.0, 3.0, 1)
+    assert loss_change([2.5]) == "loss 2.5" and loss_change([]) == ""
+    model = mlp_with_lora()
+    run = lora_nb.train(model, classification_pairs(64), steps=8, batch_size=8)
+    first, last, k = loss_ends([r["loss"] for r in run.history])
+    assert k == 2 and f"loss {first:.4g} → {last:.4g} (means of the first and last 2 steps)" in run.message

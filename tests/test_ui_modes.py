@@ -13,14 +13,17 @@ import pytest
 from helpers import classification_pairs, mlp_with_lora, open_widgets
 
 from lora_nb.errors import OptionError
+from lora_nb.frontend import VSCODE_VARIABLES, resolve_ui
 from lora_nb.viz.png import LEVELS, indexed_png, palette
 from lora_nb.viz.svg import render
-from lora_nb.widgets.ui import Pictures, resolve_ui
+from lora_nb.widgets.ui import Pictures
 
 
 def test_auto_mode_follows_the_front_end(monkeypatch):
+    for name in VSCODE_VARIABLES:  # (VS Code's own cases: test_frontends.py)
+        monkeypatch.delenv(name, raising=False)
     assert resolve_ui("auto", kernel=False) == "text"  # terminal IPython, scripts
-    assert resolve_ui(None, kernel=True) == "widget"  # JupyterLab, Notebook 7, VS Code
+    assert resolve_ui(None, kernel=True) == "widget"  # JupyterLab, Notebook 7
     monkeypatch.setitem(sys.modules, "google.colab", object())
     assert resolve_ui("auto", kernel=True) == "static"  # Colab: pictures updated in place
     assert resolve_ui("widget", kernel=True) == "widget"  # asked for explicitly
@@ -69,7 +72,7 @@ def test_svg_has_axes_legend_hover_text_and_gaps():
                        "xaxis2": {"domain": [0.55, 1]}, "yaxis2": {"anchor": "x2"}}}
     svg = render(spec)
     assert "two &lt;panels&gt;" in svg and ">step</text>" in svg
-    assert svg.count("<circle") == 3  # the None is a gap, not a point
+    assert svg.count("<circle") == 3 + 1  # the None is a gap, not a point (+ the legend's marker of "loss")
     assert re.search(r"<path d='M[-\d.]+ [-\d.]+l0 0M", svg)  # the line breaks at the gap
     assert "<title>a has 2.0</title>" in svg and "<title>b has 5.0</title>" in svg
     assert ">loss</text>" in svg and ">counts</text>" in svg  # legend entries

@@ -203,7 +203,7 @@ def test_magic_in_a_terminal_shell(ip, capsys):
     assert "--sizes SIZES" in ip.run_line_magic("lora", "vs-full -h")
     assert "tabs" in ip.run_line_magic("lora", "dashboard -h")
     for line, message in [("vs-full model --data trian", "no variable `trian`; did you mean `train`"),
-                          ("vs-full model --data train --sizes 10", "pass eval data"),
+                          ("vs-full model --data train --sizes 10", "pass `--eval …`"),
                           ("vs-full model --data train --steps many", "steps must be an integer"),
                           ("vs-full model --data train --targets nothing_here", "nothing_here"),
                           ("vs-full model", "the following arguments are required: --data")]:
@@ -282,7 +282,7 @@ def test_saved_notebook_keeps_the_pictures():  # a real kernel: live view shown,
     svg = curves.data["image/svg+xml"]
     for arm in ("LoRA", "full fine-tuning"):
         assert f"<title>{arm} train loss (smoothed)</title>" in svg
-    assert sweep.data["image/svg+xml"].count("<circle") == 2 * 2 * 3  # 2 arms × 2 sizes × 3 panels (accuracy)
+    assert sweep.data["image/svg+xml"].count("<circle") == 2 * 2 * 3 + 2  # 2 arms × 2 sizes × 3 panels + legend
     assert sweep.data["text/plain"] == "<data-size sweep>"
     assert "overlap (1 = same subspace)" in directions.data["image/svg+xml"]
     (dashboard,) = [o for o in nb.cells[2].outputs if o.output_type in ("display_data", "execute_result")]

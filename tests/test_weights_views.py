@@ -106,7 +106,7 @@ def test_figures_carry_the_core_numbers():
     np.testing.assert_allclose(base.data[0].y, result.base[name].w)
     np.testing.assert_allclose(base.data[1].y, result.base[name].w_delta)
     ranks = effective_rank_figure(result)
-    assert list(ranks.data[0].y) == pytest.approx([result.stats[n].effective_rank for n in result])
+    assert list(ranks.data[0].x) == pytest.approx([result.stats[n].effective_rank for n in result])  # a row each
     sim = lora_nb.similarity(model, "first", "second")
     phi = similarity_figure(sim, name)
     np.testing.assert_array_equal(phi.data[0].z, sim[name])
@@ -230,7 +230,7 @@ def test_explorers_follow_adapter_changes_and_show_errors():
     assert list(narrow.module.options) == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
     lora_nb.enable(model, "default")
     lora_nb.delete(model, "extra")
-    assert "no adapter `extra`" in narrow.message.value
+    assert "no adapter <code>extra</code>" in narrow.message.value
     with torch.no_grad():
         find(model).model.get_submodule(ex.module.value).lora_B["default"].weight.zero_()
     lora_nb.disable(model)  # any change notifies the views: the zero B shows up

@@ -2,14 +2,27 @@
 ``%lora?``, tab completion and the unknown-verb message list them in, following a model's life — put an adapter
 on, train it, look inside, combine and keep it, take it off."""
 
-from . import adapters, analysis, attach, dashboard, export, inspect, plan, train, vs_full  # noqa: F401  (registers)
+from . import (  # noqa: F401  (registers the verbs)
+    adapters,
+    analysis,
+    attach,
+    dashboard,
+    export,
+    inspect,
+    loss_mask,
+    plan,
+    short_runs,
+    train,
+    vs_full,
+)
 from .router import VERBS, dispatch, help_text, order_verbs
 
 ORDER = (
     "attach", "status", "on", "off", "toggle",  # put an adapter on, see it, switch it
-    "plan", "train", "pause", "resume", "stop", "dashboard",  # train it
+    "data", "plan", "train", "pause", "resume", "stop", "dashboard",  # check the data, train it
+    "lr-sweep", "placement",  # short runs: which learning rate, which layers
     "weights", "spectrum", "history", "advise", "intruders", "similarity", "compare", "vs-full",  # look inside
-    "merge", "unmerge", "combine", "save", "load", "export", "check",  # combine, keep, take elsewhere
+    "merge", "unmerge", "combine", "save", "load", "check", "export",  # combine, keep, take elsewhere
     "delete", "detach",  # take it off
 )
 order_verbs(ORDER)

@@ -37,21 +37,24 @@ def _history(ctx, args):
     from ..viz.analysis import rank_map_spec, values_over_steps_spec
 
     specs = [rank_map_spec(rank_map(history)),
-             values_over_steps_spec(history.steps, values_over_steps(history, module), module)]
+             values_over_steps_spec(history.steps, values_over_steps(history, module), module, history.modules)]
     return (Pictures if mode == "static" else Report)(_history_text(history), specs)
 
 
-@verb("advise", "per module, the rank holding a share of ΔW's energy; `attach --rank-pattern advised` uses it",
+@verb("advise", "per module, the rank holding a share of ΔW's energy (`attach --rank-pattern advised` uses it); "
+      "the capacity gauge: parameters per supervised token",
       arg("--energy", type=float, default=0.9, help="share of ‖ΔW‖²_F to keep (default: 0.9)"),
       arg("--adapter", help="adapter to advise on (default: the active one)"),
-      arg("--layers", help="regex: only modules whose names it finds"),
+      arg("--layers", help="regex: only modules whose names it finds"), UI,
       examples=["%lora advise model", "%lora advise model --energy 0.95",
                 "%lora attach model --name lean --rank-pattern advised"])
 def _advise(ctx, args):
     advice = advise(ctx.model(args.model), args.energy, args.adapter, args.layers)
     from ..viz.analysis import advice_spec
+    from ..viz.capacity import advice_capacity_spec
 
-    return Report(repr(advice), [advice_spec(advice)], advice._repr_html_())
+    specs = [advice_spec(advice)] + ([advice_capacity_spec(advice)] if advice.tokens else [])
+    return Report(repr(advice), specs, advice._repr_html_(), charts=True)
 
 
 @verb("intruders", "intruder dimensions per layer; with --metric, a slider that scales them (undoable)",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..core.training.settings import TrainSettings
 from ..core.training.train import plan_memory
 from .data_options import data_objects, data_options
-from .router import Text, options_of, verb, with_settings
+from .messages import as_magic
+from .router import VERBS, Text, options_of, verb, with_settings
 
 PLANNED = ("batch_size", "grad_accum", "max_length", "device", "precision", "grad_checkpointing")
 _NOTEBOOK = {"device": "device"}  # as for train: the device defaults to the notebook setting (`%config LoraMagics`)
@@ -24,4 +25,4 @@ def _plan(ctx, args):
     objects = data_objects(ctx, args)
     settings = with_settings({name: getattr(args, name) for name in PLANNED}, ctx.settings, _NOTEBOOK)
     plan = plan_memory(model, objects["data"], tokenizer=objects["tokenizer"], loss_fn=objects["loss_fn"], **settings)
-    return Text(plan.table())
+    return Text(as_magic(plan.table(), VERBS))  # its tips as options

@@ -230,7 +230,8 @@ class Context:
 
 def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
     """``key: value`` lines of a ``%%lora`` cell as command-line options."""
-    flags = {a.dest: a for a in parser._actions if a.option_strings}
+    actions = [a for a in parser._actions if a.option_strings]  # keys: the option names (`eval`) and their dests
+    flags = {key: a for a in actions for key in [a.dest, *(o.lstrip("-").replace("-", "_") for o in a.option_strings)]}
     argv: list[str] = []
     for lineno, raw in enumerate(cell.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -242,7 +243,7 @@ def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
         dest = key.strip().replace("-", "_")
         action = flags.get(dest)
         if action is None:
-            known = [d.replace("_", "-") for d in flags]
+            known = list(dict.fromkeys(a.option_strings[0].lstrip("-") for a in actions))
             raise OptionError(f"{parser.prog}: unknown option `{key.strip()}`{did_you_mean(key.strip(), known)}")
         value = value.strip()
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):

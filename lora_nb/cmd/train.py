@@ -88,6 +88,7 @@ def _stop(ctx, args):
 def _pause(ctx, args):
     run = _active_run(ctx, args.model)
     run.pause()
+    run.wait_paused(timeout=30)  # the step in flight finishes first: the model holds still once this returns
     print(f"paused at step {run.step}/{run.max_steps}; `%lora resume {args.model}` goes on")
 
 

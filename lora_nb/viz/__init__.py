@@ -16,10 +16,11 @@ def figure(spec: dict) -> Any:
     return go.Figure(spec)
 
 
-def panel_layout(title: str, x_title: str | None, y_title: str, height: int, **more: Any) -> dict:
+def panel_layout(title: str, x_title: str | None, y_title: str | None, height: int, **more: Any) -> dict:
     """A one-panel layout with titles (``xaxis`` / ``yaxis`` options merged from ``more``)."""
     out = {"title": {"text": title}, "height": height, "margin": {"t": 50, "b": 40},
-           "xaxis": {"title": {"text": x_title}} if x_title else {}, "yaxis": {"title": {"text": y_title}}}
+           "xaxis": {"title": {"text": x_title}} if x_title else {},
+           "yaxis": {"title": {"text": y_title}} if y_title else {}}
     for key in ("xaxis", "yaxis"):
         out[key].update(more.pop(key, {}))
     return {**out, **more}

@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from .axes import Axis, format_number, numbers
+from .axes import Axis, format_number, nice_ticks, numbers
 from .png import heatmap_data_uri, palette
 
+MARKER_PATHS = {"star": "M0,-6L1.8,-2.2L6,-1.9L2.8,1L3.7,5.3L0,3L-3.7,5.3L-2.8,1L-6,-1.9L-1.8,-2.2Z",
+                "diamond": "M0,-5L5,0L0,5L-5,0Z"}  # plotly marker symbols beside the circle, drawn 10 px wide
 MAX_TITLED = 600  # marks that carry their own hover text at most (per trace)
 MAX_TITLED_CELLS = 256  # heatmap cells likewise (a norm map's layers × module types; not a 64 × 64 matrix)
 
@@ -89,40 +91,58 @@ def scatter_marks(trace: dict, x_axis: Axis, y_axis: Axis, color: str) -> list[s
     if "markers" in mode:
         titled = len(px) <= MAX_TITLED
         xs, ys = list(x), list(y)
+        marker = trace.get("marker") or {}
+        symbol, size = marker.get("symbol"), float(marker.get("size") or 7)
+        shape = MARKER_PATHS.get(symbol)
         for i, (a, b) in enumerate(zip(px, py)):
             if np.isfinite(a) and np.isfinite(b):
                 tip = f"<title>{_esc(hover_text(trace, {'x': xs[i], 'y': ys[i]}))}</title>" if titled else ""
-                out.append(f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3.5' fill='{color}'>{tip}</circle>")
+                if shape:
+                    out.append(f"<path transform='translate({a:.1f},{b:.1f}) scale({size / 10:.2f})' d='{shape}' "
+                               f"fill='{color}' stroke='#333' stroke-width='1'>{tip}</path>")
+                else:
+                    out.append(f"<circle cx='{a:.1f}' cy='{b:.1f}' r='{size / 2:.1f}' fill='{color}'>{tip}</circle>")
     return out
 
 
 def bar_marks(trace: dict, x_axis: Axis, y_axis: Axis, color: str, slot: int, slots: int) -> list[str]:
-    x, y = trace.get("x"), numbers(trace.get("y"))
-    if x is None or not len(y):
+    """Bars (vertical; ``orientation="h"``: horizontal), grouped in ``slots``; ``marker.line`` outlines (per bar
+    where it is a list) mark chosen bars."""
+    horizontal = trace.get("orientation") == "h"
+    cats, values = ("y", "x") if horizontal else ("x", "y")
+    along, across = (y_axis, x_axis) if horizontal else (x_axis, y_axis)
+    c, v = trace.get(cats), numbers(trace.get(values))
+    if c is None or not len(v):
         return []
-    pos = x_axis.positions(x)
+    pos = along.positions(c)
     width = trace.get("width")
     if np.isscalar(width):
         each, offsets = float(width), 0.0
     else:
-        spacing = float(np.nanmin(np.diff(pos))) if len(pos) > 1 else 1.0
+        spacing = float(np.nanmin(np.abs(np.diff(pos)))) if len(pos) > 1 else 1.0
         each = 0.8 * spacing / slots
         offsets = -0.4 * spacing + (slot + 0.5) * each
-    left, right = x_axis.to_px(pos + offsets - each / 2), x_axis.to_px(pos + offsets + each / 2)
-    top, base = y_axis.px(y), y_axis.to_px(np.zeros(len(y)) if y_axis.kind == "linear" else np.full(len(y), y_axis.lo))
+    side0, side1 = along.to_px(pos + offsets - each / 2), along.to_px(pos + offsets + each / 2)
+    top = across.px(v)
+    base = across.to_px(np.zeros(len(v)) if across.kind == "linear" else np.full(len(v), across.lo))
     opacity = trace.get("opacity")
     fill = f" fill='{color}'" + (f" fill-opacity='{opacity}'" if opacity is not None else "")
     custom = trace.get("customdata")
-    xs, out = list(x), [f"<g{fill}>"]
-    for i in range(len(y)):
-        if not (np.isfinite(top[i]) and np.isfinite(left[i])):
+    line = (trace.get("marker") or {}).get("line") or {}
+    widths = line.get("width") if isinstance(line.get("width"), (list, tuple)) else [line.get("width")] * len(v)
+    cs, out = list(c), [f"<g{fill}>"]
+    for i in range(len(v)):
+        if not (np.isfinite(top[i]) and np.isfinite(side0[i])):
             continue
-        y0, y1 = sorted((float(top[i]), float(base[i])))
-        x0, x1 = sorted((float(left[i]), float(right[i])))
-        point = {"x": xs[i], "y": float(y[i]), **({"customdata": custom[i]} if custom is not None else {})}
-        tip = f"<title>{_esc(hover_text(trace, point))}</title>" if len(y) <= MAX_TITLED else ""
+        a0, a1 = sorted((float(side0[i]), float(side1[i])))
+        b0, b1 = sorted((float(top[i]), float(base[i])))
+        x0, x1, y0, y1 = (b0, b1, a0, a1) if horizontal else (a0, a1, b0, b1)
+        point = {cats: cs[i], values: float(v[i]), **({"customdata": custom[i]} if custom is not None else {})}
+        tip = f"<title>{_esc(hover_text(trace, point))}</title>" if len(v) <= MAX_TITLED else ""
+        stroke = (f" stroke='{line.get('color') or '#222'}' stroke-width='{widths[i]}'"
+                  if widths[i] else "")
         out.append(f"<rect x='{x0:.1f}' y='{y0:.1f}' width='{max(x1 - x0, 0.5):.1f}' "
-                   f"height='{max(y1 - y0, 0.5):.1f}'>{tip}</rect>")
+                   f"height='{max(y1 - y0, 0.5):.1f}'{stroke}>{tip}</rect>")
     return out + ["</g>"]
 
 
@@ -183,7 +203,8 @@ def _cell_titles(trace, z, xs, ys, x_axis, y_axis, steps) -> list[str]:
 
 
 def colorbar(trace: dict, lo: float, hi: float, canvas: Any) -> list[str]:
-    """A vertical colour gradient with its low, middle and high values, right of the plot."""
+    """A vertical colour gradient right of the plot, with nice ticks (whole numbers for whole-number data) and its
+    title above it."""
     reverse = bool(trace.get("reversescale"))
     colors = palette(trace.get("colorscale"), 9, reverse)
     gid = f"cb{abs(hash((lo, hi, str(trace.get('colorscale')), reverse))) % 10**8}"
@@ -194,9 +215,15 @@ def colorbar(trace: dict, lo: float, hi: float, canvas: Any) -> list[str]:
     title = title.get("text") if isinstance(title, dict) else title
     out = [f"<defs><linearGradient id='{gid}' x1='0' y1='1' x2='0' y2='0'>{stops}</linearGradient></defs>",
            f"<rect x='{x}' y='{y0:.1f}' width='14' height='{y1 - y0:.1f}' fill='url(#{gid})'/>"]
-    for frac, value in ((0.0, lo), (0.5, (lo + hi) / 2), (1.0, hi)):
-        y = y1 - frac * (y1 - y0)
-        out.append(f"<text x='{x + 18}' y='{y + 4:.1f}'>{_esc(format_number(value, abs(hi - lo) / 4))}</text>")
+    raw = numbers(np.ravel(np.asarray(trace.get("z"), dtype=object)) if trace.get("z") is not None else [])
+    finite = raw[np.isfinite(raw)]
+    whole = bool(finite.size) and bool(np.all(finite == np.round(finite)))
+    count = max(4, min(8, int((y1 - y0) // 40)))
+    values, step = nice_ticks(lo, hi, count, integer=whole)
+    for value in values:
+        y = y1 - (value - lo) / ((hi - lo) or 1.0) * (y1 - y0)
+        out.append(f"<line x1='{x + 9}' x2='{x + 14}' y1='{y:.1f}' y2='{y:.1f}' stroke='white'/>"  # inside the bar
+                   + canvas.text(format_number(value, step), x + 18, y + 4))
     if title:
-        out.append(f"<text x='{x}' y='{y0 - 6:.1f}'>{_esc(title)}</text>")
+        out.append(canvas.text(str(title), x + 7, y0 - 12, "middle"))
     return out

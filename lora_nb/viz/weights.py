@@ -9,7 +9,9 @@ import numpy as np
 from ..core.analysis.weights import ModuleMatrices, NormMap, WeightSummary
 from . import figure, panel_layout
 
-VALUE_LABELS = {"delta_norm": "‖ΔW‖_F", "ratio": "‖ΔW‖_F / ‖W‖_F", "a_norm": "‖A‖_F", "b_norm": "‖B‖_F"}
+VALUE_LABELS = {"delta_norm": "‖ΔW‖", "ratio": "‖ΔW‖ / ‖W‖", "a_norm": "‖A‖", "b_norm": "‖B‖"}
+NORM_NOTE = ("‖·‖ is the Frobenius norm: the square root of the sum of a matrix's squared entries, so ‖ΔW‖ says "
+             "how much the adapter changes that module's weights overall.")
 
 
 def norm_z(nm: NormMap) -> list[list[float | None]]:
@@ -40,17 +42,28 @@ def norm_map_spec(summary: WeightSummary, value: str = "delta_norm") -> dict:
             "colorscale": "Viridis", "colorbar": {"title": {"text": label}},
             "hovertemplate": "%{customdata}<br>" + label + " = %{z:.4g}<extra></extra>"}
     return {"data": [heat], "layout": panel_layout(
-        f"adapter `{summary.adapter}`: {label} per layer and module", "module", "layer",
+        f"adapter “{summary.adapter}”: {label} per layer and module", "module", "layer",
         max(260, 60 + 22 * len(nm.rows)), xaxis={"type": "category"},
-        yaxis={"type": "category", "autorange": "reversed"})}
+        yaxis={"type": "category", "autorange": "reversed"}, meta={"note": NORM_NOTE})}
 
 
-def matrix_spec(m: np.ndarray, title: str, x_title: str, y_title: str) -> dict:
-    """A diverging heatmap of matrix ``m`` centred on zero."""
+def block_centres(cells: int, size: int) -> list[float]:
+    """Where each of ``cells`` block averages of ``size`` rows (or columns) sits on the matrix's own index axis."""
+    block = size / max(cells, 1)
+    return [(i + 0.5) * block - 0.5 for i in range(cells)]
+
+
+def matrix_spec(m: np.ndarray, title: str, x_title: str, y_title: str, shape: tuple[int, int] | None = None) -> dict:
+    """A diverging heatmap of matrix ``m`` centred on zero; ``shape``: the full matrix's, when ``m`` holds its
+    block averages (the axes then count the full matrix's rows and columns)."""
     lo, hi = diverging_range(m)
-    heat = {"type": "heatmap", "z": np.asarray(m, dtype=float), "colorscale": "RdBu", "zmid": 0.0, "zmin": lo,
-            "zmax": hi, "hovertemplate": "row %{y}, col %{x}: %{z:.4g}<extra></extra>"}
-    return {"data": [heat], "layout": panel_layout(title, x_title, y_title, 320, yaxis={"autorange": "reversed"})}
+    m = np.asarray(m, dtype=float)
+    rows, cols = shape or m.shape
+    heat = {"type": "heatmap", "z": m, "colorscale": "RdBu", "zmid": 0.0, "zmin": lo, "zmax": hi,
+            "x": block_centres(m.shape[1], cols), "y": block_centres(m.shape[0], rows),
+            "hovertemplate": "row %{y:.0f}, col %{x:.0f}: %{z:.4g}<extra></extra>"}
+    return {"data": [heat], "layout": panel_layout(title, x_title, y_title, 320, yaxis={"autorange": "reversed"},
+                                                   xaxis={"tickformat": "d"})}
 
 
 def module_specs(mm: ModuleMatrices) -> dict[str, dict]:
@@ -58,9 +71,11 @@ def module_specs(mm: ModuleMatrices) -> dict[str, dict]:
     out, inp = mm.shape
     note = f", block-averaged to {mm.delta.shape[0]}×{mm.delta.shape[1]}" if mm.pooled else ""
     return {
-        "A": matrix_spec(mm.A, f"A ({mm.r}×{inp}{' pooled' if mm.A.shape[1] < inp else ''})", "input", "rank"),
-        "B": matrix_spec(mm.B, f"B ({out}×{mm.r}{' pooled' if mm.B.shape[0] < out else ''})", "rank", "output"),
-        "ΔW": matrix_spec(mm.delta, f"ΔW = s·B·A ({out}×{inp}{note})", "input", "output"),
+        "A": matrix_spec(mm.A, f"A ({mm.r}×{inp}{' pooled' if mm.A.shape[1] < inp else ''})", "input", "rank",
+                         (mm.r, inp)),
+        "B": matrix_spec(mm.B, f"B ({out}×{mm.r}{' pooled' if mm.B.shape[0] < out else ''})", "rank", "output",
+                         (out, mm.r)),
+        "ΔW": matrix_spec(mm.delta, f"ΔW = s·B·A ({out}×{inp}{note})", "input", "output", (out, inp)),
     }
 
 
@@ -79,9 +94,9 @@ def norm_map_figure(summary: WeightSummary, value: str = "delta_norm") -> Any:
     return figure(norm_map_spec(summary, value))
 
 
-def matrix_figure(m: np.ndarray, title: str, x_title: str, y_title: str) -> Any:
+def matrix_figure(m: np.ndarray, title: str, x_title: str, y_title: str, shape: tuple[int, int] | None = None) -> Any:
     """``go.Figure`` of :func:`matrix_spec`."""
-    return figure(matrix_spec(m, title, x_title, y_title))
+    return figure(matrix_spec(m, title, x_title, y_title, shape))
 
 
 def module_figures(mm: ModuleMatrices) -> dict[str, Any]:

@@ -7,12 +7,13 @@ from typing import Any
 import ipywidgets as W
 
 from ..viz import figure
-from ..viz.svg import render
 from .compat import BundleDisplay, widget_bundle
+from .ui import figure_html
 
 
 class Chart(W.HTML):
-    """An ``HTML`` widget holding the SVG of a spec; ``.spec`` is the data, ``.figure`` the plotly ``go.Figure``."""
+    """An ``HTML`` widget holding the SVG of a spec (and the sentence under it that explains a term the chart uses);
+    ``.spec`` is the data, ``.figure`` the plotly ``go.Figure``."""
 
     def __init__(self, spec: dict | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -25,7 +26,7 @@ class Chart(W.HTML):
     def draw(self, spec: dict) -> bool:
         """Show ``spec``; sends nothing when the picture did not change. True when it sent a new SVG."""
         self.spec = spec
-        svg = render(spec)
+        svg = figure_html(spec)
         if svg == self.value:
             return False
         self.value = svg

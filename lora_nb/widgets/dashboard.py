@@ -22,6 +22,7 @@ import ipywidgets as W
 from ..core import registry
 from ..core.adapters.attach import attach
 from ..core.adapters.status import status
+from ..core.analysis.weights import code_spans
 from ..core.training.callbacks import Callback
 from ..core.training.settings import TrainSettings
 from ..core.training.train import train
@@ -40,7 +41,7 @@ def _no_namespace(path: str) -> Any:
 
 
 def _error(exc: BaseException) -> str:
-    return f"<span style='color:#b00020'>{html.escape(str(exc))}</span>"
+    return f"<span style='color:#b00020'>{code_spans(str(exc))}</span>"
 
 
 class ModelDashboard(Callback):
@@ -125,7 +126,7 @@ class ModelDashboard(Callback):
         except LoraNBError as exc:
             self.attach_message.value = _error(exc)
             return
-        self.attach_message.value = html.escape(f"adapter `{self.attach_name.value.strip()}` attached and active")
+        self.attach_message.value = code_spans(f"adapter `{self.attach_name.value.strip()}` attached and active")
         self.refresh()
 
     # -- train form -----------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class ModelDashboard(Callback):
         self.live_view, self.live_history = live, history
         self.refresh()
         if not run.done:
-            self.train_message.value = html.escape(f"training adapter `{run.adapter}` on {run.where}…")
+            self.train_message.value = code_spans(f"training adapter `{run.adapter}` on {run.where}…")
 
     def stop(self, _button: Any = None) -> None:
         """Stop the model's run (started here or by ``%lora train``) at the next step boundary; wait for it."""
@@ -197,7 +198,7 @@ class ModelDashboard(Callback):
             return
         run.stop()
         run.wait(timeout=60)
-        self.train_message.value = html.escape(run.message)
+        self.train_message.value = code_spans(run.message)
         self.refresh()
 
     def _running(self, running: bool) -> None:
@@ -208,7 +209,7 @@ class ModelDashboard(Callback):
         self.refresh()
 
     def on_train_end(self, run: Any) -> None:
-        self.train_message.value = html.escape(f"{run.state}: {run.message}")
+        self.train_message.value = code_spans(f"{run.state}: {run.message}")
         self.refresh()
 
     # -- lazy tabs ------------------------------------------------------------------------------

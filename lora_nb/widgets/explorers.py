@@ -21,7 +21,7 @@ import ipywidgets as W
 
 from ..core import registry
 from ..core.analysis.spectra import similarity, spectra
-from ..core.analysis.weights import matrices, weights
+from ..core.analysis.weights import code_spans, matrices, weights
 from ..core.training.callbacks import Callback
 from ..errors import LoraNBError
 from ..viz.spectra import base_spectrum_spec, effective_rank_spec, similarity_spec, spectrum_spec
@@ -29,7 +29,7 @@ from ..viz.svg import render
 from ..viz.weights import VALUE_LABELS, histogram_spec, module_specs, norm_map_spec
 from .chart import Chart
 from .compat import BundleDisplay, widget_bundle
-from .ui import close_tree
+from .ui import close_tree, set_options
 
 
 class LiveView(BundleDisplay, Callback):
@@ -49,17 +49,27 @@ class LiveView(BundleDisplay, Callback):
         self.follow_run()
 
     def picture(self) -> Chart:
-        """The view's main chart: what a saved notebook keeps as a static picture."""
+        """The view's main chart: what viewers that show only an image keep."""
         raise NotImplementedError
 
-    def _repr_mimebundle_(self, **kwargs):
-        """The widget, plus its main chart as SVG for tools without a widget manager (nbconvert, GitHub).
+    def charts(self) -> list[Chart]:
+        """Every chart the view shows now (what a saved notebook keeps)."""
+        return [self.picture()]
 
-        Widget front ends prefer the widget (its renderer ranks first); the others show the picture as
-        it was when displayed.
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, plus every chart (each with its sentence) as HTML and the main chart as SVG for tools without
+        a widget manager (nbconvert, GitHub); the text says what the SVG alone leaves out.
+
+        Widget front ends prefer the widget (its renderer ranks first); the others show the charts as
+        they were when displayed.
         """
         bundle = widget_bundle(self, **kwargs)
+        charts = [c for c in self.charts() if c.spec is not None]
+        bundle["text/html"] = "".join(c.value for c in charts)
         bundle["image/svg+xml"] = render(self.picture().spec)
+        if len(charts) > 1:
+            bundle["text/plain"] = (f"{self!r} (as an image: its first chart only; as HTML: all {len(charts)} "
+                                    "charts)")
         return bundle
 
     def close(self) -> None:
@@ -117,7 +127,7 @@ class LiveView(BundleDisplay, Callback):
 
     def _show_error(self, exc: Exception) -> None:
         text = str(exc) if isinstance(exc, LoraNBError) else f"{type(exc).__name__}: {exc}"
-        self.message.value = f"<span style='color:#b00'>{html.escape(text)}</span>"
+        self.message.value = f"<span style='color:#b00'>{code_spans(text)}</span>"
 
 
 def _module_dropdown(names: list[str]) -> W.Dropdown:
@@ -140,7 +150,9 @@ class WeightsExplorer(LiveView, W.VBox):
                                    description="color by")
         self.module = _module_dropdown(list(self.summary))
         nm = self.summary.norm_map()
-        self.layer = W.Dropdown(options=list(nm.rows), description="layer", layout=W.Layout(width="180px"))
+        widest = max((len(str(r)) for r in nm.rows), default=8)  # the whole layer name stays readable
+        self.layer = W.Dropdown(options=list(nm.rows), description="layer",
+                                layout=W.Layout(width=f"{min(480, 110 + 8 * widest)}px"))
         self.kind = W.Dropdown(options=list(nm.cols), description="type", layout=W.Layout(width="300px"))
         self.message = W.HTML()
         self.norm = Chart(norm_map_spec(self.summary))
@@ -158,6 +170,9 @@ class WeightsExplorer(LiveView, W.VBox):
 
     def picture(self) -> Chart:
         return self.norm
+
+    def charts(self) -> list[Chart]:
+        return [self.norm, *self.heatmaps.values(), self.histogram]
 
     def select(self, layer: str, kind: str) -> None:
         """Choose the module at norm-map row ``layer`` and column ``kind`` (no module there: nothing changes)."""
@@ -177,7 +192,7 @@ class WeightsExplorer(LiveView, W.VBox):
     def _draw_module(self) -> None:
         mm = matrices(self.model, self.module.value, self.adapter)
         for key, spec in module_specs(mm).items():
-            spec["layout"]["height"] = 300
+            spec["layout"].update(height=300, width=380)  # drawn about the size it is shown at (a third of a row)
             self.heatmaps[key].draw(spec)
         self.histogram.draw(histogram_spec(mm))
         nm = self.summary.norm_map()
@@ -197,8 +212,7 @@ class WeightsExplorer(LiveView, W.VBox):
             return self._show_error(exc)
         self.message.value = ""
         names = list(self.summary)
-        if list(self.module.options) != names:
-            self.module.options = names  # redraws the module through the dropdown
+        set_options(self.module, names)
         self._draw_norms()
         self._draw_module()
 
@@ -215,7 +229,7 @@ class SpectrumExplorer(LiveView, W.VBox):
         self.message = W.HTML()
         self.bars = Chart(spectrum_spec(self.result, self.module.value))
         self.base_fig = Chart(self._base_spec()) if base else None
-        self.ranks = Chart(effective_rank_spec(self.result))
+        self.ranks = Chart(effective_rank_spec(self.result, self.module.value))
         self.module.observe(lambda _: self._draw_module(), "value")
         parts = [self.module, self.message, self.bars, *([self.base_fig] if base else []), self.ranks]
         super().__init__(parts)
@@ -223,6 +237,9 @@ class SpectrumExplorer(LiveView, W.VBox):
 
     def picture(self) -> Chart:
         return self.bars
+
+    def charts(self) -> list[Chart]:
+        return [self.bars, *([self.base_fig] if self.base_fig is not None else []), self.ranks]
 
     def _base_spec(self) -> dict:
         """W vs W+ΔW for the chosen module only: computed lazily (dense SVDs), cached in core."""
@@ -237,6 +254,8 @@ class SpectrumExplorer(LiveView, W.VBox):
         self.bars.draw(spectrum_spec(self.result, self.module.value))
         if self.base_fig is not None:
             self.base_fig.draw(self._base_spec())
+        if hasattr(self, "ranks"):  # the chosen module is outlined in the summary
+            self.ranks.draw(effective_rank_spec(self.result, self.module.value))
 
     def refresh(self) -> None:
         """Recompute the spectra (cheap: r × r SVDs) and redraw."""
@@ -245,10 +264,8 @@ class SpectrumExplorer(LiveView, W.VBox):
         except LoraNBError as exc:
             return self._show_error(exc)
         self.message.value = ""
-        if list(self.module.options) != list(self.result):
-            self.module.options = list(self.result)
+        set_options(self.module, list(self.result))
         self._draw_module()
-        self.ranks.draw(effective_rank_spec(self.result))
 
 
 class SimilarityView(LiveView, W.VBox):
@@ -277,7 +294,6 @@ class SimilarityView(LiveView, W.VBox):
         except LoraNBError as exc:
             return self._show_error(exc)
         self.message.value = ""
-        if list(self.module.options) != list(self.result):
-            self.module.options = list(self.result)
+        set_options(self.module, list(self.result))
         self._draw()
 

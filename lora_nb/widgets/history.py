@@ -27,7 +27,7 @@ from ..errors import TrainingError
 from ..viz.analysis import rank_map_spec, values_over_steps_spec
 from .chart import Chart, ViewBox
 from .throttle import RateLimit
-from .ui import close_tree
+from .ui import close_tree, set_options
 
 SHARE = 0.05  # of the wall time that live redraws may take on the training thread (as the explorers)
 
@@ -49,8 +49,9 @@ class HistoryView(Callback):
         self.drawn = 0  # spectra records of ``run`` on screen
         self.redraws = 0  # times the charts were recomputed
         self.measure = W.ToggleButtons(options=[("effective rank", "effective"),
-                                                (f"rank for {energy:.0%} energy", "energy")], value=MEASURES[0])
-        self.module = W.Dropdown(description="module", options=[])
+                                                (f"rank for {energy:.0%} energy", "energy")], value=MEASURES[0],
+                                       style={"button_width": "auto"})
+        self.module = W.Dropdown(description="module", options=[], layout=W.Layout(width="520px"))
         self.heatmap, self.lines = Chart(), Chart()
         self.note = W.HTML()
         self.widget = ViewBox([self.measure, self.note, self.heatmap, self.module, self.lines],
@@ -117,15 +118,12 @@ class HistoryView(Callback):
                                if self.run.state not in ("running", "paused") else "no spectra recorded yet")
             self.drawn = 0
             return
-        if list(self.module.options) != history.modules:
-            chosen = self.module.value
-            self.module.options = history.modules
-            if chosen in history.values:
-                self.module.value = chosen
-        module = self.module.value if self.module.value in history.values else history.modules[0]
+        set_options(self.module, history.modules)
+        module = self.module.value
         sent, start = self.sent_bytes, self.clock()
         self.heatmap.draw(rank_map_spec(rank_map(history, self.measure.value, self.energy)))
-        self.lines.draw(values_over_steps_spec(history.steps, values_over_steps(history, module), module))
+        self.lines.draw(values_over_steps_spec(history.steps, values_over_steps(history, module), module,
+                                               history.modules))
         self.limit.sent(self.sent_bytes - sent, self.clock() - start)
         self.drawn = len(history)
         self.redraws += 1

@@ -3,9 +3,10 @@
 Cost per update is O(points), never O(history): records go into decimating buffers (≤ ``max_points``
 per trace); the curves are one SVG (about one point per pixel) sent at most every ``chart_interval``
 seconds and never faster than ``byte_rate`` bytes per second; the progress line at most every
-``interval`` seconds; the final state is always drawn when the run ends. ``ui="widget"`` shows core
-ipywidgets (an ``HTML`` chart, buttons); ``ui="static"`` shows one output updated in place by display
-id (no widgets: Stop with ``%lora stop`` or the kernel's interrupt). When a displayed run ends, its
+``interval`` seconds; the final state is always drawn when the run ends. One class per front end, picked
+once when the view is made: ``LiveDashboard(ui="widget")`` is a ``WidgetLiveDashboard`` (core ipywidgets:
+an ``HTML`` chart, buttons), ``ui="static"`` a ``StaticLiveDashboard`` (one output updated in place by
+display id, no widgets: Stop with ``%lora stop`` or the kernel's interrupt). When a displayed run ends, its
 output becomes a static SVG picture of the whole history (kept by saved notebooks, nbconvert, GitHub)
 and the widgets are closed; a failed run keeps its widgets so its error stays readable.
 """
@@ -17,12 +18,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..core.analysis.weights import code_spans
 from ..core.smoothing import Ema
 from ..core.training.callbacks import Callback
 from ..core.training.reporting import begin_line, progress_line
-from ..viz.training import SERIES, SMOOTHING, history_spec, mark_best, training_spec
+from ..viz.training import SERIES, SMOOTHING, history_spec, mark_best, memory_title, smoothing_for, training_spec
 from .throttle import Decimator, RateLimit, Throttle
-from .ui import Slot, close_tree, svg_bundle
+from .ui import Slot, close_tree, picture_bundle, svg_bundle
 
 
 def samples_table(samples: list[dict], last: int = 3) -> str:
@@ -33,13 +35,23 @@ def samples_table(samples: list[dict], last: int = 3) -> str:
 
 
 class LiveDashboard(Callback):
-    """Live curves of a run with Stop and Pause/Resume; display it, then train with it as a callback."""
+    """Live curves of a run with Stop and Pause/Resume; display it, then train with it as a callback.
+
+    ``LiveDashboard(ui=...)`` makes the class of that front end (``WidgetLiveDashboard`` or
+    ``StaticLiveDashboard``); what they share is here.
+    """
+
+    ui = "widget"
+
+    def __new__(cls, *args: Any, ui: str = "widget", **kwargs: Any) -> LiveDashboard:
+        if cls is LiveDashboard:
+            cls = FRONT_ENDS[ui]
+        return super().__new__(cls)
 
     def __init__(self, run: Any = None, *, max_points: int = 1000, interval: float = 0.25,
                  chart_interval: float = 0.5, byte_rate: float = 20_000, clock: Callable[[], float] = time.monotonic,
                  title: str | None = None, show_on_begin: bool = False, ui: str = "widget") -> None:
         self.run = None
-        self.ui = ui  # "widget" | "static"
         self.show_on_begin = show_on_begin  # display itself when the run starts (blocking runs in a cell)
         self.title, self.max_points = title, max_points
         self.throttle = Throttle(interval, clock)
@@ -47,54 +59,52 @@ class LiveDashboard(Callback):
         self.updates = 0  # chart refreshes sent
         self.slot = Slot()  # the output this view lives in once displayed
         self.closed = False
-        self._units = ("samples/s", "memory (MB)")
-        if ui == "widget":
-            self._build_widgets()
+        self._units = ("samples/s", memory_title(run))
+        self._beta = SMOOTHING
+        self._build()
         self._reset()
         if run is not None:
             run.add_callback(self)
 
-    def _build_widgets(self) -> None:
-        import ipywidgets as widgets
+    # -- what each front end does ----------------------------------------------------------------
+    def _build(self) -> None:
+        """Make the front end's controls."""
 
-        from .chart import Chart
+    def _began(self, run: Any) -> None:
+        """The run started: show its first line and enable its controls."""
 
-        self.chart = Chart()
-        self.progress = widgets.IntProgress(min=0, max=1, value=0, layout=widgets.Layout(width="30%"))
-        self.label = widgets.HTML("waiting for the run to start…")
-        self.pause_button = widgets.Button(description="Pause", icon="pause", disabled=True)
-        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
-        self.error = widgets.HTML()
-        self.samples = widgets.HTML()
-        self.panels = widgets.VBox()  # extra panels callers add under the curves (``add_panel``)
-        self.widget = widgets.VBox([
-            widgets.HBox([self.progress, self.pause_button, self.stop_button, self.label]), self.error, self.chart,
-            self.samples, self.panels,
-        ])
-        self.stop_button.on_click(self._on_stop)
-        self.pause_button.on_click(self._on_pause)
+    def _progress(self, run: Any, record: dict, line: str) -> None:
+        """Show the progress line."""
 
-    def add_panel(self, widget: Any) -> None:
-        """Show ``widget`` under the curves (e.g. a spectra-history plot that follows the run)."""
-        self.panels.children = (*self.panels.children, widget)
+    def _send(self, line: str) -> tuple[bool, int]:
+        """Send the curves: ``(sent, bytes)``."""
+        raise NotImplementedError
+
+    def _ended(self, run: Any) -> None:
+        """The run ended: disable its controls, say how it ended."""
+
+    def _keeps_widgets(self, run: Any) -> bool:
+        """Whether the view stays as it is when the run ended (a failed run keeps its error readable)."""
+        return False
+
+    def _close_front_end(self) -> None:
+        """Release the front end's controls."""
+
+    def _show_live(self) -> None:
+        """Display the view of a run in progress."""
+        raise NotImplementedError
 
     # -- training callback ---------------------------------------------------------------------
     def on_train_begin(self, run: Any) -> None:
         self.run = run
+        self._beta = smoothing_for(getattr(run, "max_steps", None))
         self._reset()
         for record in list(run.history):  # a dashboard attached to a run in progress catches up once
             self._feed(record)
         for record in list(run.evals):
             self.series["eval_loss"].add(record["step"], record["eval_loss"])
-        gpu = getattr(getattr(run, "device", None), "type", None) == "cuda"
-        self._units = (self._units[0], "GPU memory allocated (MB)" if gpu else "process RSS (MB)")
-        if self.ui == "widget":
-            self.progress.max = run.max_steps
-            self.label.value = html.escape(begin_line(run))
-            live = run.background and not run.done
-            self.pause_button.disabled = self.stop_button.disabled = not live
-            if not run.background:
-                self.stop_button.tooltip = "a blocking run stops with the kernel's interrupt (■)"
+        self._units = (self._units[0], memory_title(run))
+        self._began(run)
         if self.show_on_begin and self.slot.handle is None:
             self._ipython_display_()
         if run.history:
@@ -110,20 +120,13 @@ class LiveDashboard(Callback):
 
     def on_train_end(self, run: Any) -> None:
         self._flush(run, final=True)
-        if self.ui == "widget":
-            self.pause_button.disabled = self.stop_button.disabled = True
-            self.label.value = html.escape(f"{run.state}: {run.message}")
-            if run.state == "failed":
-                self.error.value = (
-                    f"<div style='color:#b00020'><b>training failed:</b> {html.escape(run.message)}</div>"
-                    + (f"<details><summary>traceback</summary><pre>{html.escape(run.traceback)}</pre></details>"
-                       if run.traceback else ""))
+        self._ended(run)
         self._leave_static_picture(run)
 
     # -- curves --------------------------------------------------------------------------------
     def _reset(self) -> None:
         self.series = {s.key: Decimator(self.max_points) for s in SERIES}
-        self._ema = Ema(SMOOTHING)
+        self._ema = Ema(self._beta)
         self._last: dict | None = None
         self._smoothed = float("nan")
 
@@ -159,23 +162,10 @@ class LiveDashboard(Callback):
         line = ""
         if record is not None:
             line = progress_line(run, record, self._smoothed) + (" · paused" if run.state == "paused" else "")
-        if self.ui == "widget" and record is not None:
-            with self.progress.hold_sync():
-                self.progress.value = min(record["step"], run.max_steps)
-            self.label.value = html.escape(line)
-            samples = getattr(run, "samples", None)
-            if samples:
-                self.samples.value = samples_table(samples)
+            self._progress(run, record, line)
         if not (final or self.chart_limit.ready()):
             return
-        if self.ui == "widget":
-            sent = self.chart.draw(self.spec())
-            n_bytes = len(self.chart.value)
-        else:
-            sent, bundle = self.slot.handle is not None, svg_bundle(self.spec(), line or "<training curves>")
-            n_bytes = len(bundle["image/svg+xml"])
-            if sent:
-                self.slot.show(bundle, raw=True)
+        sent, n_bytes = self._send(line)
         if sent:
             self.updates += 1
             self.chart_limit.sent(n_bytes)
@@ -184,7 +174,7 @@ class LiveDashboard(Callback):
         """The run's whole history as a spec (what a saved notebook keeps)."""
         run = self.run
         return history_spec(run.history, run.evals, title=self.title or f"{run.state}: {run.summary_line()}",
-                            best=getattr(run, "best", None))
+                            best=getattr(run, "best", None), memory=memory_title(run))
 
     def static_figure(self) -> Any:
         """The run's whole history as a plotly ``go.Figure``."""
@@ -192,19 +182,98 @@ class LiveDashboard(Callback):
 
         return figure(self.static_spec())
 
+    def _picture(self) -> dict:
+        return picture_bundle([self.static_spec()], f"<training curves: {self.run.summary_line()}>")
+
     def _leave_static_picture(self, run: Any) -> None:
         """Replace the displayed view by the picture of the whole run; close the widgets (unless it failed)."""
-        if self.slot.handle is None or (self.ui == "widget" and run.state == "failed"):
+        if self.slot.handle is None or self._keeps_widgets(run):
             return
-        self.slot.show(svg_bundle(self.static_spec(), f"<training curves: {run.summary_line()}>"), raw=True)
+        self.slot.show(self._picture(), raw=True)
         self.close()
 
     def close(self) -> None:
         """Close the widgets and drop the buffers (the view stops following its run)."""
-        if self.ui == "widget" and not self.closed:
-            close_tree(self.widget)
+        if not self.closed:
+            self._close_front_end()
         self.closed = True
         self.series = {}
+
+    def _ipython_display_(self) -> None:
+        if self.run is not None and self.run.done:
+            self.slot.show(self._picture(), raw=True)
+        else:
+            self._show_live()
+
+
+class WidgetLiveDashboard(LiveDashboard):
+    """The live view as core ipywidgets: progress bar, Pause/Resume and Stop buttons, the curves as an SVG."""
+
+    ui = "widget"
+
+    def _build(self) -> None:
+        import ipywidgets as widgets
+
+        from .chart import Chart
+
+        self.chart = Chart()
+        self.progress = widgets.IntProgress(min=0, max=1, value=0, layout=widgets.Layout(width="30%"))
+        self.label = widgets.HTML("waiting for the run to start…")
+        self.pause_button = widgets.Button(description="Pause", icon="pause", disabled=True)
+        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
+        self.error = widgets.HTML()
+        self.samples = widgets.HTML()
+        self.panels = widgets.VBox()  # extra panels callers add under the curves (``add_panel``)
+        self.widget = widgets.VBox([
+            widgets.HBox([self.progress, self.pause_button, self.stop_button, self.label]), self.error, self.chart,
+            self.samples, self.panels,
+        ])
+        self.stop_button.on_click(self._on_stop)
+        self.pause_button.on_click(self._on_pause)
+
+    def add_panel(self, widget: Any) -> None:
+        """Show ``widget`` under the curves (e.g. a spectra-history plot that follows the run)."""
+        self.panels.children = (*self.panels.children, widget)
+
+    def _began(self, run: Any) -> None:
+        self.progress.max = run.max_steps
+        self.label.value = code_spans(begin_line(run))
+        live = run.background and not run.done
+        self.pause_button.disabled = self.stop_button.disabled = not live
+        if not run.background:
+            self.stop_button.tooltip = "a blocking run stops with the kernel's interrupt (■)"
+
+    def _progress(self, run: Any, record: dict, line: str) -> None:
+        with self.progress.hold_sync():
+            self.progress.value = min(record["step"], run.max_steps)
+        self.label.value = code_spans(line)
+        samples = getattr(run, "samples", None)
+        if samples:
+            self.samples.value = samples_table(samples)
+
+    def _send(self, line: str) -> tuple[bool, int]:
+        sent = self.chart.draw(self.spec())
+        return sent, len(self.chart.value)
+
+    def _ended(self, run: Any) -> None:
+        self.pause_button.disabled = self.stop_button.disabled = True
+        self.label.value = code_spans(f"{run.state}: {run.message}")
+        if run.state == "failed":
+            self.error.value = (
+                f"<div style='color:#b00020'><b>training failed:</b> {html.escape(run.message)}</div>"
+                + (f"<details><summary>traceback</summary><pre>{html.escape(run.traceback)}</pre></details>"
+                   if run.traceback else ""))
+
+    def _keeps_widgets(self, run: Any) -> bool:
+        return run.state == "failed"
+
+    def _close_front_end(self) -> None:
+        close_tree(self.widget)
+
+    def _show_live(self) -> None:
+        from .compat import widget_bundle
+
+        self.slot.show(widget_bundle(self.widget), raw=True)  # by display id under ipywidgets 7 too
 
     # -- buttons -------------------------------------------------------------------------------
     def _on_stop(self, _button: Any = None) -> None:
@@ -225,14 +294,20 @@ class LiveDashboard(Callback):
             self.pause_button.description, self.pause_button.icon = "Resume", "play"
             self.label.value = f"paused at step {run.step}/{run.max_steps}; press Resume to go on"
 
-    # -- display -------------------------------------------------------------------------------
-    def _ipython_display_(self) -> None:
-        if self.run is not None and self.run.done:
-            self.slot.show(svg_bundle(self.static_spec(), f"<training curves: {self.run.summary_line()}>"), raw=True)
-        elif self.ui == "widget":
-            from .compat import widget_bundle
 
-            self.slot.show(widget_bundle(self.widget), raw=True)  # by display id under ipywidgets 7 too
-        else:
-            self.slot.show(svg_bundle(self.spec(), "<training curves>"), raw=True)
+class StaticLiveDashboard(LiveDashboard):
+    """The live view as one output updated in place (an SVG with its progress line as text): no widgets."""
 
+    ui = "static"
+
+    def _send(self, line: str) -> tuple[bool, int]:
+        sent, bundle = self.slot.handle is not None, svg_bundle(self.spec(), line or "<training curves>")
+        if sent:
+            self.slot.show(bundle, raw=True)
+        return sent, len(bundle["image/svg+xml"])
+
+    def _show_live(self) -> None:
+        self.slot.show(svg_bundle(self.spec(), "<training curves>"), raw=True)
+
+
+FRONT_ENDS = {"widget": WidgetLiveDashboard, "static": StaticLiveDashboard}

@@ -20,6 +20,7 @@ from ..core import registry
 from ..core.adapters import switch
 from ..core.adapters.merge import merge, unmerge
 from ..core.adapters.switch import set_strength, strength
+from ..core.analysis.weights import code_spans
 from ..errors import LoraNBError
 from .chart import ViewBox
 from .ui import close_tree
@@ -83,7 +84,7 @@ class AdapterPanel:
         self.merged_label.value = "merged: " + (", ".join(sorted(merged)) if merged else "no")
         self.merge_button.disabled, self.unmerge_button.disabled = bool(merged), not merged
         shown = "irregular (layers disagree)" if value is None else f"{value:.2f}"
-        self.status_line.value = html.escape(message or f"adapter `{session.active}` {on}, strength {shown}")
+        self.status_line.value = code_spans(message or f"adapter `{session.active}` {on}, strength {shown}")
 
     def _build_toggles(self, adapters: list[str]) -> None:
         self.toggles = {}

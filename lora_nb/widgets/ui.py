@@ -25,6 +25,28 @@ def svg_bundle(spec: Any, text: str) -> dict:
     return {"image/svg+xml": render(spec), "text/plain": text}
 
 
+def note_of(spec: Any) -> str:
+    """The plain sentence a spec carries for its chart (``layout.meta.note``: what a learner may not know)."""
+    meta = (spec.get("layout") or {}).get("meta") if isinstance(spec, dict) else None
+    return str(meta.get("note") or "") if isinstance(meta, dict) else ""
+
+
+def figure_html(spec: Any, svg: str | None = None) -> str:
+    """The chart's SVG (it carries its alternative text) with its sentence under it, as HTML."""
+    note = note_of(spec)
+    caption = (f"<div style='font-size:12px;line-height:1.4;color:#555;margin:2px 0 8px 8px'>{html.escape(note)}</div>"
+               if note else "")
+    return f"<div class='lora-nb-chart'>{svg if svg is not None else render(spec)}{caption}</div>"
+
+
+def picture_bundle(specs: list, text: str) -> dict:
+    """What a finished view leaves in the notebook: every chart with its sentence as HTML (nbconvert and most
+    viewers), the first chart as SVG (viewers without HTML), ``text`` in a terminal."""
+    svgs = [render(spec) for spec in specs]
+    return {"text/html": "".join(figure_html(spec, svg) for spec, svg in zip(specs, svgs)),
+            "image/svg+xml": svgs[0], "text/plain": text}
+
+
 class Slot:
     """One output updated in place by display id (safe to update from a training thread)."""
 
@@ -48,8 +70,10 @@ class Slot:
 class Report:
     """A view's text table (what a terminal shows) with its pictures as specs (``.figures``: plotly figures)."""
 
-    def __init__(self, text: str, specs: list[dict], html: str = "") -> None:
+    def __init__(self, text: str, specs: list[dict], html: str = "", charts: bool = False) -> None:
+        """``charts``: the HTML shows the pictures above the table (else they are only in ``.specs``)."""
         self.text, self.specs, self.html = text, specs, html
+        self.charts = specs if charts else []
 
     @property
     def figures(self) -> list[Any]:
@@ -62,7 +86,9 @@ class Report:
         return self.text
 
     def _repr_html_(self) -> str:
-        return self.html or f"<pre>{html.escape(self.text)}</pre>"
+        """Its charts (each with its sentence), then its table."""
+        table = self.html or f"<pre>{html.escape(self.text)}</pre>"
+        return "".join(figure_html(spec) for spec in self.charts) + table
 
 
 class Pictures(Report):
@@ -71,9 +97,22 @@ class Pictures(Report):
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        display({"text/plain": self.text, "text/html": self._repr_html_()}, raw=True)
+        display({"text/plain": self.text, "text/html": Report._repr_html_(self)}, raw=True)
         for spec in self.specs:
-            display(svg_bundle(spec, "<figure>"), raw=True)
+            display(picture_bundle([spec], "<figure>"), raw=True)
+
+
+def set_options(dropdown: Any, options: list) -> None:
+    """New options for a dropdown that keep its choice where they hold it, else choose the first: a dropdown with
+    options never shows none chosen (ipywidgets 8 leaves ``value`` at ``None`` when options replace an empty list,
+    and jumps to the first option when the chosen one is still there)."""
+    chosen, options = dropdown.value, list(options)
+    if list(dropdown.options) != options:
+        dropdown.options = options
+    values = [o[1] if isinstance(o, tuple) else o for o in options]
+    wanted = chosen if chosen in values else (values[0] if values else None)
+    if dropdown.value != wanted:
+        dropdown.value = wanted
 
 
 def close_tree(widget: Any) -> None:

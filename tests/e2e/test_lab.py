@@ -107,7 +107,8 @@ def check_live_loss(lab: LabPage, cell: int, samples: int = 5, every: float = 1.
 
 def check_picture_left(lab: LabPage, cell: int, within: float = 10.0) -> None:
     """When the run has ended its live view becomes a static SVG picture (what a saved notebook keeps)."""
-    picture = lab.page.locator(f"{lab.cell_node(cell)} .jp-RenderedSVG, {lab.cell_node(cell)} .jp-RenderedImage")
+    area = lab.cell_node(cell)
+    picture = lab.page.locator(f"{area} .jp-RenderedSVG, {area} .jp-RenderedImage, {area} .jp-RenderedHTMLCommon svg")
     try:
         picture.first.wait_for(state="attached", timeout=within * 1000)
     except Exception as exc:

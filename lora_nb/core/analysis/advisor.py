@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ...errors import OptionError
 from .. import registry
+from ..training.capacity import RULE_TEXT, Capacity
 from .history import rank_at_energy
 from .spectra import spectra
 from .weights import TableResult
@@ -29,6 +30,11 @@ class Advice(TableResult):
     def __init__(self, adapter: str, energy: float) -> None:
         super().__init__()
         self.adapter, self.energy = adapter, energy
+        self.tokens = 0  # supervised tokens the adapter's runs trained on (the capacity gauge)
+
+    def capacity(self, which: str = "now") -> Capacity:
+        """The capacity gauge with the parameters of ``which`` ("now", "global", "pattern")."""
+        return Capacity(self.params(which), self.tokens)
 
     @property
     def rank_pattern(self) -> dict[str, int]:
@@ -67,6 +73,11 @@ def advise(model, energy: float = 0.9, adapter: str | None = None, layers: str |
     for name, values in result.items():
         out, inp, r = result.shapes[name]
         advice[name] = ModuleAdvice(max(1, rank_at_energy(values, energy)), r, out + inp)
-    advice.notes = list(result.notes)
+    runs = session.records.get(result.adapter, {}).get("runs", [])
+    advice.tokens = sum(int(run.get("supervised_tokens") or 0) for run in runs)
+    gauge = [f"{advice.capacity().line()}; with the advised pattern: {advice.capacity('pattern').ratio:.3g} per token"
+             if advice.tokens else "capacity: no supervised tokens counted (train on token data with labels first)",
+             RULE_TEXT]
+    advice.notes = [*result.notes, *gauge]
     session.advice = advice
     return advice

@@ -56,8 +56,8 @@ class TableResult(dict):
         head = "".join(f"<th>{esc(h)}</th>" for h in self._head())
         body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows[:limit])
         more = f"<div>… ({len(rows) - limit} more)</div>" if len(rows) > limit else ""
-        extra = "".join(f"<div>{esc(n)}</div>" for n in self.notes)
-        return f"<div><b>{esc(self._title())}</b><table><tr>{head}</tr>{body}</table>{more}{extra}</div>"
+        extra = "".join(f"<div>{code_spans(n)}</div>" for n in self.notes)
+        return f"<div><b>{code_spans(self._title())}</b><table><tr>{head}</tr>{body}</table>{more}{extra}</div>"
 
 
 def split_name(name: str, type_name: str = "") -> tuple[str, int | None, str]:
@@ -73,6 +73,11 @@ def delta_fro(f: F.Factors) -> float:
     """‖ΔW‖_F exactly, from r × r Gram matrices: ‖B A‖²_F = tr((BᵀB)(AAᵀ))."""
     a, b = f.A.double(), f.B.double()
     return abs(f.scaling) * math.sqrt(max(float(((b.T @ b) * (a @ a.T)).sum()), 0.0))
+
+
+def code_spans(text: str) -> str:
+    """``text`` as HTML, its ```name``` spans as ``<code>`` (no literal backticks in a notebook)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 @dataclass(frozen=True)

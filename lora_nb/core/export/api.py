@@ -19,17 +19,22 @@ import torch
 
 from ...errors import OptionError
 from .. import registry
+from ..paths import output_folder
 from ..training.processes.export import export as export_script
 from .gguf_lora import write_gguf_lora
 from .gguf_model import QUANTS, write_gguf
 from .layout import Layout
 from .merged import merge_aside, write_merged
-from .paths import export_folder, mark
 from .preflight import check
 from .survival import Survival, cast_rounding, kept
 from .vocab import modelfile
 
 FORMATS = ("script", "merged", "gguf", "gguf-lora")
+
+
+def _marker(format: str) -> str:
+    """The file that marks a folder as an earlier export of ``format`` (which a rerun may replace)."""
+    return f".lora_nb-export-{format}"
 __all__ = ["FORMATS", "QUANTS", "Shipped", "check", "export", "reload"]
 
 
@@ -120,9 +125,9 @@ def export(model: Any, path: str | os.PathLike, format: str = "script", quant: s
         raise OptionError("--metric takes a callable metric(model) -> number, for merged and gguf exports")
     session = registry.require(model)
     session.ensure_idle("export")
-    folder = export_folder(path, format)
+    folder = output_folder(path, "export path", marker=_marker(format), holds=f"a `{format}` export")
     shipped = _write(model, folder, format, quant, tokenizer, adapter)
-    mark(folder, format)
+    (folder / _marker(format)).write_text("written by lora_nb.export\n")
     if metric is not None:
         shipped.survival.metric = (float(metric(session.model)), float(metric(reload(model, shipped))))
     shipped.survival.warn_if_erased()

@@ -1,6 +1,6 @@
 """A Hugging Face tokenizer as GGUF ``tokenizer.ggml.*`` metadata, and an Ollama ``Modelfile`` beside the file.
 
-Follows llama.cpp's ``convert_hf_to_gguf.py`` (``get_vocab_base`` / ``_set_vocab_gpt2`` and gguf's
+Follows llama.cpp's ``convert_hf_to_gguf.py`` (``get_vocab_base`` / `_set_vocab_gpt2` and gguf's
 ``SpecialVocab``): byte-level BPE vocabularies as ``tokenizer.ggml.model = gpt2`` with their merges; ids the
 tokenizer lacks up to the model's vocabulary size become ``[PAD<i>]`` (unused); added special tokens are control
 tokens. The pre-tokenizer name is read from the tokenizer's own pre-tokenizer: GPT-2's byte-level regex is

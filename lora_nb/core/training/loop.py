@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import LoraNBError, first_line
-from .data.batches import Batches, count, positions, to_device
+from .data.batches import Batches, count, positions, supervised_tokens, to_device
 from .data.position import DataPosition
 from .memory.budget import process_rss_mb
 from .optimizer import group_scales, make_optimizer
@@ -55,6 +55,7 @@ class Loop:
         self.dirty = False  # True between the pre-step copy and the end of optimizer.step()
         self.iterator = None
         self.batches_seen = 0
+        self.supervised = 0  # loss-bearing tokens trained on so far
         self.position = DataPosition(batches.loader)  # epoch and batches drawn, for checkpoints
         self.loss_phase = "loss_fn" if run.custom_loss else "model forward"
         self._rss_at = -1.0
@@ -149,9 +150,7 @@ class Loop:
                 self.callbacks("on_evaluate", None, record)
 
     def wait_if_paused(self) -> None:
-        while not self.run.wait_while_paused(0.1):
-            if self.run.stop_requested:
-                return
+        self.run.hold_while_paused()
 
     def step(self) -> dict:
         """One optimizer step (``grad_accum`` micro-batches) and its record."""
@@ -196,6 +195,8 @@ class Loop:
             record["tokens_per_s"] = tokens / seconds
         if tokens and width:
             record["padding"] = 1.0 - tokens / width
+        if self.supervised:
+            record["supervised_tokens"] = self.supervised  # loss-bearing tokens so far (the capacity gauge)
         if run.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         if self.batches.per_epoch:
@@ -207,6 +208,7 @@ class Loop:
         batch = self.next_batch()
         samples, tokens = count(batch)
         width = positions(batch)
+        self.supervised += supervised_tokens(batch)
         batch = to_device(batch, self.run.device)
         self.phase = self.loss_phase
         with self.autocast():

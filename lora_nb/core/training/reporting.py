@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..smoothing import Ema
 from .callbacks import Callback
+from .capacity import Capacity, short_count
 
 if TYPE_CHECKING:  # pragma: no cover
     from .run import TrainRun
@@ -49,6 +50,10 @@ def progress_line(run: TrainRun, record: dict, smoothed: float | None = None) ->
     if record.get("skipped_steps"):  # fp16: updates the loss scaler skipped (overflowing gradients)
         parts.append(f"{record['skipped_steps']} skipped (fp16 overflow)")
     parts.append(f"ETA {format_eta(eta_seconds(run, record))}")
+    if record.get("supervised_tokens") and getattr(run, "trainable", 0):
+        gauge = Capacity(run.trainable, record["supervised_tokens"])
+        parts.append(f"{short_count(gauge.params)} params / {short_count(gauge.tokens)} supervised tokens"
+                     + (" (below 1 per token: capacity may run out)" if gauge.below_rule else ""))
     return " · ".join(parts)
 
 

@@ -82,11 +82,13 @@ class TrainRun:
     samples: list[dict] = field(default_factory=list)  # {"step", "prompt", "text"} generated while training
     sample_seconds: float = 0.0  # time spent generating samples (not in any step's "seconds")
     memory_plan: MemoryPlan | None = None  # the MemoryPlan measured when the run began
+    trainable: int = 0  # parameters the run trains (the capacity gauge sets them against supervised tokens)
     stop_reason: str = ""  # why the run stopped itself (early stopping), for its message
     spectra_history: SpectraHistory = field(default_factory=SpectraHistory)  # ΔW's singular values over the run
 
     def __post_init__(self) -> None:
         self._stop, self._resume, self._done = threading.Event(), threading.Event(), threading.Event()
+        self._holding = threading.Event()  # set by the loop while a paused run waits at a step boundary
         self._resume.set()
         self._lock = threading.Lock()
         self._begun = self._ended = False  # set by the loop when it calls on_train_begin / on_train_end
@@ -113,9 +115,18 @@ class TrainRun:
         """True once ``stop()`` was called (the loop ends the run at the next step boundary)."""
         return self._stop.is_set()
 
-    def wait_while_paused(self, timeout: float) -> bool:
-        """Block while the run is paused, at most ``timeout`` seconds; True when it may go on (resumed or stopped)."""
-        return self._resume.wait(timeout)
+    def hold_while_paused(self) -> None:
+        """The loop, at a step boundary: block while the run is paused, until it is resumed or stopped; meanwhile
+        ``wait_paused`` returns (the step before is done)."""
+        if self._resume.is_set():
+            return
+        self._holding.set()
+        try:
+            while not self._resume.wait(0.1):
+                if self._stop.is_set():
+                    return
+        finally:
+            self._holding.clear()
 
     def wait_ended(self, timeout: float | None = None) -> bool:
         """Block until the run is marked ended (``mark_ended``) or ``timeout`` passed; True when it ended."""
@@ -158,6 +169,16 @@ class TrainRun:
                 self.state = "paused"
                 self._resume.clear()
 
+    def wait_paused(self, timeout: float = 30.0) -> bool:
+        """Block until a paused run holds at a step boundary (the step in flight is done) or ended; False when
+        ``timeout`` seconds passed first."""
+        end = time.monotonic() + timeout
+        while self.state == "paused" and not self._holding.is_set() and not self.done:
+            if time.monotonic() > end:
+                return False
+            self._holding.wait(0.01)
+        return True
+
     def resume(self) -> None:
         with self._lock:
             if self.state == "paused":
@@ -198,7 +219,9 @@ class TrainRun:
                 "final_eval_loss": self.evals[-1]["eval_loss"] if self.evals else None,
                 "lr": s.lr, "batch_size": s.batch_size, "grad_accum": s.grad_accum, "schedule": s.schedule,
                 "warmup": s.warmup, "seed": s.seed, "seconds": round(self.seconds, 3), "data": self.data,
-                "device": self.where, "message": self.message}
+                "device": self.where, "message": self.message,
+                "trainable": self.trainable,
+                "supervised_tokens": self.history[-1].get("supervised_tokens", 0) if self.history else 0}
 
     def __repr__(self) -> str:
         head = f"TrainRun({self.state}: adapter `{self.adapter}`, {self.summary_line()}"
@@ -305,7 +328,8 @@ def launch(session: Any, name: str, prepared: PreparedRun, background: bool | No
     background = background_default() if background is None else bool(background)
     recorder = SpectraRecorder(settings.spectra_every)  # first, so views see this step's spectra
     run = TrainRun(session.model, name, settings, prepared.max_steps, target, where, prepared.batches.description,
-                   background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])])
+                   background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])],
+                   trainable=sum(p.numel() for p in prepared.params))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     place_model(session.model, target)

@@ -62,6 +62,7 @@ def make_batches(data: Any, *, tokenizer: Any = None, loss_fn: Callable | None =
         data = ChatExamples(data.items, tokenizer, max_length)
         what, collate = data.describe(max_length), data.collate
     else:
+        refuse_all_masked(data)
         collate = _collate_for(data)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     if shuffle and group_by_length and isinstance(data, (_Texts, ChatExamples)):
@@ -260,6 +261,28 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def refuse_all_masked(data: Any) -> None:
+    """A one-line ``DataError`` when every row of dict data has labels and all of them are -100 (nothing to learn)."""
+    if isinstance(data, IterableDataset) or not len(data) or not isinstance(data[0], Mapping):
+        return
+    if "labels" not in data[0] or len(data) > 100_000:
+        return
+    for i in range(len(data)):
+        labels = data[i].get("labels")
+        if labels is None or bool((torch.as_tensor(labels) != -100).any()):
+            return
+    raise DataError(f"every one of the {len(data)} rows has all its labels at -100: nothing would be learned "
+                    "(`%lora data --data VAR --tokenizer VAR` shows the loss mask)")
+
+
+def supervised_tokens(batch: Any) -> int:
+    """Loss-bearing tokens of a (host-side) batch: its ``labels`` other than -100; 0 without token labels."""
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dim() < 2:
+        return 0
+    return int((labels != -100).sum())
 
 
 def count(batch: Any) -> tuple[int, int | None]:

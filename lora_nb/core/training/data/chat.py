@@ -139,6 +139,19 @@ def pad(sequences: list[list[int]], labels: list[list[int]], pad_id: int) -> dic
     return {"input_ids": ids, "attention_mask": mask, "labels": targets}
 
 
+def tokenize_item(item: Any, index: int, tokenizer: Any, template: bool) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 outside the answers) of one chat item, untruncated."""
+    if not is_chat_item(item):
+        raise DataError(f"item {index} is not chat data like item 0 (a conversation or a prompt/completion dict)")
+    messages = messages_of(item, index, template)
+    if messages is None:
+        return tokenize_plain_pair(tokenizer, item["prompt"], item["completion"])
+    if not template:
+        raise DataError("conversations need a tokenizer with a chat template (its chat_template is empty): "
+                        "set tokenizer.chat_template, or give prompt/completion pairs")
+    return tokenize_spans(tokenizer, *assistant_spans(tokenizer, messages))
+
+
 class ChatExamples(Dataset):
     """Chat items tokenized once into (ids, labels); items with no answer token left after truncation are dropped."""
 
@@ -150,28 +163,17 @@ class ChatExamples(Dataset):
         self.dropped = 0
         self.form = "conversations" if not isinstance(items[0], Mapping) or "messages" in items[0] else "pairs"
         for i, item in enumerate(items):
-            ids, labels = self._tokenize(item, i, tokenizer, template)
+            ids, labels = tokenize_item(item, i, tokenizer, template)
             ids, labels = ids[:max_length], labels[:max_length]
             if all(t == IGNORE for t in labels):
                 self.dropped += 1
                 continue
             self.examples.append((ids, labels))
         if not self.examples:
-            raise DataError(f"no chat item keeps an answer token within max_length={max_length}")
+            raise DataError(f"no chat item keeps an answer token within max_length={max_length}: nothing to learn "
+                            "(`%lora data --data VAR --tokenizer VAR` shows the loss mask)")
         self.pad_id = pad_token_id(tokenizer)
         self.template = template
-
-    @staticmethod
-    def _tokenize(item: Any, index: int, tokenizer: Any, template: bool) -> tuple[list[int], list[int]]:
-        if not is_chat_item(item):
-            raise DataError(f"item {index} is not chat data like item 0 (a conversation or a prompt/completion dict)")
-        messages = messages_of(item, index, template)
-        if messages is None:
-            return tokenize_plain_pair(tokenizer, item["prompt"], item["completion"])
-        if not template:
-            raise DataError("conversations need a tokenizer with a chat template (its chat_template is empty): "
-                            "set tokenizer.chat_template, or give prompt/completion pairs")
-        return tokenize_spans(tokenizer, *assistant_spans(tokenizer, messages))
 
     def describe(self, max_length: int) -> str:
         """A short description: how many items, which form, how they were tokenized."""

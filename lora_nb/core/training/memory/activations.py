@@ -16,13 +16,11 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_leaves
 
-from ...kinds import user_call
 from ..data.batches import Batches, count, to_device
 from ..data.head_loss import selected_loss
 from .allocations import SavedTensorBytes, TrackedAllocations, storage_keys
 
 MEASURE_MAX = 4  # samples in the larger measuring batch
-_MEASURING = "the model (forward and backward while measuring the memory plan)"
 
 
 def measuring_batch(batches: Batches, n: int) -> tuple[Any, int] | None:
@@ -103,7 +101,7 @@ def activation_peak(model: torch.nn.Module, params: list[torch.nn.Parameter], lo
             torch.cuda.synchronize(device)
             peak = torch.cuda.max_memory_allocated(device) - start
         elif quick:
-            with autocast(), saved, user_call(_MEASURING):
+            with autocast(), saved:
                 loss_fn(model, batch)
             return saved.bytes, saved.bytes
         else:
@@ -115,10 +113,9 @@ def activation_peak(model: torch.nn.Module, params: list[torch.nn.Parameter], lo
 
 def _forward_backward(model: torch.nn.Module, loss_fn: Any, batch: Any, autocast: Any,
                       saved: SavedTensorBytes) -> None:
-    with autocast(), saved, user_call(_MEASURING):
+    with autocast(), saved:
         loss = loss_fn(model, batch)
-    with user_call(_MEASURING):
-        loss.backward()
+    loss.backward()
 
 
 def model_only_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:

@@ -28,17 +28,28 @@ def plenty_of_ram(plan: MemoryPlan) -> bool:
 
 
 class FirstStepActivations:
-    """``start()`` before the first step, ``finish(positions, micro_batches)`` after it fills ``plan.activations``."""
+    """``start()`` before the first step; ``finish(positions, micro_batches)`` after it fills the plan's
+    ``activations``."""
 
     def __init__(self, model: torch.nn.Module, plan: MemoryPlan, batches: Any, batch_size: int) -> None:
         self.plan = plan
         self.saved = SavedTensorBytes(storage_keys([*model.parameters(), *model.buffers()]))
-        dataset = getattr(batches.loader, "dataset", None)
-        lengths = item_lengths(dataset) if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") else []
-        self.longest = max(lengths) if lengths and all(lengths) else None
+        self.dataset = getattr(batches.loader, "dataset", None)
         self.size = min(batch_size, data_length(batches) or batch_size)
         plan.pending, plan.measured_on = True, "the first step (not yet run)"
         self.active = False
+
+    def longest(self) -> int | None:
+        """Tokens in the longest sample: from a token dataset's ``lengths()`` or an in-memory list of items (a
+        dataset that loads or computes its items is not read again for this)."""
+        data = self.dataset
+        if not (callable(getattr(data, "lengths", None)) or isinstance(data, (list, tuple))):
+            return None
+        try:
+            lengths = item_lengths(data)
+        except Exception:  # items the training reads its own way; the plan then counts a micro-batch
+            return None
+        return max(lengths) if lengths and all(lengths) else None
 
     def start(self) -> None:
         self.saved.__enter__()
@@ -52,10 +63,11 @@ class FirstStepActivations:
     def finish(self, positions: int | None, micro_batches: int) -> None:
         self.stop()
         plan, saved = self.plan, self.saved.bytes
-        if positions and self.longest:
-            plan.activations = int(saved / positions * self.size * self.longest)
+        longest = self.longest() if positions else None
+        if longest:
+            plan.activations = int(saved / positions * self.size * longest)
             plan.measured_on = (f"the first step (saved tensors of {positions} token positions), scaled to the "
-                                f"widest batch ({self.size} × {self.longest} tokens)")
+                                f"widest batch ({self.size} × {longest} tokens)")
         else:
             plan.activations = int(saved / micro_batches)
             plan.measured_on = "the first step (saved tensors of one micro-batch)"

@@ -1,0 +1,127 @@
+"""``ShortRunsLive``: the learning-rate sweep (or the placement test) live — a status line and a chart per run.
+
+It is a ``SweepCallback`` on every run: the status line follows the current run's steps (at most every
+``interval`` seconds) and the chart is redrawn once per finished run (a sweep has a handful), so the traffic
+stays small. ``stop()`` (or interrupting the kernel, ■) ends the current run at its next step and the sweep with
+it; the runs that finished are kept in the result. At the end the displayed view becomes a static SVG picture
+that a saved notebook keeps. ``ui``: ``widget`` (core ipywidgets), ``static`` (one output updated in place) or
+``text`` (a printed line per run).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..core.analysis.lr_sweep import SweepCallback
+from ..viz.short_runs import LABELS, lr_sweep_spec, placement_names, placement_spec
+from .throttle import Throttle
+from .ui import Slot, close_tree, svg_bundle
+
+STOP_HINT = "interrupt the kernel (■) or call view.stop() to stop; finished runs are kept"
+
+
+class ShortRunsLive(SweepCallback):
+    """Live view of ``lr_sweep`` (``kind="lr"``) or ``placement`` (``kind="placement"``)."""
+
+    def __init__(self, kind: str = "lr", *, ui: str = "widget", interval: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.kind, self.ui = kind, ui
+        self.throttle = Throttle(interval, clock)
+        self.points: list[Any] = []
+        self.result: Any = None
+        self.run: Any = None
+        self.stopping = False
+        self.updates = 0  # chart pictures sent
+        self.where = ""
+        self.line = "waiting for the first run…"
+        self.slot = Slot()
+        self.closed = False
+        if ui == "widget":
+            import ipywidgets as W
+
+            from .chart import Chart
+
+            self.label = W.HTML(html.escape(self.line))
+            self.chart = Chart(self.spec())
+            self.widget = W.VBox([self.label, self.chart])
+
+    # -- sweep and training callbacks ------------------------------------------------------------
+    def on_point_begin(self, arm: str, lr: float, index: int, total: int) -> None:
+        self.where = f"run {index + 1}/{total}: {LABELS.get(arm, arm)} at lr {lr:.2g}"
+        self._say(f"{self.where}…")
+
+    def on_train_begin(self, run: Any) -> None:
+        self.run = run
+        if self.stopping:
+            run.stop()
+
+    def on_step_end(self, run: Any, record: dict) -> None:
+        if self.throttle.ready():
+            self._say(f"{self.where} · step {record['step']}/{run.max_steps} · loss {record['loss']:.4g}")
+
+    def on_point(self, point: Any) -> None:
+        self.points.append(point)
+        ended = "diverged" if point.state == "failed" else f"final loss {point.final_loss:.4g}"
+        if self.ui == "text":
+            print(f"{self.where}: {ended} ({point.seconds:.1f} s)", flush=True)
+        self._say(f"{self.where}: {ended}")
+        self._draw()
+
+    def on_result(self, result: Any) -> None:
+        self.result = result
+        self._say(("stopped: " if getattr(result, "stopped", False) else "done: ") + result.headline())
+        self._draw()
+        self.close()
+
+    def stop(self) -> None:
+        """End the current run at its next step boundary; the sweep ends with the runs finished so far."""
+        self.stopping = True
+        if self.run is not None:
+            self.run.stop()
+
+    # -- drawing --------------------------------------------------------------------------------
+    def spec(self) -> dict:
+        """The chart now: loss against lr (a sweep) or loss curves (placement)."""
+        if self.kind == "placement":
+            names = placement_names(self.result) if self.result is not None else None
+            return placement_spec(self.points, names)
+        title = f"lr sweep: {self.result.headline()}" if self.result is not None else None
+        measure = self.result.measure if self.result is not None else "final loss"
+        return lr_sweep_spec(self.points, title, measure)
+
+    @property
+    def figure(self) -> Any:
+        from ..viz import figure
+
+        return figure(self.spec())
+
+    def _say(self, line: str) -> None:
+        self.line = line
+        if self.ui == "widget" and not self.closed:
+            self.label.value = html.escape(f"{line} · {STOP_HINT}" if self.result is None else line)
+
+    def _draw(self) -> None:
+        if self.ui == "widget" and not self.closed:
+            self.updates += self.chart.draw(self.spec())
+        elif self.ui == "static" and self.slot.handle is not None:
+            self.slot.show(svg_bundle(self.spec(), self.line), raw=True)
+            self.updates += 1
+
+    def close(self) -> None:
+        """Leave a static picture of the chart in the displayed output; close the widgets."""
+        if self.closed:
+            return
+        if self.ui == "widget":
+            if self.slot.handle is not None:
+                self.slot.show(svg_bundle(self.spec(), self.line), raw=True)
+            close_tree(self.widget)
+        self.closed = True
+
+    def _ipython_display_(self) -> None:
+        if self.ui == "text":
+            return
+        self.slot.show(self.widget if self.ui == "widget" and not self.closed else svg_bundle(self.spec(), self.line),
+                       raw=self.ui != "widget" or self.closed)
