@@ -232,6 +232,14 @@ def test_export_refuses_what_it_cannot_write(tmp_path, monkeypatch):
             lora_nb.export(model, path, format=fmt, tokenizer=tok, quant="q8_0" if path.name == "y" else None)
     with pytest.raises(LoraNBError, match="carries its tokenizer"):
         lora_nb.export(model, tmp_path / "z", format="gguf")
+    with pytest.raises(LoraNBError, match="tokenizer must be a tokenizer"):
+        lora_nb.export(model, tmp_path / "k", format="gguf", tokenizer=["not", "one"])
+
+    def broken(lm):
+        raise ZeroDivisionError("oops")
+
+    with pytest.raises(LoraNBError, match="^the metric raised ZeroDivisionError: oops$"):
+        lora_nb.export(model, tmp_path / "k", format="merged", tokenizer=tok, metric=broken)
     lora_nb.merge(model)
     with pytest.raises(LoraNBError, match="unmerge it"):
         lora_nb.export(model, tmp_path / "w", format="gguf", tokenizer=tok)

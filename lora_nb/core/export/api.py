@@ -19,6 +19,7 @@ import torch
 
 from ...errors import OptionError
 from .. import registry
+from ..kinds import check_callable, check_tokenizer, user_call
 from ..paths import output_folder
 from ..training.processes.export import export as export_script
 from .gguf_lora import write_gguf_lora
@@ -121,14 +122,20 @@ def export(model: Any, path: str | os.PathLike, format: str = "script", quant: s
         return export_script(model, path, tokenizer=tokenizer, **script)
     if script:
         raise OptionError(f"{', '.join(sorted(script))}: only a `script` export takes data or training settings")
-    if metric is not None and (not callable(metric) or format == "gguf-lora"):
-        raise OptionError("--metric takes a callable metric(model) -> number, for merged and gguf exports")
+    check_tokenizer(tokenizer, "tokenizer", saves=format == "merged")
+    check_callable(metric, "metric")
+    if metric is not None and format == "gguf-lora":
+        raise OptionError("--metric applies to merged and gguf exports (a GGUF LoRA alone is no model)")
     session = registry.require(model)
     session.ensure_idle("export")
     folder = output_folder(path, "export path", marker=_marker(format), holds=f"a `{format}` export")
     shipped = _write(model, folder, format, quant, tokenizer, adapter)
     (folder / _marker(format)).write_text("written by lora_nb.export\n")
     if metric is not None:
-        shipped.survival.metric = (float(metric(session.model)), float(metric(reload(model, shipped))))
+        with user_call("the metric"):
+            before = float(metric(session.model))
+        again = reload(model, shipped)
+        with user_call("the metric (on the export loaded back)"):
+            shipped.survival.metric = (before, float(metric(again)))
     shipped.survival.warn_if_erased()
     return shipped
