@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..core.analysis.advisor import advise
 from ..core.analysis.history import rank_map, spectra_history, values_over_steps
+from ..core.kinds import check_callable
 from ..errors import OptionError
 from ..widgets.ui import Pictures, Report
 from .router import UI, arg, verb
@@ -72,7 +73,10 @@ def _intruders(ctx, args):
                               "here, use lora_nb.core.analysis.intruders.IntruderDial(model).set(λ)")
         from ..widgets.intruders import IntruderView
 
-        return IntruderView(model, ctx.lookup(args.metric), args.adapter, args.top_k, args.eps, args.layers)
+        metric = ctx.lookup(args.metric)
+        for one in metric.values() if isinstance(metric, dict) else [metric]:
+            check_callable(one, "--metric")
+        return IntruderView(model, metric, args.adapter, args.top_k, args.eps, args.layers)
     from ..core.analysis.spectra import intruders
 
     result = intruders(model, args.adapter, args.top_k, args.eps, args.layers)
