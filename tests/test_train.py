@@ -160,7 +160,7 @@ def test_epochs_eval_and_callback_order():
     ([], {}, "the training data is empty"),
     (iter([1, 2]), {}, "one-shot iterator"),
     ([torch.zeros(3)] * 4, {}, "items of type Tensor are not trainable data"),
-    (42, {}, "cannot train on a int"),
+    (42, {}, "cannot train on an int"),
     ((torch.zeros(4, 16), torch.zeros(3)), {}, "inputs and targets differ in length"),
 ])
 def test_unusable_data_is_one_line_and_starts_nothing(data, kwargs, message):
