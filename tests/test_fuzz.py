@@ -489,6 +489,6 @@ def test_a_session_notices_layers_removed_behind_its_back(notebook):
 def test_cell_keys_are_the_option_names(notebook):
     notebook.user_ns["ce"] = torch.nn.functional.cross_entropy
     run = lora(notebook, "train mlp", "data: pairs\neval: pairs\nloss: ce\nsteps: 2\n")  # --eval, --loss
-    assert run.state == "finished" and run.step == 2 and any("eval_loss" in r for r in run.history)
+    assert run.state == "finished" and run.step == 2 and run.evals and "eval_loss" in run.evals[-1]
     with pytest.raises(UsageError, match="unknown option `evl`; did you mean `eval`?"):
         lora(notebook, "train mlp", "data: pairs\nevl: pairs\n")
