@@ -58,7 +58,7 @@ def test_slider_scales_intruders_metrics_follow_and_restore_is_exact():
     fig = view.curve.figure
     assert [t.name for t in fig.data[:2]] == ["old task", "new task"] and list(fig.data[0].x) == [0.0, 0.5, 1.0]
     svg = view.curve.value
-    assert svg.count("<circle") == 2 * 3  # 2 metrics × 3 measured λ
+    assert svg.count("<circle") == 2 * 3 + 2  # 2 metrics × 3 measured λ, + their legend markers
     assert "<title>new task at λ=0.50: " in svg and "stroke-dasharray='2,3'" in svg  # the current λ: dotted
     view.restore_button.click()
     a1, b1 = _factors(model)
