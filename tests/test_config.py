@@ -114,7 +114,7 @@ def test_device_setting_is_trains_default(notebook, caplog, monkeypatch):
         config(notebook, "LoraMagics.device = 'cuda'")
         config(notebook, "LoraMagics.device = 'tpu'")
     assert [r.getMessage() for r in caplog.records] == [
-        "LoraMagics.device: device `cuda` is not available here; use --device auto or cpu",
+        "LoraMagics.device: device `cuda` is not available here; use `device=\"auto\"` or `device=\"cpu\"`",
         "LoraMagics.device: device must be auto, cpu, cuda[:N] or mps; got `tpu`"]
     assert lora_magics(notebook).device == "auto"
     config(notebook, "LoraMagics.device = 'cpu'")

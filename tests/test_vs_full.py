@@ -182,7 +182,7 @@ def test_copies_start_from_the_base_weights_when_the_model_has_an_adapter():
 def test_bad_input_is_refused_before_training():
     train, test = digits()
     model = digits_mlp()
-    for kwargs, message in [({"sizes": [10, 20]}, "pass eval data"), ({"sizes": "10,x", "eval_data": test}, "whole"),
+    for kwargs, message in [({"sizes": [10, 20]}, "pass `eval_data=…`"), ({"sizes": "10,x", "eval_data": test}, "whole"),
                             ({"sizes": [5000], "eval_data": test}, "has 400 items"), ({"lr": 1}, "sets lr"),
                             ({"steps": 0}, "steps must be"), ({"processes": 2}, "in this process"), ({"r": 0}, "r must be"), ({"warmpu": 2}, "unknown")]:
         with pytest.raises(OptionError, match=message):

@@ -44,7 +44,7 @@ def step_axis(steps: list[int]) -> dict:
     grid, _ = step_grid(steps)
     half = (grid[1] - grid[0]) / 2 if grid.size > 1 else 0.5
     lo, hi = (float(grid[0]) - half, float(grid[-1]) + half) if grid.size else (0.0, 1.0)
-    return {"title": {"text": "step"}, "range": [lo, hi], "tickformat": "d"}
+    return {"title": {"text": "step"}, "range": [lo, hi], "tickformat": "d", "rangemode": "nonnegative"}
 
 
 def history_margin(modules: list[str], colorbar: bool) -> dict:

@@ -211,6 +211,8 @@ class Axis:
             values = [k * step for k in range(first, int(math.floor(self.hi / step + 1e-9)) + 1)]
         else:
             values, step = nice_ticks(self.lo, self.hi, count, integer)
+        if opts.get("rangemode") == "nonnegative":  # a count (steps): no tick below zero in the range's margin
+            values = [v for v in values if v >= 0]
         while len(values) > 2:  # fewer ticks while neighbouring labels would touch
             labels = [format_number(v, step, opts.get("tickformat")) for v in values]
             room = (text_px(labels) + 8) if x else 15.0
