@@ -75,14 +75,12 @@ def label_problem(lo: float, hi: float, px: int) -> str | None:
     return f"labels do not read as their ticks: {wrong}" if wrong else None
 
 
-@pytest.mark.xfail(strict=False, reason="after charts' tick rework (main 21b9fca) some ranges break this: e.g. ticks -715000, -705000, … (step 10000, off its grid), -20000 labelled -2k; to settle with issue 27")
 def test_linear_ticks_are_few_nice_evenly_spaced_and_inside_the_range():
     problems = [(case, p) for case in chart_ranges(relative=0.05) if (p := grid_problem(*case))]
     assert problems == []
 
 
-@pytest.mark.xfail(strict=False, reason="after charts' tick rework (main 21b9fca) some ranges break this: e.g. ticks -715000, -705000, … (step 10000, off its grid), -20000 labelled -2k; to settle with issue 27")
-def test_labels_read_back_as_their_values_and_tell_the_ticks_apart():  # narrow spans: see the xfail below
+def test_labels_read_back_as_their_values_and_tell_the_ticks_apart():  # narrow spans: the test below
     problems = [(case, p) for case in chart_ranges(relative=1.0) if (p := label_problem(*case))]
     assert problems == []
 

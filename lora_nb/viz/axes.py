@@ -54,7 +54,8 @@ def format_number(v: float, step: float = 0.0, fmt: str | None = None) -> str:
         for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
             if a >= div:
                 digits = decimals(step / div) if step > 0 else 2
-                return f"{v / div:.{min(digits, 3)}f}".rstrip("0").rstrip(".") + suffix
+                text = f"{v / div:.{min(digits, 3)}f}"
+                return (text.rstrip("0").rstrip(".") if "." in text else text) + suffix  # 600k, not 6k
     if step <= 0:
         return f"{v:.3g}"
     digits = decimals(step)
@@ -82,6 +83,21 @@ def smaller_step(step: float) -> float:
         if lower < m - 1e-9:
             return lower * mag
     return 0.5 * mag
+
+
+def larger_step(step: float) -> float:
+    """The next nice step above ``step`` (1 → 2 → 5 → 10 …)."""
+    mag = 10 ** math.floor(math.log10(step) + 1e-9)
+    m = step / mag
+    for higher in (2, 5, 10):
+        if higher > m + 1e-9:
+            return higher * mag
+    return 20 * mag
+
+
+def grid(lo: float, hi: float, step: float) -> list[float]:
+    """The multiples of ``step`` in [lo, hi]."""
+    return [k * step for k in range(math.ceil(lo / step - 1e-9), int(math.floor(hi / step + 1e-9)) + 1)]
 
 
 def nice_ticks(lo: float, hi: float, count: int, integer: bool = False, least: int = 4) -> tuple[list[float], float]:
@@ -218,8 +234,12 @@ class Axis:
             room = (text_px(labels) + 8) if x else 15.0
             if span / max(1, (self.hi - self.lo) / step) >= room:
                 break
-            values = values[::2]
-            step *= 2
+            coarser = larger_step(step)  # the next nice step, its ticks on its own grid
+            if len(grid(self.lo, self.hi, coarser)) < 2:
+                break
+            step = coarser
+            values = [v for v in grid(self.lo, self.hi, step)
+                      if opts.get("rangemode") != "nonnegative" or v >= 0]
         digits = decimals(step) + 2
         return [(round(v, digits), format_number(round(v, digits), step, opts.get("tickformat"))) for v in values]
 
