@@ -8,6 +8,7 @@ output), since a widget's saved state only holds what it showed when it was disp
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -90,6 +91,8 @@ def test_example_notebook_runs_offline_within_its_time_and_keeps_its_pictures(na
     client.execute()
     wall = time.perf_counter() - started
     print(f"{name}: {wall:.1f} s")
+    if os.environ.get("LORA_NB_EXAMPLES_OUT"):  # keep the executed notebook (its printed figures) for reading
+        nbformat.write(nb, Path(os.environ["LORA_NB_EXAMPLES_OUT"]) / f"{name}.ipynb")
     errors, missing = _errors(nb), _missing_pictures(nb)
     assert not errors, "\n".join(errors)
     assert _git_status() == before, f"{name} changed the checkout: {before} -> {_git_status()}"
