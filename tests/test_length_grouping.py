@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import torch
-from helpers import chat_tokenizer, tiny_llama
+from helpers import StopAt, chat_tokenizer, tiny_llama
 
 import lora_nb
 from lora_nb.core.training.data.batches import make_batches
@@ -70,13 +70,6 @@ def losses(run):
     return [r["loss"] for r in run.history]
 
 
-class StopAt(lora_nb.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, run, record):
-        if record["step"] == self.step:
-            run.stop()
 
 
 def fresh_llama():

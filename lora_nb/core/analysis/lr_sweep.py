@@ -22,12 +22,11 @@ from .. import registry
 from ..adapters.options import AttachOptions, as_number
 from ..training.callbacks import Callback
 from ..training.settings import TrainSettings
-from .short_runs import Recipe, ShortRun, short_run
+from .short_runs import Recipe, ShortRun, short_run, split_options
 
 ARMS = ("lora", "full")
 LABELS = {"lora": "LoRA", "full": "full fine-tuning"}
 PAPER = "LoRA Without Regret (Schulman et al., Thinking Machines, 2025)"
-_OWN_TRAIN = {"lr", "steps", "batch_size", "seed", "device", "spectra_every", "processes"}
 
 
 def _help(cls: type, name: str) -> str:
@@ -168,12 +167,7 @@ def lr_sweep(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = N
     a ``run.stop()`` from a callback, or Ctrl-C, ends the sweep after the current run with the runs so far.
     """
     model = registry.as_module(model)
-    own = {f.name for f in fields(SweepOptions)}
-    opts = SweepOptions(**{k: v for k, v in options.items() if k in own})
-    extras = {k: v for k, v in options.items() if k not in own}
-    fixed = sorted(set(extras) & _OWN_TRAIN)
-    if fixed:
-        raise OptionError(f"lr_sweep sets {', '.join(fixed)} itself (use lrs=, steps=, batch_size=, seed=, device=)")
+    opts, extras = split_options(SweepOptions, options, "lr_sweep", "lrs=, steps=, batch_size=, seed=, device=")
     settings = TrainSettings(steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed, device=opts.device,
                              spectra_every=0, **extras)
     lrs = parse_lrs(opts.lrs)

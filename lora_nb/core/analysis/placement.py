@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -24,13 +24,12 @@ from ..adapters.targets import resolve_targets
 from ..training.callbacks import Callback
 from ..training.settings import TrainSettings
 from .lr_sweep import SweepCallback
-from .short_runs import Recipe, ShortRun, short_run
+from .short_runs import Recipe, ShortRun, short_run, split_options
 from .vs_full import base_copy
 
 ARMS = ("attention", "all")
 LABELS = {"attention": "attention only", "all": "all linear layers"}
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
-_OWN_TRAIN = {"lr", "steps", "batch_size", "seed", "device", "spectra_every", "processes"}
 
 
 @dataclass
@@ -134,12 +133,7 @@ def placement(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = 
     "all") and end.
     """
     model = registry.as_module(model)
-    own = {f.name for f in fields(PlacementOptions)}
-    opts = PlacementOptions(**{k: v for k, v in options.items() if k in own})
-    extras = {k: v for k, v in options.items() if k not in own}
-    fixed = sorted(set(extras) & _OWN_TRAIN)
-    if fixed:
-        raise OptionError(f"placement sets {', '.join(fixed)} itself (use lr=, steps=, batch_size=, seed=, device=)")
+    opts, extras = split_options(PlacementOptions, options, "placement", "lr=, steps=, batch_size=, seed=, device=")
     settings = TrainSettings(steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed, device=opts.device,
                              lr=opts.lr, spectra_every=0, **extras)
     attention, every, sizes = split_targets(base_copy(model))

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import types
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import nn
 
+from ...errors import OptionError
 from ..adapters.attach import attach
 from ..adapters.options import AttachOptions
 from ..training.callbacks import Callback
@@ -111,3 +112,19 @@ class SupervisedTokens(Callback):
 
     def on_step_end(self, run: Any, record: dict) -> None:
         self.seen = int(record.get("supervised_tokens", self.seen))
+
+
+# training settings a sweep of short runs sets itself for every run
+OWN_TRAIN = {"lr", "steps", "batch_size", "seed", "device", "spectra_every", "processes"}
+
+
+def split_options(cls: type, options: dict[str, Any], verb: str, own_hint: str) -> tuple[Any, dict[str, Any]]:
+    """``(cls(**its options), the other TrainSettings options)`` of a short-runs verb; one line when the others name
+    a setting the verb sets itself (``own_hint`` says which of its own options to use instead)."""
+    own = {f.name for f in fields(cls)}
+    opts = cls(**{k: v for k, v in options.items() if k in own})
+    extras = {k: v for k, v in options.items() if k not in own}
+    fixed = sorted(set(extras) & OWN_TRAIN)
+    if fixed:
+        raise OptionError(f"{verb} sets {', '.join(fixed)} itself (use {own_hint})")
+    return opts, extras
