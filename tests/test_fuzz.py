@@ -206,7 +206,9 @@ def model_state(model) -> dict:
     layers = [m for m in model.modules() if hasattr(m, "merged_adapters") and hasattr(m, "disable_adapters")]
     return {
         "params": {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()},
-        "session": id(session) if session is not None else None,
+        # whether it has a session, not which object: a refused `attach --replace` puts the old adapter back in a new
+        # session object when it was the only one (adapters, weights and flags as before)
+        "session": session is not None,
         "adapters": session.adapters if session is not None else None,
         "active": session.active if session is not None else None,
         "merged": [tuple(m.merged_adapters) for m in layers],

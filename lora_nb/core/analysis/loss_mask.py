@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import DataError
+from ..kinds import check_tokenizer
 from ..training.data.chat import IGNORE, has_chat_template, is_chat_item, render, tokenize_item
 
 END_TEXTS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>", "<|end_of_text|>")
@@ -187,6 +188,7 @@ def loss_mask(data: Any, tokenizer: Any, n: int = 3, max_length: int = 512) -> L
     """The loss mask of ``data`` as training sees it: the first ``n`` rows token by token, and the checks."""
     if tokenizer is None:
         raise DataError("the loss mask needs the tokenizer: pass tokenizer=… (`--tokenizer VAR`)")
+    check_tokenizer(tokenizer)
     rows = rows_of(data, tokenizer)
     header, ends = assistant_header(tokenizer), end_ids(tokenizer)
     blank = functools.lru_cache(maxsize=None)(functools.partial(_blank, tokenizer))

@@ -20,6 +20,7 @@ import numpy as np
 from ...errors import OptionError
 from .. import registry
 from ..adapters.options import AttachOptions, as_number
+from ..kinds import check_callable, check_tokenizer
 from ..training.callbacks import Callback
 from ..training.settings import TrainSettings
 from .short_runs import Recipe, ShortRun, short_run, split_options
@@ -168,6 +169,8 @@ def lr_sweep(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = N
     """
     model = registry.as_module(model)
     opts, extras = split_options(SweepOptions, options, "lr_sweep", "lrs=, steps=, batch_size=, seed=, device=")
+    check_tokenizer(tokenizer)
+    check_callable(loss_fn, "loss_fn")
     settings = TrainSettings(steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed, device=opts.device,
                              spectra_every=0, **extras)
     lrs = parse_lrs(opts.lrs)

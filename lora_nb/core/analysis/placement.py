@@ -21,6 +21,7 @@ from ...errors import OptionError
 from .. import registry
 from ..adapters.options import AttachOptions, as_number
 from ..adapters.targets import resolve_targets
+from ..kinds import check_callable, check_tokenizer
 from ..training.callbacks import Callback
 from ..training.settings import TrainSettings
 from .lr_sweep import SweepCallback
@@ -134,6 +135,8 @@ def placement(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = 
     """
     model = registry.as_module(model)
     opts, extras = split_options(PlacementOptions, options, "placement", "lr=, steps=, batch_size=, seed=, device=")
+    check_tokenizer(tokenizer)
+    check_callable(loss_fn, "loss_fn")
     settings = TrainSettings(steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed, device=opts.device,
                              lr=opts.lr, spectra_every=0, **extras)
     attention, every, sizes = split_targets(base_copy(model))
