@@ -126,7 +126,8 @@ class TrainSettings:
             setattr(self, name, as_flag(name, getattr(self, name)))
         if isinstance(self.sample_prompts, str):
             self.sample_prompts = [self.sample_prompts]
-        if self.sample_prompts is not None and (not self.sample_prompts
+        if self.sample_prompts is not None and (not isinstance(self.sample_prompts, (list, tuple))
+                                                or not self.sample_prompts
                                                 or not all(isinstance(p, str) for p in self.sample_prompts)):
             raise OptionError("sample_prompts must be a non-empty list of strings")
 
