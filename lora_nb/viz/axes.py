@@ -109,8 +109,7 @@ def nice_ticks(lo: float, hi: float, count: int, integer: bool = False, least: i
     if integer:
         step = max(1.0, round(step)) if step >= 1 else 1.0
     while True:
-        first = math.ceil(lo / step - 1e-9)
-        values = [k * step for k in range(first, int(math.floor(hi / step + 1e-9)) + 1)]
+        values = grid(lo, hi, step)
         finer = smaller_step(step)
         if len(values) >= least or (integer and finer < 1) or len(values) > 40:
             return values, step
@@ -223,8 +222,7 @@ class Axis:
         count = max(4, min(10, int(span // (70 if x else 40))))
         if opts.get("dtick") and (self.hi - self.lo) / float(opts["dtick"]) <= 20:
             step = float(opts["dtick"])
-            first = math.ceil(self.lo / step - 1e-9)
-            values = [k * step for k in range(first, int(math.floor(self.hi / step + 1e-9)) + 1)]
+            values = grid(self.lo, self.hi, step)
         else:
             values, step = nice_ticks(self.lo, self.hi, count, integer)
         if opts.get("rangemode") == "nonnegative":  # a count (steps): no tick below zero in the range's margin
