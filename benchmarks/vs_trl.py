@@ -150,7 +150,7 @@ def run_lora_nb(model, tok, train: list, opts: argparse.Namespace, device: str) 
     lora_nb.attach(model, r=8, alpha=16, dropout=0.0, targets="q_proj,v_proj")
     run = lora_nb.train(model, train, tokenizer=tok, steps=opts.steps, lr=opts.lr, batch_size=opts.batch_size,
                         schedule="constant", max_length=opts.max_length, seed=opts.seed, device=device,
-                        background=False, callbacks=[Clock()])
+                        background=False, callbacks=[Clock()], group_by_length=opts.group_by_length)
     assert run.state == "finished", run.message
     return {**figures(t0, ends, tokens), "padding": statistics.mean(r.get("padding", 0) for r in run.history),
             "peak_rss_mb": peak_rss_mb()}, model
@@ -233,6 +233,7 @@ def worker(opts: argparse.Namespace) -> None:
     held = conversations(opts.dataset, spec["held_out"], skip=spec["train"])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(opts.seed)  # the LoRA initialisation draws from here (lora_nb attaches before train seeds)
     result, trained = (run_lora_nb if opts.worker == "lora_nb" else run_trl)(model, tok, train, opts, device)
     if device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -258,11 +259,11 @@ def mfu(cfg, tokens_per_s: float, talk: list, tok) -> dict:
 
 
 # -- the paired rounds (parent process) ------------------------------------------------------------------------
-def one_run(which: str, dataset: str, opts: argparse.Namespace, config: str, steps: int) -> dict:
+def one_run(which: str, dataset: str, opts: argparse.Namespace, config: str, steps: int, seed: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", which, "--dataset", dataset, "--config", config,
-           "--steps", str(steps), "--batch-size", str(opts.batch_size), "--lr", str(opts.lr), "--seed",
-           str(opts.seed), "--max-length", str(opts.max_length if config == "smollm2" else opts.gpu_max_length),
-           "--threads", str(opts.threads)]
+           "--steps", str(steps), "--batch-size", str(opts.batch_size), "--lr", str(opts.lr), "--seed", str(seed),
+           "--max-length", str(opts.max_length if config == "smollm2" else opts.gpu_max_length),
+           "--threads", str(opts.threads)] + ([] if opts.group_by_length else ["--no-group-by-length"])
     done = subprocess.run(cmd + (["--trl-best"] if config != "smollm2" else []), capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
                               os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -277,9 +278,9 @@ def paired(dataset: str, opts: argparse.Namespace, config: str, steps: int, roun
     runs = {"trl": [], "lora_nb": []}
     for r in range(rounds):
         for which in ("trl", "lora_nb") if r % 2 == 0 else ("lora_nb", "trl"):
-            res = one_run(which, dataset, opts, config, steps)
+            res = one_run(which, dataset, opts, config, steps, opts.seed + r)
             runs[which].append(res)
-            print(f"  round {r + 1} {which:8s}: first step {res['first_step_s']:6.1f} s, median step "
+            print(f"  round {r + 1} (seed {opts.seed + r}) {which:8s}: first step {res['first_step_s']:6.1f} s, median step "
                   f"{res['median_step_s']:6.2f} s, {res['real_tokens_per_s']:8.1f} real tokens/s, peak RSS "
                   f"{res['peak_rss_mb']:7.0f} MB, held-out loss {res['held_out_loss']:.4f}"
                   + (f", padding {res['padding']:.0%}" if "padding" in res else "")
@@ -295,7 +296,15 @@ def summarize(title: str, runs: dict) -> None:
             continue
         t = statistics.median(r[key] for r in runs["trl"])
         n = statistics.median(r[key] for r in runs["lora_nb"])
-        print(f"  {key:18s} TRL {t:10.4g}   lora_nb {n:10.4g}   ratio {n / t:6.3f}")
+        print(f"  {key:18s} TRL {t:10.4g}   lora_nb {n:10.4g}   ratio {n / t:6.3f}" + spread(key, runs))
+
+
+def spread(key: str, runs: dict) -> str:
+    """The held-out loss's range over the rounds' seeds, per trainer: the noise its difference is judged against."""
+    if key != "held_out_loss" or len(runs["trl"]) < 2:
+        return ""
+    ranges = {w: (min(r[key] for r in rs), max(r[key] for r in rs)) for w, rs in runs.items()}
+    return "   (over seeds: " + ", ".join(f"{w} {lo:.4f}–{hi:.4f}" for w, (lo, hi) in ranges.items()) + ")"
 
 
 def main() -> None:
@@ -305,13 +314,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: per dataset)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="round r's seed is SEED + r (both trainers alike)")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--gpu-rounds", type=int, default=1, help="paired rounds per GPU config (with CUDA)")
     parser.add_argument("--gpu-steps", type=int, default=20)
     parser.add_argument("--gpu-max-length", type=int, default=2048)
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
+                        help="lora_nb without length-grouped batches (what grouping alone is worth)")
     parser.add_argument("--worker", choices=("trl", "lora_nb"), help=argparse.SUPPRESS)
     parser.add_argument("--dataset", default="reviews", help=argparse.SUPPRESS)
     parser.add_argument("--config", default="smollm2", help=argparse.SUPPRESS)
@@ -326,7 +337,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, trl {trl.__version__}, {opts.threads} thread(s), load average "
           f"{os.getloadavg()[0]:.2f}; batch {opts.batch_size}, lr {opts.lr:g} constant, max length "
-          f"{opts.max_length}, seed {opts.seed}; LoRA r=8 alpha 16 on q_proj, v_proj")
+          f"{opts.max_length}, seed {opts.seed}; LoRA r=8 alpha 16 on q_proj, v_proj; lora_nb "
+          f"{'with' if opts.group_by_length else 'without'} length-grouped batches")
     for name in [] if opts.skip_cpu else opts.datasets.split(","):
         steps = opts.steps or CPU_SETS[name]["steps"]
         print(f"CPU, SmolLM2-135M-Instruct fp32, `{name}` conversations, {steps} steps per run:", flush=True)

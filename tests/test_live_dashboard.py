@@ -111,6 +111,30 @@ def test_updates_are_throttled_by_time_not_steps(wire):
     assert dash.updates == 4 and dash.progress.value == 1000 and dash.figure.data[0].x[-1] == 1000  # …but at the end
 
 
+def test_redrawing_the_curves_takes_at_most_its_share_of_the_wall_time(wire, monkeypatch):
+    from lora_nb.widgets import live
+
+    clock = FakeClock()
+    run = synthetic_run(1000)
+    dash = LiveDashboard(clock=clock, interval=0.1, chart_interval=0.1, byte_rate=1e9)
+    draw = dash.chart.draw
+
+    def slow_draw(spec):  # every picture of the curves costs 10 ms of the training thread's time
+        clock.now += 0.01
+        return draw(spec)
+
+    monkeypatch.setattr(dash.chart, "draw", slow_draw)
+    dash.on_train_begin(run)
+    for step in range(1, 1001):  # 100 s of 0.1 s steps
+        clock.now += 0.1
+        record = {"step": step, "loss": 1.0, "lr": 1e-4, "grad_norm": 1.0, "samples_per_s": 1.0, "time": clock.now}
+        run.history.append(record)
+        dash.on_step_end(run, record)
+    drawing = dash.updates * 0.01
+    assert drawing <= live.CHART_SHARE * clock.now * 1.05  # not one picture per 0.1 s (10% of the time)…
+    assert dash.updates >= 0.8 * live.CHART_SHARE * clock.now / 0.01  # …but as many as the share allows
+
+
 def test_the_chart_respects_its_byte_rate(wire):
     clock = FakeClock()
     run = synthetic_run(10_000)

@@ -74,6 +74,25 @@ def agreement(ref, got):
     return float((ref.argmax(-1) == got.argmax(-1)).float().mean()), kl
 
 
+def decisive_agreement(ref, got, lead=0.05):
+    """Top-1 agreement where the reference's first choice leads its second by ``lead`` probability or more (a
+    rounded model that flips a near-tie has not changed its mind), and the share of such positions."""
+    first, second = ref.softmax(-1).topk(2, -1).values.unbind(-1)
+    decisive = first - second >= lead
+    same = ref.argmax(-1) == got.argmax(-1)
+    return float(same[decisive].float().mean()), float(decisive.float().mean())
+
+
+def q8_0_reference(w):
+    """Q8_0 from the format's definition, independently of the ``gguf`` package: blocks of 32 along a row, scale
+    max |w| / 127 stored as f16, round(w / scale) in int8 (halves away from zero)."""
+    blocks = w.float().reshape(-1, 32)
+    d = blocks.abs().amax(1, keepdim=True) / 127
+    x = blocks * torch.where(d > 0, 1 / d, 0)  # times the reciprocal, as ggml's reference C code
+    q = (x.sign() * (x.abs() + 0.5).floor()).clamp(-127, 127)  # halves away from zero, as C's roundf
+    return (q * d.half().float()).reshape(w.shape)
+
+
 def snapshot(model):
     """Everything an export must leave alone: every tensor (adapters included), merge flags, active, on/off."""
     status = lora_nb.status(model)
@@ -328,15 +347,27 @@ def test_smollm2_exports_round_trip_within_their_precision(tmp_path):
     batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     merged = reload(model, lora_nb.export(model, tmp_path / "merged", format="merged", tokenizer=tok))
     reference = logits(merged, batch)
+    original = {k: v.clone() for k, v in merged.state_dict().items()}
     f16 = lora_nb.export(model, tmp_path / "f16", format="gguf", quant="f16", tokenizer=tok)
     print(f"SmolLM2 f16 GGUF export: {f16.seconds:.1f} s (load {os.getloadavg()[0]:.1f})")
     merged.load_state_dict({k: (v.half().float() if v.dim() == 2 else v) for k, v in merged.state_dict().items()})
     torch.testing.assert_close(logits(reload(model, f16), batch), logits(merged, batch), atol=1e-3, rtol=1e-4)
     q8 = lora_nb.export(model, tmp_path / "q8", format="gguf", quant="q8_0", tokenizer=tok)
-    top1, kl = agreement(reference, logits(reload(model, q8), batch))
-    # measured on 50 reviews: KL 2.4e-3 to 2.6e-3, top-1 95 % to 97 % over all prompt positions (near-ties inside
-    # the review text flip); the issue's 99 % is not reached, also with f16 embeddings (96.96 %)
-    assert kl <= 1e-2 and top1 >= 0.93
+    from_file = logits(reload(model, q8), batch)
+    top1, kl = agreement(reference, from_file)
+    decisive, share = decisive_agreement(reference, from_file)
+    print(f"SmolLM2 q8_0: KL {kl:.2e}, top-1 {top1:.2%} of all positions, {decisive:.2%} of the {share:.0%} "
+          "decisive ones")
+    # over every position q8_0 flips near-ties (95-99 % measured); where the float model is decided it agrees
+    assert kl <= 1e-2 and decisive >= 0.99 and top1 >= 0.93
+    # the file adds nothing to q8_0's own rounding: the merged model rounded in memory by a quantizer written from
+    # the format's definition gives the file's logits
+    merged.load_state_dict(original)
+    with torch.no_grad():
+        for p in merged.parameters():
+            if p.dim() == 2:
+                p.copy_(q8_0_reference(p))
+    torch.testing.assert_close(from_file, logits(merged, batch), atol=2e-3, rtol=1e-4)
     again = AutoTokenizer.from_pretrained(q8.path, gguf_file=q8.file)
     assert again(texts, add_special_tokens=False)["input_ids"] == tok(texts, add_special_tokens=False)["input_ids"]
     assert again.chat_template == tok.chat_template

@@ -34,6 +34,9 @@ def samples_table(samples: list[dict], last: int = 3) -> str:
     return f"<table><tr><th>step</th><th>prompt</th><th>sample</th></tr>{rows}</table>"
 
 
+CHART_SHARE = 0.0025  # of the wall time that redrawing the curves may take on the training thread
+
+
 class LiveDashboard(Callback):
     """Live curves of a run with Stop and Pause/Resume; display it, then train with it as a callback.
 
@@ -55,7 +58,8 @@ class LiveDashboard(Callback):
         self.show_on_begin = show_on_begin  # display itself when the run starts (blocking runs in a cell)
         self.title, self.max_points = title, max_points
         self.throttle = Throttle(interval, clock)
-        self.chart_limit = RateLimit(chart_interval, byte_rate, clock)
+        self.chart_limit = RateLimit(chart_interval, byte_rate, clock, share=CHART_SHARE)
+        self.clock = clock
         self.updates = 0  # chart refreshes sent
         self.slot = Slot()  # the output this view lives in once displayed
         self.closed = False
@@ -165,10 +169,11 @@ class LiveDashboard(Callback):
             self._progress(run, record, line)
         if not (final or self.chart_limit.ready()):
             return
+        started = self.clock()
         sent, n_bytes = self._send(line)
         if sent:
             self.updates += 1
-            self.chart_limit.sent(n_bytes)
+            self.chart_limit.sent(n_bytes, self.clock() - started)
 
     def static_spec(self) -> dict:
         """The run's whole history as a spec (what a saved notebook keeps)."""

@@ -69,7 +69,7 @@ class TrainSettings:
                                      metadata={"help": "recompute activations in backward (less memory, slower)"})
     lr_ratio: float | None = field(default=None, metadata={"help": "LoRA+: B's learning rate = R × A's (e.g. 16)"})
     spectra_every: int | None = field(default=None, metadata={
-        "help": "steps between ΔW spectra kept in run.spectra_history (default: adaptive, ≤ 1/100 of step time; "
+        "help": "steps between ΔW spectra kept in run.spectra_history (default: adaptive, ≤ 1/200 of step time; "
                 "0: off)"})
 
     def __post_init__(self) -> None:

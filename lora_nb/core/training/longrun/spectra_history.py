@@ -1,4 +1,4 @@
-"""ΔW's singular values over a run: ``run.spectra_history``, recorded every N steps at ≤ 1% of the step time.
+"""ΔW's singular values over a run: ``run.spectra_history``, recorded every N steps at ≤ 0.5% of the step time.
 
 Every single-process run records them (``SpectraRecorder`` is the run's first callback), at step 1
 and then whenever the time spent recording stays within ``budget`` of the training time so far
@@ -23,7 +23,7 @@ from ..callbacks import Callback
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import TrainRun
 
-BUDGET = 0.01  # share of the mean step time that recording may cost (half of the ≤ 2% a run may add)
+BUDGET = 0.005  # share of the mean step time that recording may cost (a quarter of the ≤ 2% a run may add)
 
 
 @dataclass
