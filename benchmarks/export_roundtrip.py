@@ -1,7 +1,7 @@
 """Export round trips on SmolLM2-135M-Instruct: merged, GGUF f16 / q8_0 / q4_0 and GGUF-LoRA, timed and compared.
 
-The adapter is example 05's: LoRA r=8 on q_proj and v_proj of layers 20–29, trained ``--steps`` steps (default 12)
-on Rotten Tomatoes review chats (one-word answers). For every export: the wall time of ``lora_nb.export``, the ΔW
+The adapter: LoRA r=8 on q_proj and v_proj of layers 20–29 (example 05 adapts all seven linear layers there),
+trained ``--steps`` steps (default 12) on Rotten Tomatoes review chats (one-word answers). For every export: the wall time of ``lora_nb.export``, the ΔW
 survival meter, and — after loading the file back with transformers (``gguf_file=``) — the logits on the held-out
 prompts against the merged float model: largest |Δ logit|, top-1 agreement and mean KL(merged ‖ export) in nats over
 all prompt positions, top-1 agreement at the decisive positions (where the float model's first choice leads its
