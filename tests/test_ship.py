@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,13 +85,13 @@ def decisive_agreement(ref, got, lead=0.05):
 
 
 def q8_0_reference(w):
-    """Q8_0 from the format's definition, independently of the ``gguf`` package: blocks of 32 along a row, scale
-    max |w| / 127 stored as f16, round(w / scale) in int8 (halves away from zero)."""
-    blocks = w.float().reshape(-1, 32)
-    d = blocks.abs().amax(1, keepdim=True) / 127
-    x = blocks * torch.where(d > 0, 1 / d, 0)  # times the reciprocal, as ggml's reference C code
-    q = (x.sign() * (x.abs() + 0.5).floor()).clamp(-127, 127)  # halves away from zero, as C's roundf
-    return (q * d.half().float()).reshape(w.shape)
+    """Q8_0 written from the format's definition, independently of the ``gguf`` package (the round-trip
+    benchmark's own, so the two cannot drift apart)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "export_roundtrip.py"
+    spec = importlib.util.spec_from_file_location("export_roundtrip", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.q8_0_reference(w)
 
 
 def snapshot(model):

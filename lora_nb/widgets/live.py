@@ -2,9 +2,9 @@
 
 Cost per update is O(points), never O(history): records go into decimating buffers (≤ ``max_points``
 per trace); the curves are one SVG (about one point per pixel) sent at most every ``chart_interval``
-seconds, never faster than ``byte_rate`` bytes per second, and no more often than keeps the time spent
-drawing them within ``CHART_SHARE`` of the wall time (a run's own cost stays inside 2%); the progress line at most every
-``interval`` seconds; the final state is always drawn when the run ends. One class per front end, picked
+seconds, never faster than ``byte_rate`` bytes per second, and no more often than keeps the time
+spent drawing them within ``CHART_SHARE`` of the wall time; the progress line at most every ``interval``
+seconds; the final state is always drawn when the run ends. One class per front end, picked
 once when the view is made: ``LiveDashboard(ui="widget")`` is a ``WidgetLiveDashboard`` (core ipywidgets:
 an ``HTML`` chart, buttons), ``ui="static"`` a ``StaticLiveDashboard`` (one output updated in place by
 display id, no widgets: Stop with ``%lora stop`` or the kernel's interrupt). When a displayed run ends, its
@@ -60,7 +60,6 @@ class LiveDashboard(Callback):
         self.title, self.max_points = title, max_points
         self.throttle = Throttle(interval, clock)
         self.chart_limit = RateLimit(chart_interval, byte_rate, clock, share=CHART_SHARE)
-        self.clock = clock
         self.updates = 0  # chart refreshes sent
         self.slot = Slot()  # the output this view lives in once displayed
         self.closed = False
@@ -170,11 +169,12 @@ class LiveDashboard(Callback):
             self._progress(run, record, line)
         if not (final or self.chart_limit.ready()):
             return
-        started = self.clock()
+        clock = self.chart_limit.clock
+        started = clock()
         sent, n_bytes = self._send(line)
         if sent:
             self.updates += 1
-            self.chart_limit.sent(n_bytes, self.clock() - started)
+            self.chart_limit.sent(n_bytes, clock() - started)
 
     def static_spec(self) -> dict:
         """The run's whole history as a spec (what a saved notebook keeps)."""
