@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Execute the example notebooks in a real Jupyter kernel, offline, each within its limit: 2 minutes, 3 for 05 and 07
-# (tests/test_examples.py).
+# on an idle 2-core CPU, scaled on a slower machine by its time for a reference training step (tests/test_examples.py).
 # Usage: scripts/run_examples.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
