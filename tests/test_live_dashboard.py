@@ -66,7 +66,7 @@ def test_long_history_sends_bounded_throttled_updates(wire):
     clock = FakeClock()
     n = 100_000
     run = synthetic_run(n)
-    dash = LiveDashboard(clock=clock)
+    dash = LiveDashboard(clock=clock, cost_clock=clock)
     dash.on_train_begin(run)
     start = len(wire)
     for step in range(1, n + 1):
@@ -96,7 +96,7 @@ def test_long_history_sends_bounded_throttled_updates(wire):
 def test_updates_are_throttled_by_time_not_steps(wire):
     clock = FakeClock()
     run = synthetic_run(1000)
-    dash = LiveDashboard(clock=clock, interval=0.2, chart_interval=0.2, byte_rate=1e9)
+    dash = LiveDashboard(clock=clock, cost_clock=clock, interval=0.2, chart_interval=0.2, byte_rate=1e9)
     dash.on_train_begin(run)
     for step in range(1, 1001):  # 1000 steps in 0.5 s: at most 3 refreshes
         clock.now += 0.0005
@@ -116,7 +116,7 @@ def test_redrawing_the_curves_takes_at_most_its_share_of_the_wall_time(wire, mon
 
     clock = FakeClock()
     run = synthetic_run(1000)
-    dash = LiveDashboard(clock=clock, interval=0.1, chart_interval=0.1, byte_rate=1e9)
+    dash = LiveDashboard(clock=clock, cost_clock=clock, interval=0.1, chart_interval=0.1, byte_rate=1e9)
     draw = dash.chart.draw
 
     def slow_draw(spec):  # every picture of the curves costs 10 ms of the training thread's time
@@ -138,7 +138,7 @@ def test_redrawing_the_curves_takes_at_most_its_share_of_the_wall_time(wire, mon
 def test_the_chart_respects_its_byte_rate(wire):
     clock = FakeClock()
     run = synthetic_run(10_000)
-    dash = LiveDashboard(clock=clock, chart_interval=0.01, byte_rate=5_000)  # 5 KB/s: slower than the interval
+    dash = LiveDashboard(clock=clock, cost_clock=clock, chart_interval=0.01, byte_rate=5_000)  # 5 KB/s: slower than the interval
     dash.on_train_begin(run)
     for step in range(1, 10_001):  # 10 s of training
         clock.now += 0.001
