@@ -150,7 +150,8 @@ def run_lora_nb(model, tok, train: list, opts: argparse.Namespace, device: str) 
     lora_nb.attach(model, r=8, alpha=16, dropout=0.0, targets="q_proj,v_proj")
     run = lora_nb.train(model, train, tokenizer=tok, steps=opts.steps, lr=opts.lr, batch_size=opts.batch_size,
                         schedule="constant", max_length=opts.max_length, seed=opts.seed, device=device,
-                        background=False, callbacks=[Clock()], group_by_length=opts.group_by_length)
+                        background=False, callbacks=[Clock()], split_by_length=opts.split_by_length,
+                        group_by_length=opts.group_by_length)
     assert run.state == "finished", run.message
     return {**figures(t0, ends, tokens), "padding": statistics.mean(r.get("padding", 0) for r in run.history),
             "peak_rss_mb": peak_rss_mb()}, model
@@ -263,7 +264,8 @@ def one_run(which: str, dataset: str, opts: argparse.Namespace, config: str, ste
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", which, "--dataset", dataset, "--config", config,
            "--steps", str(steps), "--batch-size", str(opts.batch_size), "--lr", str(opts.lr), "--seed", str(seed),
            "--max-length", str(opts.max_length if config == "smollm2" else opts.gpu_max_length),
-           "--threads", str(opts.threads)] + ([] if opts.group_by_length else ["--no-group-by-length"])
+           "--threads", str(opts.threads)] + (["--group-by-length"] if opts.group_by_length else []) + (
+        [] if opts.split_by_length else ["--no-split-by-length"])
     done = subprocess.run(cmd + (["--trl-best"] if config != "smollm2" else []), capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
                               os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -321,8 +323,10 @@ def main() -> None:
     parser.add_argument("--gpu-steps", type=int, default=20)
     parser.add_argument("--gpu-max-length", type=int, default=2048)
     parser.add_argument("--skip-cpu", action="store_true")
-    parser.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
-                        help="lora_nb without length-grouped batches (what grouping alone is worth)")
+    parser.add_argument("--no-split-by-length", dest="split_by_length", action="store_false",
+                        help="lora_nb runs each batch whole (what pieces of similar length are worth)")
+    parser.add_argument("--group-by-length", action="store_true",
+                        help="lora_nb draws batches of similar length (opt-in: it changes the batches)")
     parser.add_argument("--worker", choices=("trl", "lora_nb"), help=argparse.SUPPRESS)
     parser.add_argument("--dataset", default="reviews", help=argparse.SUPPRESS)
     parser.add_argument("--config", default="smollm2", help=argparse.SUPPRESS)
@@ -337,8 +341,9 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, trl {trl.__version__}, {opts.threads} thread(s), load average "
           f"{os.getloadavg()[0]:.2f}; batch {opts.batch_size}, lr {opts.lr:g} constant, max length "
-          f"{opts.max_length}, seed {opts.seed}; LoRA r=8 alpha 16 on q_proj, v_proj; lora_nb "
-          f"{'with' if opts.group_by_length else 'without'} length-grouped batches")
+          f"{opts.max_length}, seed {opts.seed}; LoRA r=8 alpha 16 on q_proj, v_proj; lora_nb: batches "
+          f"{'grouped by length' if opts.group_by_length else 'drawn at random'}, run "
+          f"{'in pieces of similar length' if opts.split_by_length else 'whole'}")
     for name in [] if opts.skip_cpu else opts.datasets.split(","):
         steps = opts.steps or CPU_SETS[name]["steps"]
         print(f"CPU, SmolLM2-135M-Instruct fp32, `{name}` conversations, {steps} steps per run:", flush=True)

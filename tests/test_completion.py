@@ -49,7 +49,7 @@ def test_options_of_train_are_its_parsers(notebook):
     flags = {a.option_strings[0] for a in VERBS["train"].parser._actions if a.option_strings}
     offered = complete(notebook, "%lora train model --")
     assert set(offered) == flags and {"--data", "--lr", "--steps", "--wait", "--ui", "--device"} <= flags
-    assert complete(notebook, "%lora train model --gr") == ["--grad-accum", "--grad-checkpointing"]
+    assert complete(notebook, "%lora train model --gra") == ["--grad-accum", "--grad-checkpointing"]
     # an option already on the line is not offered again; after the model, a blank offers every option
     assert "--data" not in complete(notebook, "%lora train model --data pairs --")
     assert len(complete(notebook, "%lora train model --data pairs ")) == len(flags) - 1

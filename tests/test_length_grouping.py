@@ -1,4 +1,5 @@
-"""Token data is drawn in batches of similar length: less padding, every sample once an epoch, repeatable and resumable."""
+"""Token data drawn in batches of similar length (``group_by_length``, opt-in): less padding, every sample once an
+epoch, repeatable and resumable."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_grouping_is_deterministic_per_seed_draws_every_sample_once_and_pads_les
     assert widths != sorted(widths, reverse=True)
 
 
-def test_chat_data_is_grouped_by_default_and_the_history_reports_padding_and_real_tokens():
+def test_grouped_chat_data_pads_less_and_the_history_reports_padding_and_real_tokens():
     tok, data = chat_tokenizer(), conversations()
     grouped = make_batches(data, tokenizer=tok, batch_size=4, seed=0, group_by_length=True)
     plain = make_batches(data, tokenizer=tok, batch_size=4, seed=0)
@@ -55,7 +56,8 @@ def test_chat_data_is_grouped_by_default_and_the_history_reports_padding_and_rea
     torch.manual_seed(0)
     model = tiny_llama()
     lora_nb.attach(model, r=4)
-    run = lora_nb.train(model, data, tokenizer=tok, steps=15, batch_size=4, background=False)
+    run = lora_nb.train(model, data, tokenizer=tok, steps=15, batch_size=4, background=False, group_by_length=True,
+                        split_by_length=False)  # whole batches: the positions are the drawn batches'
     assert run.settings.group_by_length and "grouped by length" in run.data
     record = run.history[-1]
     real = sum(int(b["attention_mask"].sum()) for b in grouped.loader)
@@ -81,7 +83,8 @@ def fresh_llama():
 
 def test_a_resumed_grouped_run_draws_the_same_batches_and_repeats_the_losses(tmp_path):
     tok, data = chat_tokenizer(), conversations(30)
-    options = dict(tokenizer=tok, steps=20, batch_size=4, lr=1e-2, background=False)  # 8 batches an epoch
+    options = dict(tokenizer=tok, steps=20, batch_size=4, lr=1e-2, background=False,  # 8 batches an epoch
+                   group_by_length=True)
     full = lora_nb.train(fresh_llama(), data, **options)
     first = lora_nb.train(fresh_llama(), data, save_every=5, save_dir=tmp_path, callbacks=[StopAt(11)], **options)
     assert first.step == 11
@@ -91,11 +94,13 @@ def test_a_resumed_grouped_run_draws_the_same_batches_and_repeats_the_losses(tmp
     assert [r["padding"] for r in resumed.history] == [r["padding"] for r in full.history]  # the same batches
 
 
-def test_no_group_by_length_on_the_magic_and_in_a_cell(ip):
+def test_group_by_length_on_the_magic_and_in_a_cell(ip):
     ip.user_ns.update(model=fresh_llama(), chats=conversations(8), tok=chat_tokenizer())
+    run = ip.run_line_magic("lora", "train model --data chats --tokenizer tok --steps 1 --batch-size 4 --wait --ui text")
+    assert not run.settings.group_by_length and "grouped" not in run.data  # off by default
     run = ip.run_line_magic("lora", "train model --data chats --tokenizer tok --steps 1 --batch-size 4 "
-                                    "--no-group-by-length --wait --ui text")
-    assert not run.settings.group_by_length and "grouped" not in run.data
+                                    "--group-by-length --wait --ui text")
+    assert run.settings.group_by_length and "grouped by length" in run.data
     run = ip.run_cell_magic("lora", "train model --data chats --tokenizer tok --wait --ui text",
                             "steps: 1\ngroup-by-length: false")
     assert not run.settings.group_by_length

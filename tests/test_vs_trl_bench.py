@@ -31,7 +31,7 @@ def chats(n, seed):
 def test_each_trainer_reports_every_figure_from_a_real_run(which):
     tok = chat_tokenizer()
     opts = argparse.Namespace(steps=4, lr=1e-3, batch_size=4, max_length=64, seed=0, trl_best=False,
-                              group_by_length=True)
+                              split_by_length=True, group_by_length=False)
     torch.manual_seed(0)
     model = tiny_llama().to(torch.float32)
     run = vs_trl.run_lora_nb if which == "lora_nb" else vs_trl.run_trl

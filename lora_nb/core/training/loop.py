@@ -18,6 +18,8 @@ import torch
 
 from ...errors import LoraNBError, first_line
 from .data.batches import Batches, count, positions, supervised_tokens, to_device
+from .data.head_loss import decoder_and_head
+from .data.pieces import cpu_overhead, pieces, splittable
 from .data.position import DataPosition
 from .memory.budget import process_rss_mb
 from .optimizer import group_scales, make_optimizer
@@ -61,6 +63,7 @@ class Loop:
         self._rss_at = -1.0
         self.step_positions: int | None = None
         self._rss = 0.0
+        self.piece_overhead: int | None = None  # set when the run's batches run in pieces of similar length
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __call__(self) -> None:
@@ -135,8 +138,18 @@ class Loop:
         return f"{type(exc).__name__} in {self.phase} at step {step}: {first_line(exc)}"
 
     # -- steps -----------------------------------------------------------------------------------
+    def split_batches(self) -> int | None:
+        """The fixed cost of a piece when batches run in pieces of similar length (``pieces.py``), else None: only
+        lora_nb's own token batches, on the CPU, for a causal LM whose loss is known to be the mean over the
+        loss-bearing positions (``decoder_and_head``; not a model wrapped for several processes)."""
+        if (self.settings.split_by_length and self.batches.token_rows and self.run.device.type == "cpu"
+                and decoder_and_head(self.model) is not None):
+            return cpu_overhead()
+        return None
+
     def train(self) -> None:
         run, every = self.run, self.settings.eval_every
+        self.piece_overhead = self.split_batches()
         while run.step < run.max_steps and not run.stop_requested:
             self.wait_if_paused()
             if run.stop_requested:
@@ -204,12 +217,26 @@ class Loop:
         return record
 
     def micro_step(self) -> tuple[torch.Tensor, int, int | None, int | None]:
+        """One batch forward and backward (in pieces of similar length where ``piece_overhead`` is set); its
+        loss, samples, real tokens and token positions computed."""
         self.phase = "reading data"
         batch = self.next_batch()
         samples, tokens = count(batch)
-        width = positions(batch)
         self.supervised += supervised_tokens(batch)
-        batch = to_device(batch, self.run.device)
+        if self.piece_overhead is not None and splittable(batch):
+            parts = pieces(batch, self.piece_overhead)
+            tokens = sum(count(part)[1] for part, _ in parts)
+        else:
+            parts = [(batch, 1.0)]
+        widths = [positions(part) for part, _ in parts]
+        width, total = (None if None in widths else sum(widths)), None
+        for part, weight in parts:
+            loss = self.backward(to_device(part, self.run.device), weight)
+            total = loss if total is None else total + loss
+        return total, samples, tokens, width
+
+    def backward(self, batch: Any, weight: float) -> torch.Tensor:
+        """Loss and backward of one (piece of a) batch whose loss counts ``weight`` of its batch's."""
         self.phase = self.loss_phase
         with self.autocast():
             loss = self.batches.loss(self.model, batch)
@@ -220,9 +247,11 @@ class Loop:
             raise LoraNBError("the loss does not depend on the adapter (no gradient): is the adapter on and "
                               "used by the model's forward?")
         self.phase = "backward"
+        if weight != 1.0:
+            loss = loss * weight
         scaled = loss / self.settings.grad_accum
         (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
-        return loss.detach().reshape(()), samples, tokens, width
+        return loss.detach().reshape(())
 
     def next_batch(self) -> Any:
         if self.iterator is None:

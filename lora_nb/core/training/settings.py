@@ -47,8 +47,12 @@ class TrainSettings:
     eval_every: int | None = field(default=None, metadata={"help": "steps between evaluations (default: ~10 per run)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=512, metadata={"help": "tokens per text at most (text data)"})
-    group_by_length: bool = field(default=True, metadata={
-        "help": "token data: batches of similar length (shuffled mega-batches sorted by length; less padding)"})
+    split_by_length: bool = field(default=True, metadata={
+        "help": "token data on the CPU: each batch runs in pieces of similar length (the same loss and gradient, "
+                "less padding)"})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "token data: draw batches of similar length (shuffled mega-batches sorted by length; least "
+                "padding, but each batch is no longer a random sample)"})
     precision: str = field(default="auto", metadata={
         "help": "auto (bf16 autocast on GPUs with native bf16, fp16 + loss scaling on older GPUs, fp32 on CPU/MPS) "
                 "| fp32 | bf16 | fp16", "choices": PRECISIONS})
@@ -122,7 +126,7 @@ class TrainSettings:
             self.lr_ratio = as_number("lr_ratio", self.lr_ratio, float)
             if not self.lr_ratio > 0:
                 raise OptionError(f"lr_ratio must be positive; got {self.lr_ratio:g}")
-        for name in ("restore_best", "grad_checkpointing", "group_by_length"):
+        for name in ("restore_best", "grad_checkpointing", "split_by_length", "group_by_length"):
             setattr(self, name, as_flag(name, getattr(self, name)))
         if isinstance(self.sample_prompts, str):
             self.sample_prompts = [self.sample_prompts]

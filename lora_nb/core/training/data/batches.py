@@ -40,6 +40,7 @@ class Batches:
     per_epoch: int | None  # batches per pass, when known
     loss: LossFn
     description: str
+    token_rows: bool = False  # right-padded rows of lora_nb's own tokenization with the model's loss (``pieces``)
 
 
 def make_batches(data: Any, *, tokenizer: Any = None, loss_fn: Callable | None = None, batch_size: int = 8,
@@ -65,16 +66,17 @@ def make_batches(data: Any, *, tokenizer: Any = None, loss_fn: Callable | None =
         refuse_all_masked(data)
         collate = _collate_for(data)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    tokens = isinstance(data, (_Texts, ChatExamples)) and loss_fn is None
     if shuffle and group_by_length and isinstance(data, (_Texts, ChatExamples)):
         if generator is None:  # unseeded: a generator of its own, seeded from torch's RNG
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
         sampler = LengthGroupedBatches(data.lengths(), batch_size, generator)
         loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate, generator=generator)
-        return Batches(loader, len(loader), loss, f"{what}; batches grouped by length")
+        return Batches(loader, len(loader), loss, f"{what}; batches grouped by length", token_rows=tokens)
     iterable = isinstance(data, IterableDataset)
     loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle and not iterable, collate_fn=collate,
                         generator=generator)
-    return Batches(loader, _length(loader), loss, what)
+    return Batches(loader, _length(loader), loss, what, token_rows=tokens)
 
 
 def takes_model(loss_fn: Any) -> bool:
