@@ -3,6 +3,8 @@ the notebook variables that fit where the cursor is; completions elsewhere stay 
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 from helpers import classification_pairs, minilm_dir, tiny_mlp
 from IPython.core.completer import provisionalcompleter
@@ -46,7 +48,9 @@ def test_help_lists_the_verbs_in_the_verb_tables_order_and_the_table_names_each_
 
 
 def test_options_of_train_are_its_parsers(notebook):
-    flags = {a.option_strings[0] for a in VERBS["train"].parser._actions if a.option_strings}
+    flags = {a.option_strings[0] for a in VERBS["train"].parser._actions  # hidden ones: old spellings
+             if a.option_strings and a.help != argparse.SUPPRESS}
+    assert len(flags) == len({a.dest for a in VERBS["train"].parser._actions if a.option_strings})
     offered = complete(notebook, "%lora train model --")
     assert set(offered) == flags and {"--data", "--lr", "--steps", "--wait", "--ui", "--device"} <= flags
     assert complete(notebook, "%lora train model --gra") == ["--grad-accum", "--grad-checkpointing"]

@@ -7,6 +7,7 @@ import random
 
 import torch
 from helpers import StopAt, chat_tokenizer, tiny_llama
+from IPython.core.completer import provisionalcompleter
 
 import lora_nb
 from lora_nb.core.training.data.batches import make_batches
@@ -107,3 +108,12 @@ def test_group_by_length_on_the_magic_and_in_a_cell(ip):
     run = ip.run_cell_magic("lora", "train model --data chats --tokenizer tok --wait --ui text",
                             "steps: 1\ngroup-by-length: true")
     assert run.settings.group_by_length and "grouped by length" in run.data
+    # grouping was on by default once: a line written then still runs, and means what it said (not grouped)
+    run = ip.run_line_magic("lora", "train model --data chats --tokenizer tok --steps 1 --batch-size 4 "
+                                    "--no-group-by-length --wait --ui text")
+    assert not run.settings.group_by_length and "grouped" not in run.data
+    with provisionalcompleter():  # Tab offers the flag, not the old spelling
+        offered = [c.text for text in ("%lora train model --group", "%lora train model --no-")
+                   for c in ip.Completer.completions(text, len(text))]
+    assert "--group-by-length" in offered and "--no-split-by-length" in offered
+    assert not any(c.startswith("--no-group") for c in offered)

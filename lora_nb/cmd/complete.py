@@ -158,7 +158,8 @@ def _value(namespace, hidden, action: argparse.Action, model: str | None, fragme
 
 
 def _options(parser: argparse.ArgumentParser, used: set[str], fragment: str) -> Suggestions:
-    flags = [a.option_strings[0] for a in parser._actions if a.option_strings and a.dest not in used]
+    flags = [a.option_strings[0] for a in parser._actions
+             if a.option_strings and a.dest not in used and a.help != argparse.SUPPRESS]
     return Suggestions(fragment, [(f, "option") for f in flags if f.startswith(fragment)])
 
 

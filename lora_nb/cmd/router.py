@@ -85,6 +85,9 @@ def options_of(cls: type, only: Sequence[str] | None = None, skip: Sequence[str]
                                default=None if given_only else True, help=f"turn off: {text}"))
         elif f.type in (bool, "bool"):
             options.append(arg(*flags, dest=f.name, action="store_true", default=default, help=text))
+            if f.metadata.get("was_on"):  # on by default once: lines written then (`--no-…`) still mean what they said
+                options.append(arg(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                                   default=default, help=argparse.SUPPRESS))
         else:  # said once: not again when the help says it (`default: one epoch`), not at all when it is "not set"
             text = text if "(default:" in text or shown is None else f"{text} (default: {shown})"
             if "choices" in f.metadata:  # listed for Tab completion; any case is accepted
@@ -230,7 +233,8 @@ class Context:
 
 def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
     """``key: value`` lines of a ``%%lora`` cell as command-line options."""
-    actions = [a for a in parser._actions if a.option_strings]  # keys: the option names (`eval`) and their dests
+    actions = [a for a in parser._actions  # keys: the option names (`eval`) and their dests; not hidden ones
+               if a.option_strings and a.help != argparse.SUPPRESS]
     flags = {key: a for a in actions for key in [a.dest, *(o.lstrip("-").replace("-", "_") for o in a.option_strings)]}
     argv: list[str] = []
     for lineno, raw in enumerate(cell.splitlines(), 1):

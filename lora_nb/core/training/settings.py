@@ -52,7 +52,7 @@ class TrainSettings:
                 "less padding)"})
     group_by_length: bool = field(default=False, metadata={
         "help": "token data: draw batches of similar length (shuffled mega-batches sorted by length; least "
-                "padding, but each batch is no longer a random sample)"})
+                "padding, but each batch is no longer a random sample)", "was_on": True})
     precision: str = field(default="auto", metadata={
         "help": "auto (bf16 autocast on GPUs with native bf16, fp16 + loss scaling on older GPUs, fp32 on CPU/MPS) "
                 "| fp32 | bf16 | fp16", "choices": PRECISIONS})
