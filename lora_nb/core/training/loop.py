@@ -229,7 +229,8 @@ class Loop:
         else:
             parts = [(batch, 1.0)]
         widths = [positions(part) for part, _ in parts]
-        width, total = (None if None in widths else sum(widths)), None
+        width = None if None in widths else sum(widths)
+        total = None
         for part, weight in parts:
             loss = self.backward(to_device(part, self.run.device), weight)
             total = loss if total is None else total + loss

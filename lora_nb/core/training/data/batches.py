@@ -66,8 +66,9 @@ def make_batches(data: Any, *, tokenizer: Any = None, loss_fn: Callable | None =
         refuse_all_masked(data)
         collate = _collate_for(data)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    tokens = isinstance(data, (_Texts, ChatExamples)) and loss_fn is None
-    if shuffle and group_by_length and isinstance(data, (_Texts, ChatExamples)):
+    own_tokens = isinstance(data, (_Texts, ChatExamples))  # rows lora_nb tokenized and right-padded itself
+    tokens = own_tokens and loss_fn is None
+    if shuffle and group_by_length and own_tokens:
         if generator is None:  # unseeded: a generator of its own, seeded from torch's RNG
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
         sampler = LengthGroupedBatches(data.lengths(), batch_size, generator)
