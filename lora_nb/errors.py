@@ -54,6 +54,10 @@ class CheckpointError(LoraNBError):
     """A training checkpoint is missing, incomplete, unreadable or does not fit the run."""
 
 
+class FileWriteError(LoraNBError):
+    """A folder could not be written (full disk, lost mount, no permission); whatever was there before is intact."""
+
+
 class PathError(OptionError):
     """A path a verb would write is unusable (a file, not writable, impossible, the working folder)."""
 

@@ -12,7 +12,9 @@
 - Anything else with a kernel (JupyterLab, Notebook 7, Kaggle, ...) gets widgets; no kernel (terminal IPython,
   scripts) gets text.
 
-``ui`` is one of ``auto | widget | static | text`` (``UI_MODES``).
+``ui`` is one of ``auto | widget | static | text`` (``UI_MODES``). Every view family (the live training view, the
+vs-full and short-run views, reports, explorers, panels) maps the modes it has to its views, and :func:`pick`
+chooses among them: no other module compares a mode itself.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import OptionError
 
 UI_MODES = ("auto", "widget", "static", "text")
+# a mode a view family lacks is served by the next simpler one it has: widgets show static pictures, pictures text
+SIMPLER = {"widget": ("widget", "static", "text"), "static": ("static", "text"), "text": ("text",)}
+View = TypeVar("View")
 VSCODE_VARIABLES = ("VSCODE_PID", "VSCODE_CWD")
 VSCODE_BROKEN_WIDGETS = ("8.1.9",)  # ipywidgets versions VS Code shows no widgets with (vscode-jupyter#17504)
 _said: set[str] = set()  # notes already said in this process
@@ -110,6 +115,25 @@ def resolve_ui(ui: str | None = "auto", kernel: bool | None = None) -> str:
     if mode not in UI_MODES:
         raise OptionError(f"ui must be one of {', '.join(UI_MODES)}, not `{ui}`")
     return detect(kernel).auto_ui if mode == "auto" else mode
+
+
+def resolve_and_note(ui: str | None, kernel: bool | None = None) -> str:
+    """:func:`resolve_ui`, saying the front end's view note once (e.g. VS Code's widget bug) when ``auto`` decides."""
+    mode = resolve_ui(ui, kernel)
+    if (ui or "auto").strip().lower() == "auto":
+        say_once(detect(kernel).view_note)
+    return mode
+
+
+def pick(views: Mapping[str, View], ui: str | None = "auto", kernel: bool | None = None, needs: str = "") -> View:
+    """A view family's picker: its entry in ``views`` (keyed ``widget`` / ``static`` / ``text``) for ``ui``, ``auto``
+    resolved for this front end; a mode the family lacks takes the next simpler one it has (``SIMPLER``). ``needs``:
+    the one-line refusal when it has none (e.g. a slider needs a widget front end)."""
+    mode = resolve_ui(ui, kernel)
+    for simpler in SIMPLER[mode]:
+        if simpler in views:
+            return views[simpler]
+    raise OptionError(needs or f"this view has no {mode} form; it needs ui={' or '.join(views)}")
 
 
 def background_default() -> bool:

@@ -180,20 +180,29 @@ def test_a_killed_kernel_resumes_in_a_new_one_with_the_same_losses(tmp_path):
 
 
 def test_rewriting_a_step_keeps_the_old_checkpoint_until_the_new_one_is_in_place(tmp_path, monkeypatch):
-    """A resumed run writes its first step's checkpoint again: the old folder is renamed aside, not deleted
-    first, so a failing final rename leaves it complete (adapter saves and checkpoints share that swap)."""
+    """A resumed run writes its first step's checkpoint again: the new folder is swapped in only once complete, so
+    a failing swap (the kernel's exchange, or the journaled swap's second rename) leaves the old one complete."""
+    from lora_nb.core import folder_swap
+    from lora_nb.errors import FileWriteError
+
     run = lora_nb.train(mlp_with_lora(), PAIRS, save_every=2, save_dir=tmp_path, **{**MLP, "steps": 2})
     folder = tmp_path / "checkpoint-000002"
     before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     real = os.rename
 
+    def fail_exchange(src, dst):
+        raise OSError(5, "Input/output error")
+
     def fail_into_place(src, dst):
-        if Path(dst) == folder and ".writing-" in str(src):
+        if Path(dst) == folder and ".lora_nb-staging-" in str(src):
             raise OSError(5, "Input/output error")
         return real(src, dst)
 
-    monkeypatch.setattr(os, "rename", fail_into_place)
-    with pytest.raises(OSError, match="Input/output"):
-        checkpoint.write_checkpoint(run.model, "default", folder, {}, {"step": 2})
-    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    assert after == before and [p.name for p in tmp_path.iterdir()] == [folder.name]
+    for exchange, rename in ((fail_exchange, real), (None, fail_into_place)):
+        monkeypatch.setattr(folder_swap, "EXCHANGE", exchange)
+        monkeypatch.setattr(os, "rename", rename)
+        with pytest.raises(FileWriteError, match="Input/output.*previous folder there is intact"):
+            checkpoint.write_checkpoint(run.model, "default", folder, {}, {"step": 2})
+        monkeypatch.setattr(os, "rename", real)
+        after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        assert after == before and [p.name for p in tmp_path.iterdir()] == [folder.name]

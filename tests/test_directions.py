@@ -67,3 +67,20 @@ def test_overlaps_of_constructed_subspaces():
     np.testing.assert_allclose(d.right, [1.0, 1.0], atol=1e-6)
     assert overlap(d.left) == pytest.approx(0.5, abs=1e-6)
     assert d.grad_a0 == pytest.approx(1.0, abs=1e-6) and d.grad_b == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(48, 20), (20, 48), (24, 24)])
+def test_top_subspaces_without_a_dense_svd_equal_the_svds(shape):
+    """The full update's top-k subspaces come from the smaller Gram matrix: the same subspaces as a dense float64
+    SVD's (a decaying spectrum, as trained updates have), orthonormal, on either orientation."""
+    from lora_nb.core.analysis.directions import principal_cosines, top_vectors
+
+    g = torch.Generator().manual_seed(3)
+    u, _, vh = torch.linalg.svd(torch.randn(*shape, generator=g, dtype=torch.float64), full_matrices=False)
+    m = (u * torch.logspace(0, -4, min(shape), dtype=torch.float64)) @ vh
+    left, right = top_vectors(m.float(), 5)
+    u_ref, _, vh_ref = torch.linalg.svd(m.float().double(), full_matrices=False)
+    assert left.shape == (shape[0], 5) and right.shape == (shape[1], 5)
+    assert np.allclose(principal_cosines(left, u_ref[:, :5]), 1, atol=1e-10)
+    assert np.allclose(principal_cosines(right, vh_ref[:5].T), 1, atol=1e-10)
+    assert torch.allclose(left.T @ left, torch.eye(5, dtype=torch.float64), atol=1e-12)

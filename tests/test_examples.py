@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -68,9 +69,24 @@ def _git_status() -> list[str] | None:
     return sorted(out.splitlines())
 
 
+# what a failing cell leaves in a stream rather than an `error` output: a magic's UsageError (IPython prints it to
+# stderr), a traceback printed by a thread or a library, or a one-line `SomethingError: …` (lora_nb's own errors
+# raised from Python code, "Exception in thread …" crashes); lora_nb's notes ("note: …") and warnings pass
+STREAM_ERROR = re.compile(r"UsageError|Traceback \(most recent call last\)|^Exception in thread "
+                          r"|^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*Error: ", re.M)
+
+
 def _errors(nb) -> list[str]:
-    return [f"cell {i}: {o.ename}: {o.evalue}" for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-            for o in cell.get("outputs", []) if o.output_type == "error"]
+    """Every sign of a failed cell: ``error`` outputs and stream text with an error or a traceback in it."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if o.output_type == "error":
+                found.append(f"cell {i}: {o.ename}: {o.evalue}")
+            elif o.output_type == "stream" and STREAM_ERROR.search(o.text):
+                line = next(t for t in o.text.splitlines() if STREAM_ERROR.search(t) or "Traceback" in t)
+                found.append(f"cell {i} ({o.name}): {line.strip()[:200]}")
+    return found
 
 
 def _missing_pictures(nb) -> list[str]:
@@ -131,3 +147,30 @@ def test_example_notebook_runs_offline_within_its_time_and_keeps_its_pictures(na
     assert wall <= limit, (f"{name} took {wall:.0f} s: limit {base_limit} s on an idle 2-core CPU, x {factor:.2f} "
                            "for this machine's reference step")
     assert not missing, "saved notebook lacks static pictures:\n" + "\n".join(missing)
+
+
+def test_a_failed_cell_is_caught_in_streams_as_well_as_in_error_outputs():
+    """The detector the notebook test relies on, on a synthetic executed notebook: a magic's UsageError (a stderr
+    stream in a saved notebook, not an error output), a printed traceback, a one-line error, an error output; notes,
+    warnings and ordinary text that mentions errors are not failures."""
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    def cell(*outputs):
+        return new_code_cell("x", outputs=list(outputs), execution_count=1)
+
+    def stream(text, name="stderr"):
+        return new_output("stream", name=name, text=text)
+
+    nb = new_notebook(cells=[
+        cell(stream("saved to saved/topic_adapter\n", "stdout")),
+        cell(stream("UsageError: no adapter folder at topic_adapter\n")),
+        cell(stream("Exception in thread Thread-3:\nTraceback (most recent call last):\n  File \"x.py\"\n")),
+        cell(stream("lora_nb.errors.DataError: pass a list of texts\n", "stdout")),
+        cell(new_output("error", ename="ValueError", evalue="bad", traceback=[])),
+        cell(stream("note: r=64 exceeds min(in, out)\n/x.py:3: UserWarning: careful\n")),
+        cell(stream("eval loss 0.3 · no errors: 0 · mean squared error: 0.1\n", "stdout")),
+    ])
+    assert _errors(nb) == ["cell 1 (stderr): UsageError: no adapter folder at topic_adapter",
+                           "cell 2 (stderr): Exception in thread Thread-3:",
+                           "cell 3 (stdout): lora_nb.errors.DataError: pass a list of texts",
+                           "cell 4: ValueError: bad"]

@@ -156,7 +156,7 @@ def lora_line(rnd: random.Random) -> tuple[str, str | None]:
             words.append(rnd.choice(("gpt", "mlp") * 3 + MODELS) if careful or rnd.randint(0, 4) else
                          rnd.choice(VARIABLES + PARTS * 4))  # parts of adapted models: often
         elif rnd.randint(0, 5):  # a positional is sometimes left out
-            words.append(_value(rnd, action, careful, words[1]))
+            words.append(_value(rnd, action, careful, words[1] if len(words) > 1 else ""))  # `watch`: no model
     options = [a for a in parser._actions if a.option_strings]
     chosen = rnd.sample(options, rnd.randint(0, min(4, len(options))))
     for action in options:  # required options are usually given, and a run always has a small bound

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.errors import AdapterError, AdapterFileError, PathError, TrainingActiveError
+from lora_nb.errors import AdapterError, AdapterFileError, LoraNBWarning, PathError, TrainingActiveError
 
 
 def adapted(build=tiny_gpt2, name="default", **options):
@@ -45,7 +45,8 @@ def test_lora_nb_save_loads_in_peft_and_back(tmp_path):  # G11
     x = sample_inputs(model)
     out = run(model, x)
     path = lora_nb.save(model, tmp_path / "adapter")
-    assert sorted(os.listdir(path)) == ["adapter_config.json", "adapter_model.safetensors", "lora_nb_record.json"]
+    assert sorted(os.listdir(path)) == ["adapter_config.json", "adapter_model.safetensors", "lora_nb_manifest.json",
+                                     "lora_nb_record.json"]
     record = json.loads((path / "lora_nb_record.json").read_text())
     assert record["adapter"] == "second" and record["options"]["r"] == 4 and record["runs"] == []
     peft_model = PeftModel.from_pretrained(copy.deepcopy(pristine), str(path))
@@ -66,7 +67,8 @@ def test_peft_save_loads_in_lora_nb(tmp_path):  # G11
     out = run(peft_model, x)
     peft_model.save_pretrained(str(tmp_path / "peft"))
     model, _ = adapted(lambda: copy.deepcopy(pristine), name="mine")
-    lora_nb.load(model, tmp_path / "peft", name="theirs", trainable=False)
+    with pytest.warns(LoraNBWarning, match="no lora_nb_manifest.json"):  # from elsewhere: loaded, said once
+        lora_nb.load(model, tmp_path / "peft", name="theirs", trainable=False)
     assert find(model).adapters == ["mine", "theirs"] and find(model).active == "theirs"
     assert (run(model, x) - out).abs().max() < 1e-5
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".theirs." in n)

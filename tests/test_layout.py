@@ -7,11 +7,12 @@ layer edge, but they take no private name either."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lora_nb"
 LAYERS = {"core": 0, "viz": 1, "widgets": 2, "cmd": 3, "magics": 4}
-CORE = {"adapters": 1, "training": 2, "analysis": 3, "export": 4}  # anything else in core (registry, …) is 0
+CORE = {"adapters": 1, "training": 2, "analysis": 3, "export": 4, "watch": 4}  # anything else in core (registry, …) is 0
 
 
 def module_name(path: Path) -> str:
@@ -182,3 +183,55 @@ def test_no_object_reaches_into_another_objects_private_attributes():
 def test_the_private_attribute_rule_catches_a_reach():
     tree = ast.parse("def f(run):\n    run._stop.set()\n    self._x = super()._y\n    r._repr_html_()\n")
     assert private_reaches(tree) == [(2, "run._stop")]
+
+
+UI_NAMES = {"ui", "mode", "view_mode", "resolve_ui"}  # what holds, or answers, which front end a view is for
+MODES = {"auto", "widget", "static", "text"}
+
+
+def ui_branches(tree: ast.Module) -> list[tuple[int, str]]:
+    """Comparisons that branch on a view mode (``ui == "widget"``, ``mode != "text"``,
+    ``ctx.view_mode(args) == …``): each front end's view is picked from a table instead (``frontend.pick``)."""
+    def about_ui(node: ast.expr) -> bool:
+        node = node.func if isinstance(node, ast.Call) else node
+        return ((isinstance(node, ast.Name) and node.id in UI_NAMES)
+                or (isinstance(node, ast.Attribute) and node.attr in UI_NAMES))
+
+    def a_mode(node: ast.expr) -> bool:
+        values = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return any(isinstance(v, ast.Constant) and v.value in MODES for v in values)
+
+    return [(node.lineno, ast.unparse(node)) for node in ast.walk(tree) if isinstance(node, ast.Compare)
+            and any(about_ui(n) for n in [node.left, *node.comparators])
+            and any(a_mode(n) for n in [node.left, *node.comparators])]
+
+
+def test_views_are_picked_in_one_place_not_branched_on_their_mode():
+    """What ``ui`` means is decided in ``frontend.py`` only; a view family maps widget / static / text to its
+    views and ``frontend.pick`` chooses, so no module compares a mode itself."""
+    branches = [f"{module}:{line} {text}" for module, path in modules().items() if module != "lora_nb.frontend"
+                for line, text in ui_branches(ast.parse(path.read_text()))]
+    assert branches == []
+
+
+def test_the_ui_branch_rule_catches_a_branch():
+    tree = ast.parse("if self.ui == 'text':\n    pass\nx = ctx.view_mode(args) != 'widget'\ny = 'text' in columns\n"
+                     "z = module.padding_mode != 'zeros'\nif 'lines' in mode:\n    pass\nw = ui in ('static', 'text')\n")
+    assert [line for line, _ in ui_branches(tree)] == [1, 3, 8]
+
+
+ERROR_RED = re.compile(r"color\s*:\s*(#b00020|#b00\b|#c00\b|#d00\b|#f00\b|red\b)", re.IGNORECASE)
+
+
+def test_html_helpers_and_the_error_colour_have_one_home():
+    """Errors are written in one colour and backticked names become ``code`` in one way: both in ``markup.py``,
+    which every layer imports (the core's HTML tables included)."""
+    home = PACKAGE / "markup.py"
+    elsewhere = [f"{p.relative_to(PACKAGE)}:{i}" for p in sorted(PACKAGE.rglob("*.py")) if p != home
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if ERROR_RED.search(line) or "<code>\\1</code>" in line or re.match(r"def (code_spans|error_html)", line)]
+    assert elsewhere == []
+    from lora_nb.markup import ERROR_COLOUR, code_spans, error_html
+
+    assert ERROR_RED.search(f"color:{ERROR_COLOUR}") and error_html("no `x`") == (
+        f"<span style='color:{ERROR_COLOUR}'>no <code>x</code></span>") and code_spans("<`a`>") == "&lt;<code>a</code>&gt;"

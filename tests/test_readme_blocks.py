@@ -74,7 +74,8 @@ def test_every_block_is_run_somewhere():
     for marker, _, code in README:
         kind = (marker in ("SETUP", "TEST", "DEMO", "GPU", "SIGNATURES")
                 or code.startswith(("%load_ext lora_nb", "import lora_nb", "%lora check model",
-                                                                                 "%%lora attach model"))
+                                                                                 "%%lora attach model",
+                                 "from datasets import Dataset"))  # the last: tests/test_watch.py runs it
                 or code.startswith("lora_nb/"))  # the last: the layout tree, not code
         assert kind, f"README block not run by any test:\n{code}"
     assert [lang for _, lang, _ in EXAMPLES] == ["bash"] * 3, "examples/README.md: set-up, check, in class"
@@ -117,13 +118,41 @@ def test_the_tour_runs_as_a_script_and_each_verb_prints_what_a_notebook_shows(ip
     ip.safe_execfile_ipy(str(script), raise_exceptions=True)
     out = capsys.readouterr().out
     shown = {"attach": "LlamaForCausalLM: 4 adapted modules", "train": "finished: 40/40 steps",
-             "stop": "no training is running on `model`", "spectrum": "singular values of ΔW in 4 modules",
+             "spectrum": "singular values of ΔW in 4 modules",
              "toggle": "default", "compare": "prompt: The film was", "save": f"saved to {tmp_path / 'my_adapter'}",
              "detach": "LoRA removed from `model`"}
     missing = {verb: text for verb, text in shown.items() if text not in out}
     assert not missing, f"{missing}\n--- printed:\n{out}"
     assert "means of the first and last 10 steps" in out  # the end line: averaged losses, not two batches
     assert (tmp_path / "my_adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow  # a real kernel: about a minute on a loaded 2-core CPU
+@pytest.mark.timeout(600)
+def test_the_tour_trains_in_a_notebook_one_line_per_cell(tmp_path):
+    """The tour as a newcomer runs it in Jupyter: one line per cell, Run All (each cell starts when the one before
+    returns), in a real kernel. The run must train before the cells below read it: the saved adapter is not zero
+    and the comparison finds tokens that differ."""
+    needs_reviews()
+    import nbformat
+    from nbclient import NotebookClient
+    from safetensors.torch import load_file
+
+    lines = with_stand_in(python_block("%load_ext")).splitlines()
+    setup = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom helpers import byte_tokenizer, tiny_llama"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in [setup, *lines]])
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
+                   allow_errors=True).execute()
+    from test_examples import _errors
+
+    assert not _errors(nb), _errors(nb)
+    weights = load_file(tmp_path / "my_adapter" / "adapter_model.safetensors")
+    trained = [name for name, t in weights.items() if "lora_B" in name and t.abs().max() > 0]
+    assert trained and len(trained) == sum("lora_B" in name for name in weights), "B is still zero: nothing trained"
+    [compared] = [c for c in nb.cells if c.source.startswith("%lora compare")]
+    shown = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in compared.outputs)
+    differ = re.search(r"(\d+) of (\d+) generated tokens differ", shown)
+    assert differ and int(differ.group(1)) > 0, shown
 
 
 def test_the_cell_body_example(ip):

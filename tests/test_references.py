@@ -136,8 +136,111 @@ def test_docstrings_and_comments_name_only_what_exists():
 
 
 def test_the_reference_check_catches_moved_and_renamed_names():
-    assert resolves("lora_nb.core.training.run.TrainRun.wait", "lora_nb") and resolves("io.replace_folder", "x")
+    assert resolves("lora_nb.core.training.run.TrainRun.wait", "lora_nb") and resolves("io.save", "x")
     assert resolves("training.longrun.resume.Checkpointer", "lora_nb") and resolves("run.stop_requested", "")
     assert not resolves("core.dispatch", "lora_nb") and not resolves("core.train.launch", "lora_nb")
     assert not resolves("run.no_such_field", "") and not resolves("lora_nb.core.training.long_run", "lora_nb")
     assert not private_exists("_vs_full_result", PACKAGE / "core" / "analysis" / "vs_full.py")
+
+
+README = ROOT / "README.md"
+ENTRY = re.compile(r"^(\s*)([\w.]+(?:/|\.py))(?:\s{2,}(.*)|\s*$)")  # `  core/         what it holds`
+LISTED = re.compile(r"(?<![\w/.])(\w+)/ \(([^)]*)\)")  # `data/ (batches, chat, position)`: a package and its modules
+NAMED_FILE = re.compile(r"(?<![\w.])([\w/]+\.py)\b")
+
+
+def layout_entries() -> list[tuple[Path, str]]:
+    """``(path, its text)`` of every entry in the README's "Layout" tree, nested by indentation; an entry's text
+    runs on over the lines indented under it."""
+    block = README.read_text().split("\n## Layout\n", 1)[1].split("```", 2)[1]
+    entries: list[tuple[Path, str]] = []
+    stack: list[tuple[int, Path]] = []
+    for line in block.splitlines()[1:]:
+        match = ENTRY.match(line)
+        if match is None:
+            if entries and line.strip():
+                entries[-1] = (entries[-1][0], f"{entries[-1][1]} {line.strip()}")
+            continue
+        indent, name = len(match[1]), match[2]
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = (stack[-1][1] if stack else ROOT) / name.rstrip("/")
+        if name.endswith("/"):
+            stack.append((indent, path))
+        entries.append((path, match[3] or ""))
+    return entries
+
+
+def layout_problems() -> list[str]:
+    """What the README's Layout names that is not there, and the packages and top-level modules it leaves out."""
+    problems, named = [], set()
+    for path, text in layout_entries():
+        named.add(path)
+        folder = path if path.is_dir() else path.parent
+        problems += [f"{path.relative_to(ROOT)}: no such file or folder"] if not path.exists() else []
+        for package, modules in LISTED.findall(text):
+            named.add(folder / package)
+            for module in (m.strip() for m in modules.split(",") if re.fullmatch(r"\s*\w+\s*", m)):  # not prose
+                if not ((folder / package / f"{module}.py").is_file() or (folder / package / module).is_dir()):
+                    problems.append(f"{path.relative_to(ROOT)}: {package}/ has no module `{module}`")
+        for file in NAMED_FILE.findall(text):
+            places = [folder / file, *(p / file for p in folder.parents if ROOT in (p, *p.parents))]
+            found = next((p for p in places if p.is_file()), None)
+            problems += [] if found else [f"{path.relative_to(ROOT)}: names {file}, which is not there"]
+            named.add(found)
+    packages = [p.parent for p in PACKAGE.rglob("__init__.py")] + list(PACKAGE.glob("*.py"))
+    problems += [f"{p.relative_to(ROOT)} is not in the README's Layout" for p in sorted(packages) if p not in named]
+    return problems
+
+
+def test_the_readme_layout_names_every_package_and_only_what_exists():
+    assert layout_problems() == []
+
+
+def package_docstring_problems() -> list[str]:
+    """``name`` in a package's docstring that is no module or attribute of it, and modules that a docstring
+    naming its package's modules leaves out."""
+    problems = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        package = importlib.import_module(module_of(init))
+        modules = {p.stem for p in init.parent.glob("*.py") if p.name != "__init__.py"}
+        modules |= {p.parent.name for p in init.parent.glob("*/__init__.py")}
+        ticked = {n for n in TICKED.findall(doc) if re.fullmatch(r"[a-z_][a-z0-9_]*", n)}
+        heads = {n.split(".")[0] for n in TICKED.findall(doc)} & modules  # ``formats.Format`` names ``formats``
+        where = init.relative_to(ROOT)
+        named = {n for m in modules for n in defined_names(init.parent, m)}
+        problems += [f"{where}: ``{n}`` is no module of the package, nor a name in one" for n in sorted(ticked)
+                     if n not in modules and not hasattr(package, n) and n not in named]
+        if (ticked | heads) & modules:
+            problems += [f"{where}: names its modules but not `{m}`" for m in sorted(modules - ticked - heads)]
+    return problems
+
+
+def defined_names(folder: Path, module: str) -> set[str]:
+    """The names module ``module`` of ``folder`` defines at its top level (none for a subpackage)."""
+    path = folder / f"{module}.py"
+    if not path.is_file():
+        return set()
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def test_package_docstrings_name_their_modules_and_only_what_exists():
+    assert package_docstring_problems() == []
+
+
+def test_the_layout_check_catches_a_missing_module(monkeypatch, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n## Layout\n\n```\nlora_nb/\n  nowhere.py    gone\n  core/         training/ (no_such, run)\n```\n")
+    monkeypatch.setattr(__import__(__name__), "README", readme)
+    problems = layout_problems()
+    assert "lora_nb/nowhere.py: no such file or folder" in problems
+    assert "lora_nb/core: training/ has no module `no_such`" in problems
+    assert "lora_nb/frontend.py is not in the README's Layout" in problems

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import make_b_nonzero, run, smollm2_dir
+from test_examples import machine_factor
 
 import lora_nb
 from lora_nb.core.export.api import reload
@@ -131,7 +132,9 @@ def test_bf16_base_is_merged_in_bf16_and_the_meter_sees_the_rounding(tmp_path):
     assert weights["model.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
     assert shipped.survival.median < 0.5 and shipped.survival.mostly_erased
     make_b_nonzero(model, scale=0.05)
-    shipped = lora_nb.export(model, tmp_path / "m", format="merged", tokenizer=tok)  # rerun into its own folder
+    with pytest.raises(LoraNBError, match="already holds a `merged` export; pass `overwrite=True`"):
+        lora_nb.export(model, tmp_path / "m", format="merged", tokenizer=tok)  # a second export refuses, as save does
+    shipped = lora_nb.export(model, tmp_path / "m", format="merged", tokenizer=tok, overwrite=True)
     assert 0.9 < shipped.survival.median < 1.0
 
 
@@ -246,7 +249,7 @@ def test_export_refuses_what_it_cannot_write(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cases = [(tmp_path / "file", "gguf", "is a file"), (tmp_path / "full", "gguf", "is not a `gguf` export"),
              (tmp_path, "merged", "working folder"), (tmp_path / "x", "zip", "--format must be one of"),
-             (tmp_path / "y", "merged", "--quant applies to GGUF")]
+             (tmp_path / "y", "merged", "--quant applies to `gguf` and `gguf-lora` exports, not to `merged`")]
     for path, fmt, message in cases:
         with pytest.raises(LoraNBError, match=message):
             lora_nb.export(model, path, format=fmt, tokenizer=tok, quant="q8_0" if path.name == "y" else None)
@@ -315,7 +318,7 @@ def test_magics_export_check_and_their_completion(ip, tmp_path):
     assert shipped.file == "model-q8_0.gguf" and (tmp_path / "g" / "Modelfile").is_file()
     assert ip.run_line_magic("lora", "check model --for vllm").ok
     for line, message in [("export model x --format zip", "invalid choice"), ("check model --for tgi", "invalid choice"),
-                          ("export model x --quant q8_0", "apply to merged and GGUF"),
+                          ("export model x --quant q8_0", "--quant applies to `gguf` and `gguf-lora` exports"),
                           (f"export model {tmp_path / 'g'} --format merged", "is not a `merged` export")]:
         with pytest.raises(UsageError, match=message):
             ip.run_line_magic("lora", line)
@@ -349,8 +352,10 @@ def test_smollm2_exports_round_trip_within_their_precision(tmp_path):
     merged = reload(model, lora_nb.export(model, tmp_path / "merged", format="merged", tokenizer=tok))
     reference = logits(merged, batch)
     original = {k: v.clone() for k, v in merged.state_dict().items()}
+    factor_before = machine_factor()  # how much slower than the idle reference this machine trains now
     f16 = lora_nb.export(model, tmp_path / "f16", format="gguf", quant="f16", tokenizer=tok)
-    print(f"SmolLM2 f16 GGUF export: {f16.seconds:.1f} s (load {os.getloadavg()[0]:.1f})")
+    factor = (factor_before + machine_factor()) / 2
+    print(f"SmolLM2 f16 GGUF export: {f16.seconds:.1f} s (limit 30 s x {factor:.2f}, load {os.getloadavg()[0]:.1f})")
     merged.load_state_dict({k: (v.half().float() if v.dim() == 2 else v) for k, v in merged.state_dict().items()})
     torch.testing.assert_close(logits(reload(model, f16), batch), logits(merged, batch), atol=1e-3, rtol=1e-4)
     q8 = lora_nb.export(model, tmp_path / "q8", format="gguf", quant="q8_0", tokenizer=tok)
@@ -374,7 +379,8 @@ def test_smollm2_exports_round_trip_within_their_precision(tmp_path):
     assert again.chat_template == tok.chat_template
     lora = lora_nb.export(model, tmp_path / "lora", format="gguf-lora")
     assert len(lora.survival.modules) == 20 and min(lora.survival.modules.values()) > 0.999
-    assert f16.seconds <= 30  # the issue's bound, on an idle 2-core CPU (36 s measured here at load 26)
+    # the issue's bound on an idle 2-core CPU, scaled as the example notebooks' limits are (36 s measured at load 26)
+    assert f16.seconds <= 30 * factor, f"the f16 GGUF export took {f16.seconds:.0f} s: limit 30 s x {factor:.2f}"
 
 
 def test_a_quantized_base_is_dequantized_before_merging(tmp_path, monkeypatch):

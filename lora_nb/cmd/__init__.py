@@ -14,12 +14,13 @@ from . import (  # noqa: F401  (registers the verbs)
     short_runs,
     train,
     vs_full,
+    watch,
 )
 from .router import VERBS, dispatch, help_text, order_verbs
 
 ORDER = (
     "attach", "status", "on", "off", "toggle",  # put an adapter on, see it, switch it
-    "data", "plan", "train", "pause", "resume", "stop", "dashboard",  # check the data, train it
+    "data", "plan", "train", "pause", "resume", "stop", "dashboard", "watch",  # check the data, train it
     "lr-sweep", "placement",  # short runs: which learning rate, which layers
     "weights", "spectrum", "history", "advise", "intruders", "similarity", "compare", "vs-full",  # look inside
     "merge", "unmerge", "combine", "save", "load", "check", "export",  # combine, keep, take elsewhere

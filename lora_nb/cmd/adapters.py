@@ -8,17 +8,24 @@ from ..core.adapters.merge import merge, unmerge
 from ..core.analysis.compare import compare
 from ..core.registry import require
 from ..errors import OptionError
+from ..frontend import pick
 from .router import UI, Text, arg, verb
+from .train import mid_run_note
 
 
 @verb("toggle", "a panel: one toggle per adapter, active adapter, strength slider, merge state",
-      UI, examples=["%lora toggle model"])
+      UI, examples=["%lora toggle model"], mutates="nothing")
 def _toggle(ctx, args):
-    model = ctx.model(args.model)
-    if ctx.view_mode(args) == "widget":
-        from ..widgets.toggle import AdapterPanel
+    return pick({"widget": _panel, "text": _text_panel}, ctx.view_mode(args))(ctx.model(args.model))
 
-        return AdapterPanel(model).widget
+
+def _panel(model):
+    from ..widgets.toggle import AdapterPanel
+
+    return AdapterPanel(model).widget
+
+
+def _text_panel(model) -> Text:
     from ..widgets.toggle import text_panel
 
     return Text(text_panel(model))
@@ -39,13 +46,13 @@ def _toggle(ctx, args):
       examples=["%lora compare gpt --prompt 'Once upon a time' --tokenizer tok",
                 "%lora compare chat --prompt 'Hi!' --prompt 'Why is the sky blue?' --tokenizer tok --chat",
                 "%lora compare chat --prompts questions --tokenizer tok --chat --temperature 0.7 --seed 0",
-                "%lora compare clf --inputs batch"])
+                "%lora compare clf --inputs batch"], mutates="model")
 def _compare(ctx, args):
     model = ctx.model(args.model)
     prompt = _prompts(ctx, args)
     if (prompt is None) == (args.inputs is None):
         raise OptionError("%lora compare: give either --prompt TEXT (with --tokenizer VAR) or --inputs VAR")
-    tokenizer = ctx.lookup(args.tokenizer) if args.tokenizer else None
+    tokenizer = ctx.lookup(args.tokenizer, "tokenizer") if args.tokenizer else None
     inputs = ctx.lookup(args.inputs) if args.inputs else None
     return compare(model, prompt=prompt, tokenizer=tokenizer, inputs=inputs, max_new_tokens=args.max_new_tokens,
                    top_k=args.top_k, chat=args.chat, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
@@ -65,14 +72,14 @@ def _prompts(ctx, args) -> str | list[str] | None:
 
 @verb("merge", "merge the active adapter into the base weights (exact copy kept for unmerge)",
       arg("--adapter", help="adapter to merge (default: the active one); it becomes active"),
-      examples=["%lora merge model", "%lora merge model --adapter second"])
+      examples=["%lora merge model", "%lora merge model --adapter second"], mutates="model")
 def _merge(ctx, args):
     name = merge(ctx.model(args.model), args.adapter)
     return Text(f"adapter `{name}` merged into the base weights; `%lora unmerge {args.model}` restores them exactly")
 
 
 @verb("unmerge", "take merged adapters out of the base weights, restoring them exactly",
-      examples=["%lora unmerge model"])
+      examples=["%lora unmerge model"], mutates="model")
 def _unmerge(ctx, args):
     unmerge(ctx.model(args.model))
     return Text("base weights restored; the adapter runs unmerged again")
@@ -83,12 +90,14 @@ def _unmerge(ctx, args):
       arg("--adapter", help="adapter to save (default: the active one)"),
       arg("--overwrite", action="store_true", help="replace the adapter saved in PATH (atomically)"),
       examples=["%lora save model ./my_adapter", "%lora save model ./second --adapter second",
-                "%lora save model ./my_adapter --overwrite"])
+                "%lora save model ./my_adapter --overwrite"], mutates="nothing")
 def _save(ctx, args):
     model = ctx.model(args.model)
     name = args.adapter or require(model).active
     folder = save(model, args.path, adapter=args.adapter, overwrite=args.overwrite)
-    return Text(f"adapter `{name}` saved to {folder} (loads with peft.PeftModel.from_pretrained too)")
+    note = mid_run_note(ctx, args.model)  # a save while a run trains says at which step
+    return Text(f"adapter `{name}` saved to {folder} (loads with peft.PeftModel.from_pretrained too)"
+                + (f"\n{note}" if note else ""))
 
 
 @verb("load", "load a PEFT-format adapter, verified before the model is touched",
@@ -97,7 +106,7 @@ def _save(ctx, args):
       arg("--allow-pickle", action="store_true",
           help="accept adapter_model.bin (read with torch.load(weights_only=True)); only for trusted files"),
       arg("--frozen", action="store_true", help="load for inference only (adapter not trainable)"),
-      examples=["%lora load model ./my_adapter", "%lora load model ./other --name other"])
+      examples=["%lora load model ./my_adapter", "%lora load model ./other --name other"], mutates="model")
 def _load(ctx, args):
     name = load(ctx.model(args.model), args.path, name=args.name, allow_pickle=args.allow_pickle,
                 trainable=not args.frozen)
@@ -110,7 +119,7 @@ def _load(ctx, args):
       arg("--name", default="mix", help="name of the new adapter (default: mix)"),
       arg("--type", default="svd", help=f"combination type: {', '.join(TYPES)} (default: svd)"),
       examples=["%lora combine model --adapters a,b --weights 0.7,0.3 --name mix",
-                "%lora combine model --adapters a,b --weights 1,1 --type cat"])
+                "%lora combine model --adapters a,b --weights 1,1 --type cat"], mutates="model")
 def _combine(ctx, args):
     model = ctx.model(args.model)
     name = combine(model, args.adapters, args.weights, name=args.name, combination_type=args.type)

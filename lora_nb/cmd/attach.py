@@ -15,6 +15,7 @@ _NOTEBOOK = {"r": "default_r", "alpha": "default_alpha"}
     *options_of(AttachOptions, notebook=_NOTEBOOK),
     examples=["%lora attach model --r 8 --alpha 16 --targets q_proj,v_proj",
               "%lora attach model --name second --r 4 --targets 'layers\\.[0-3]\\..*proj'"],
+    mutates="model",
 )
 def _attach(ctx, args):
     options = with_settings({k: v for k, v in vars(args).items() if k != "model"}, ctx.settings, _NOTEBOOK)
@@ -23,21 +24,21 @@ def _attach(ctx, args):
 
 
 @verb("detach", "remove every adapter; base parameters are exactly as before attach",
-      examples=["%lora detach model"])
+      examples=["%lora detach model"], mutates="model")
 def _detach(ctx, args):
     core.detach(ctx.model(args.model))
     print(f"LoRA removed from `{args.model}`; its base weights are unchanged")
 
 
 @verb("status", "table of adapters: active, enabled, merged, layers, parameters",
-      examples=["%lora status model"])
+      examples=["%lora status model"], mutates="nothing")
 def _status(ctx, args):
     return core.status(ctx.model(args.model))
 
 
 @verb("on", "enable adapters (with --adapter: make NAME the active one)",
       arg("--adapter", help="adapter to make active"),
-      examples=["%lora on model", "%lora on model --adapter second"])
+      examples=["%lora on model", "%lora on model --adapter second"], mutates="model")
 def _on(ctx, args):
     model = ctx.model(args.model)
     core.enable(model, args.adapter)
@@ -45,14 +46,15 @@ def _on(ctx, args):
     print(f"adapter `{active}` on")
 
 
-@verb("off", "disable all adapters: outputs are exactly the base model's", examples=["%lora off model"])
+@verb("off", "disable all adapters: outputs are exactly the base model's", examples=["%lora off model"],
+      mutates="model")
 def _off(ctx, args):
     core.disable(ctx.model(args.model))
     print("adapters off: outputs are the base model's")
 
 
 @verb("delete", "remove one adapter", arg("--adapter", required=True, help="adapter to remove"),
-      examples=["%lora delete model --adapter second"])
+      examples=["%lora delete model --adapter second"], mutates="model")
 def _delete(ctx, args):
     core.delete_adapter(ctx.model(args.model), args.adapter)
     print(f"adapter `{args.adapter}` deleted")

@@ -2,7 +2,8 @@
 
 Completes verbs, a verb's options, adapter names after ``--adapter``/``--other``/``--adapters``,
 choices, and notebook variables of the kind an option expects (models, datasets, tokenizers,
-losses). ``suggest`` returns None where it has no opinion, so other completers go on as usual.
+losses): the kinds ``core.kinds`` defines, so Tab offers only what the verb then takes.
+``suggest`` returns None where it has no opinion, so other completers go on as usual.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import re
 import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
+from ..core.kinds import is_callable, is_dataset, is_model, is_tokenizer
+from .lines import without_comment
 from .router import VERBS, lookup
 
 _LINE = re.compile(r"\s*(?:[\w.,\[\]\s]+=\s*)?%lora\s(?P<rest>.*)$")  # `%lora …` or `run = %lora …`
@@ -44,39 +46,15 @@ def _torch() -> Any:
     return sys.modules.get("torch")
 
 
-def is_model(obj: Any) -> bool:
-    """A torch module with parameters (a bare loss module is not a model)."""
-    torch = _torch()
-    return torch is not None and isinstance(obj, torch.nn.Module) and next(obj.parameters(), None) is not None
-
-
-def is_dataset(obj: Any) -> bool:
-    """Training data as ``%lora train --data`` takes it: lists, tuples, torch or Hugging Face datasets, loaders."""
-    if isinstance(obj, (list, tuple)):
-        return True
-    data = sys.modules.get("torch.utils.data")
-    hf = sys.modules.get("datasets")
-    kinds = (*((data.Dataset, data.IterableDataset, data.DataLoader) if data else ()),
-             *((hf.Dataset, hf.IterableDataset) if hf and hasattr(hf, "Dataset") else ()))
-    return bool(kinds) and isinstance(obj, kinds)
-
-
-def is_tokenizer(obj: Any) -> bool:
-    """An object (not a class) that can ``encode`` and ``decode`` or be called on text."""
-    return (not isinstance(obj, type) and callable(getattr(obj, "encode", None))
-            and (callable(getattr(obj, "decode", None)) or callable(obj)))
-
-
-def is_loss(obj: Any) -> bool:
-    """A callable that is no class, model, tokenizer or module."""
-    return (callable(obj) and not isinstance(obj, (type, ModuleType)) and not is_model(obj)
-            and not is_tokenizer(obj))
-
-
 def is_inputs(obj: Any) -> bool:
     """Model inputs: a tensor or a mapping of them."""
     torch = _torch()
     return isinstance(obj, Mapping) or (torch is not None and isinstance(obj, torch.Tensor))
+
+
+def is_trainer(obj: Any) -> bool:
+    """A ``transformers.Trainer`` (TRL's trainers are), without importing transformers to ask."""
+    return any(cls.__name__ == "Trainer" and cls.__module__.startswith("transformers") for cls in type(obj).__mro__)
 
 
 def is_prompts(obj: Any) -> bool:
@@ -86,9 +64,10 @@ def is_prompts(obj: Any) -> bool:
 
 _VARIABLE_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "model": ("model", is_model), "data": ("dataset", is_dataset), "eval_data": ("dataset", is_dataset),
-    "tokenizer": ("tokenizer", is_tokenizer), "loss": ("function", is_loss), "loss_fn": ("function", is_loss),
-    "inputs": ("inputs", is_inputs), "prompts": ("prompts", is_prompts), "metric": ("function", is_loss),
-}
+    "tokenizer": ("tokenizer", is_tokenizer), "loss": ("function", is_callable), "loss_fn": ("function", is_callable),
+    "inputs": ("inputs", is_inputs), "prompts": ("prompts", is_prompts), "metric": ("function", is_callable),
+    "trainer": ("trainer", is_trainer),
+}  # what counts as a model, dataset, tokenizer or function is asked of core.kinds, as a run asks it
 
 
 def variables(namespace: Mapping[str, Any], hidden: Collection[str], prefix: str,
@@ -195,7 +174,7 @@ def _body(namespace, hidden, head: str, earlier: list[str], line: str) -> Sugges
         return None
     at = _walk(spec.parser, words[1:])
     keys = {a.dest.replace("_", "-"): a for a in spec.parser._actions if a.option_strings}
-    given = {k.split("#", 1)[0].strip().replace("_", "-") for k, _, _ in (e.partition(":") for e in earlier)}
+    given = {k.strip().replace("_", "-") for k, _, _ in (without_comment(e).partition(":") for e in earlier)}
     key, colon, value = line.partition(":")
     if not colon:
         fragment = line.lstrip()

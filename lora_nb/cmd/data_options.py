@@ -30,4 +30,4 @@ def data_names(args) -> dict[str, str | None]:
 
 def data_objects(ctx, args) -> dict[str, Any]:
     """The notebook objects behind ``data_names`` (one-line errors for typos)."""
-    return {k: (ctx.lookup(v) if v else None) for k, v in data_names(args).items()}
+    return {k: (ctx.lookup(v, k) if v else None) for k, v in data_names(args).items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..core.analysis.loss_mask import loss_mask
 from ..core.training.settings import TrainSettings
+from ..frontend import pick
 from .router import UI, Text, arg, verb
 
 
@@ -20,5 +21,6 @@ from .router import UI, Text, arg, verb
     examples=["%lora data --data chats --tokenizer tok", "%lora data --data rows --tokenizer tok --n 5 --ui text"],
 )
 def _data(ctx, args):
-    report = loss_mask(ctx.lookup(args.data), ctx.lookup(args.tokenizer), n=args.n, max_length=args.max_length)
-    return Text(repr(report)) if ctx.view_mode(args) == "text" else report
+    tokenizer = ctx.lookup(args.tokenizer, "tokenizer")
+    report = loss_mask(ctx.lookup(args.data), tokenizer, n=args.n, max_length=args.max_length)
+    return pick({"static": report, "text": Text(repr(report))}, ctx.view_mode(args))

@@ -18,6 +18,7 @@ _NOTEBOOK = {"device": "device"}  # as for train: the device defaults to the not
     *options_of(TrainSettings, only=PLANNED, notebook=_NOTEBOOK),
     examples=["%lora plan model --data texts --tokenizer tok --batch-size 16",
               "%lora plan model --data texts --tokenizer tok --batch-size 64 --grad-checkpointing"],
+    mutates="model",  # it runs the model to measure its activations
 )
 def _plan(ctx, args):
     model = ctx.model(args.model)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shlex
 import sys
+import textwrap
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from ..errors import AdapterError, LoraNBError, LoraNBWarning, NotAModelError, OptionError, a_kind, did_you_mean
-from ..frontend import UI_MODES, FrontEnd, detect, in_kernel, resolve_ui, say_once
+from ..errors import AdapterError, LoraNBError, LoraNBWarning, OptionError, did_you_mean
+from ..frontend import UI_MODES, FrontEnd, detect, in_kernel, resolve_and_note
+from .lines import body_to_argv, without_comment
 from .messages import as_magic
 from .settings import NotebookSettings
 
@@ -36,15 +39,25 @@ SYNONYMS = {"--rank": "--r", "--lora-r": "--r", "--lora-alpha": "--alpha", "--lo
 class _Parser(argparse.ArgumentParser):
     """argparse that reports mistakes as one-line ``OptionError``s instead of exiting."""
 
+    argv: list[str] = []  # the words of the line being parsed (what a suggestion quotes from)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        self.argv = list(args or [])
+        return super().parse_args(args, namespace)
+
     def error(self, message: str):  # type: ignore[override]
         raise OptionError(f"{self.prog}: {message}{self.suggestion(message)}")
 
     def suggestion(self, message: str) -> str:
-        """For ``unrecognized arguments: --rank 8``: ``; did you mean `--r`?`` (a known synonym or a near miss)."""
+        """For ``unrecognized arguments: --rank 8``: ``; did you mean `--r`?`` (a known synonym or a near miss); for
+        ``unrecognized arguments: film was`` after ``--prompt The``: quote the value with spaces."""
         if not message.startswith("unrecognized arguments:"):
             return ""
+        strays = message.split(":", 1)[1].split()
         known = [flag for action in self._actions for flag in action.option_strings]
-        for word in message.split(":", 1)[1].split():
+        if strays and not strays[0].startswith("-"):
+            return self._quote_hint(strays, known)
+        for word in strays:
             flag = word.split("=", 1)[0]
             if not flag.startswith("--"):
                 continue
@@ -55,6 +68,16 @@ class _Parser(argparse.ArgumentParser):
             if hint:
                 return hint
         return ""
+
+    def _quote_hint(self, strays: list[str], known: list[str]) -> str:
+        """``; a value with spaces goes in quotes: `--prompt "The film was"``` when the stray words follow an
+        option's value on the line; else ``""``."""
+        argv = self.argv
+        at = next((i for i in range(len(argv) - len(strays) + 1) if argv[i:i + len(strays)] == strays), None)
+        if at is None or at < 2 or argv[at - 2] not in known:
+            return ""
+        value = " ".join(argv[at - 1:at + len(strays)])
+        return f"; a value with spaces goes in quotes: `{argv[at - 2]} \"{value}\"`"
 
 
 def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -108,6 +131,9 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
+Mutates = Literal["model", "run", "nothing"]
+
+
 @dataclass
 class Verb:
     name: str
@@ -115,6 +141,7 @@ class Verb:
     handler: Callable[["Context", argparse.Namespace], Any]
     parser: _Parser
     examples: Sequence[str] = field(default_factory=tuple)
+    mutates: Mutates | None = None  # what it changes: the model (refused while it trains), its run, or nothing
 
 
 VERBS: dict[str, Verb] = {}
@@ -125,8 +152,13 @@ UI = arg("--ui", choices=UI_MODES, default=None,
               "Jupyter, static in Colab, text in a terminal)")
 
 
-def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model: bool = True):
-    """Register ``handler`` as ``%lora NAME``; ``options`` are :func:`arg` tuples."""
+def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model: bool = True,
+         mutates: Mutates | None = None):
+    """Register ``handler`` as ``%lora NAME``; ``options`` are :func:`arg` tuples. A verb given a model declares
+    what it ``mutates``: ``"model"`` (the core refuses it while the model trains), ``"run"`` (it controls the
+    model's run: stop, pause, resume) or ``"nothing"`` (it only reads; it works beside a run)."""
+    if model and mutates is None:
+        raise TypeError(f"%lora {name}: declare what it mutates (model, run or nothing)")
 
     def register(handler):
         parser = _Parser(prog=f"%lora {name}", add_help=False, description=summary, allow_abbrev=False)
@@ -134,10 +166,26 @@ def verb(name: str, summary: str, *options, examples: Sequence[str] = (), model:
             parser.add_argument("model", help="notebook variable holding the model (dotted paths work)")
         for flags, kwargs in options:
             parser.add_argument(*flags, **kwargs)
-        VERBS[name] = Verb(name, summary, handler, parser, tuple(examples))
+        parser.usage = model_first_usage(parser)
+        VERBS[name] = Verb(name, summary, handler, parser, tuple(examples), mutates)
         return handler
 
     return register
+
+
+def model_first_usage(parser: argparse.ArgumentParser, width: int = 100) -> str:
+    """The usage line with the positionals first (``%lora train model --data DATA …``), as every example writes it
+    (argparse puts them last), wrapped under the verb; ``%`` escaped for argparse's formatting."""
+    formatter = argparse.HelpFormatter(parser.prog, width=10_000)
+    formatter.add_usage(None, parser._actions, [], prefix="")
+    line = formatter.format_help().strip()[len(parser.prog):]
+    names = " ".join(a.metavar or a.dest for a in parser._actions if not a.option_strings)
+    if names and line.endswith(" " + names):
+        line = f" {names}{line[:-len(names) - 1]}"
+    kept = re.sub(r"\[[^\]]*\]", lambda m: m.group(0).replace(" ", "\0"), parser.prog + line)  # `[--r R]` whole
+    indent = " " * (len("usage: ") + len(parser.prog) + 1)
+    lines = textwrap.wrap(kept, width - len("usage: "), subsequent_indent=indent, break_on_hyphens=False)
+    return "\n".join(lines).replace("\0", " ").replace("%", "%%")
 
 
 def order_verbs(order: Sequence[str]) -> None:
@@ -149,12 +197,23 @@ def order_verbs(order: Sequence[str]) -> None:
     VERBS.update(ordered)
 
 
-def lookup(namespace: dict[str, Any], path: str) -> Any:
-    """The object at ``path`` (``model`` or ``pipe.model``) in ``namespace``; one-line error for a typo."""
+VARIABLE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+# for a name that is no variable: what the option takes (``{name}``: the name given)
+WHAT_IT_TAKES = {"tokenizer": "--tokenizer takes a variable holding a tokenizer, e.g. "
+                              "`tok = AutoTokenizer.from_pretrained(\"{name}\")`, then `--tokenizer tok`"}
+
+
+def lookup(namespace: dict[str, Any], path: str, kind: str | None = None) -> Any:
+    """The object at ``path`` (``model`` or ``pipe.model``) in ``namespace``; one-line error for a typo, for an
+    expression (never evaluated), and saying what the option takes (``kind``: ``tokenizer``, …)."""
+    if not VARIABLE_PATH.fullmatch(path):
+        raise UnknownVariableError(f"`{path}` is an expression: %lora reads variable names and evaluates no "
+                                   f"expressions; assign it to a variable first (`part = {path}`) and pass `part`")
     head, *rest = path.split(".")
     if head not in namespace:
         visible = [k for k in namespace if not k.startswith("_")]
-        raise UnknownVariableError(f"no variable `{head}`{did_you_mean(head, visible)}")
+        takes = WHAT_IT_TAKES.get(kind or "", "").format(name=path)
+        raise UnknownVariableError(f"no variable `{head}`{did_you_mean(head, visible)}{'; ' + takes if takes else ''}")
     obj = namespace[head]
     for i, part in enumerate(rest):
         if not hasattr(obj, part):
@@ -194,30 +253,25 @@ class Context:
     def view_mode(self, args: argparse.Namespace | None = None) -> str:
         """``widget``, ``static`` or ``text``: the verb's ``--ui``, else :attr:`ui`, resolved for this shell (the
         front end's note, e.g. VS Code's widget bug, is said once when ``auto`` decides)."""
-        asked = getattr(args, "ui", None) or self.ui
-        mode = resolve_ui(asked, kernel=self.widgets)
-        if asked == "auto":
-            say_once(self.frontend.view_note)
-        return mode
+        return resolve_and_note(getattr(args, "ui", None) or self.ui, kernel=self.widgets)
 
     @property
     def refresh_rate(self) -> float:
         """Live view updates per second."""
         return self.settings.refresh_rate
 
-    def lookup(self, path: str) -> Any:
-        """The object at ``path`` (``model`` or ``pipe.model``) in the notebook namespace."""
-        return lookup(self.namespace, path)
+    def lookup(self, path: str, kind: str | None = None) -> Any:
+        """The object at ``path`` (``model`` or ``pipe.model``) in the notebook namespace (``kind``: what the option
+        takes, said when no variable has that name)."""
+        return lookup(self.namespace, path, kind)
 
     def model(self, path: str):
-        """The ``nn.Module`` at ``path``, with an error naming what was found instead."""
-        from torch import nn
+        """The model at ``path`` (a torch module with parameters, as ``core.kinds`` says), with an error naming
+        what was found instead."""
+        from ..core.kinds import check_model
 
         obj = self.lookup(path)
-        from peft import PeftModel
-
-        if not isinstance(obj, (nn.Module, PeftModel)):
-            raise NotAModelError(f"`{path}` is {a_kind(obj)}, not a torch.nn.Module")
+        check_model(obj, f"`{path}`")
         from .owners import owner
 
         if (name := owner(self.namespace, path, obj, self.lookup)) is not None:
@@ -229,51 +283,6 @@ class Context:
         from IPython.display import display
 
         display(obj)
-
-
-def body_to_argv(cell: str, parser: argparse.ArgumentParser) -> list[str]:
-    """``key: value`` lines of a ``%%lora`` cell as command-line options."""
-    actions = [a for a in parser._actions  # keys: the option names (`eval`) and their dests; not hidden ones
-               if a.option_strings and a.help != argparse.SUPPRESS]
-    flags = {key: a for a in actions for key in [a.dest, *(o.lstrip("-").replace("-", "_") for o in a.option_strings)]}
-    argv: list[str] = []
-    for lineno, raw in enumerate(cell.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        key, sep, value = line.partition(":")
-        if not sep:
-            raise OptionError(f"line {lineno} of the cell: expected `key: value`, got `{raw.strip()}`")
-        dest = key.strip().replace("-", "_")
-        action = flags.get(dest)
-        if action is None:
-            known = list(dict.fromkeys(a.option_strings[0].lstrip("-") for a in actions))
-            raise OptionError(f"{parser.prog}: unknown option `{key.strip()}`{did_you_mean(key.strip(), known)}")
-        value = value.strip()
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            truth = {"true": True, "yes": True, "1": True, "on": True, "": True,
-                     "false": False, "no": False, "0": False, "off": False}.get(value.lower())
-            if truth is None:
-                raise OptionError(f"{parser.prog}: `{key.strip()}` takes true or false, got `{value}`")
-            if truth == isinstance(action, argparse._StoreTrueAction):  # the flag says what the value says
-                argv.append(action.option_strings[0])
-        else:
-            argv += [action.option_strings[0], value]
-    return argv
-
-
-def without_comment(line: str) -> str:
-    """``line`` up to a ``#`` that starts a word outside quotes (`%lora attach model --r 8  # a note`), as in Python;
-    a ``#`` inside a word or in quotes is kept (`--targets 'a#b'`)."""
-    quote = None
-    for i, char in enumerate(line):
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i]
-    return line
 
 
 def dispatch(shell, line: str, cell: str | None = None, settings: NotebookSettings | None = None) -> Any:

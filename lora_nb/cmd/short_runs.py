@@ -35,6 +35,7 @@ def _sweep(ctx, args, kind: str, cls: type, run):
     examples=["%lora lr-sweep model --data chats --tokenizer tok --vs-full",
               "%lora lr-sweep model --data train --eval test --lrs 1e-4:1e-1:7 --steps 30",
               "%lora lr-sweep model --data texts --tokenizer tok --lrs 3e-4,1e-3,3e-3 --r 16"],
+    mutates="nothing",
 )
 def _lr_sweep(ctx, args):
     return _sweep(ctx, args, "lr", SweepOptions, lr_sweep)
@@ -49,6 +50,7 @@ def _lr_sweep(ctx, args):
     UI,
     examples=["%lora placement model --data chats --tokenizer tok --lr 1e-3",
               "%lora placement model --data train --eval test --r 4 --steps 60"],
+    mutates="nothing",
 )
 def _placement(ctx, args):
     return _sweep(ctx, args, "placement", PlacementOptions, placement)

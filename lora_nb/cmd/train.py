@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core import registry
-from ..core.training.reporting import ConsoleReporter
+from ..core.training.reporting import ConsoleReporter, end_line
 from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import TrainingError
@@ -28,6 +28,7 @@ _NOTEBOOK = {"device": "device"}  # train's options whose default is a notebook 
               "%lora train model --data texts --tokenizer tok --steps 5000 --resume ckpt",
               "%lora train model --data texts --tokenizer tok --eval val --patience 3 --restore-best",
               "%lora train model --data texts --tokenizer tok --sample-prompts prompts --lr-ratio 16"],
+    mutates="model",
 )
 def _train(ctx, args):
     model = ctx.model(args.model)
@@ -43,21 +44,33 @@ def _train(ctx, args):
     view = _view(ctx, mode, background)
     names = {key: name for key, name in names.items() if name}
     run = train(model, background=background, callbacks=[view], names=names, **objects, **settings)
-    if mode != "text" and background:
+    if background and not view.prints:
         ctx.display(view)  # from the cell's own thread, so every frontend gets it
+    elif background:  # its first lines before the prompt's `Out[n]: TrainRun(…)`, not after it
+        while not view.begun.wait(0.05) and not run.done:
+            pass
     return run
 
 
 def _view(ctx, mode: str, background: bool):
-    """The live dashboard (``widget`` / ``static`` mode), or text progress. Text progress of a background run in a
-    terminal prints its first and last lines only, so it never writes over the prompt the user types at."""
-    if mode == "text":
-        return ConsoleReporter(progress=not background)
+    """The live dashboard of this front end: widgets, a picture updated in place, or printed lines (text progress of
+    a background run in a terminal prints its first and last lines only, so it never writes over the prompt the
+    user types at)."""
     from ..widgets.live import LiveDashboard
 
     interval = 1 / ctx.refresh_rate  # the progress line; the curves also keep to their byte rate
     return LiveDashboard(show_on_begin=not background, interval=interval, chart_interval=max(0.5, interval),
                          ui=mode)
+
+
+def mid_run_note(ctx, path: str) -> str:
+    """``""`` unless a run trains the model at ``path``; else one line: what was read is the adapter at this step."""
+    session = registry.find(ctx.model(path))
+    if session is None or not session.training:
+        return ""
+    run = session.run
+    return (f"note: `{path}` is still training (step {run.step}/{run.max_steps}): this is its adapter at that step; "
+            f"`%lora train … --wait` holds the next cell until a run ends, `%lora stop {path}` ends it now")
 
 
 def _active_run(ctx, path: str):
@@ -68,23 +81,24 @@ def _active_run(ctx, path: str):
 
 
 @verb("stop", "stop a running training at the next step boundary; trained weights are kept",
-      examples=["%lora stop model"])
+      examples=["%lora stop model"], mutates="run")
 def _stop(ctx, args):
     session = registry.require(ctx.model(args.model))
     run = session.run
     if not session.training:  # nothing to do, nothing changed: say so (a script or a tour goes on)
-        ended = f" (last run {run.state}: {run.message})" if run is not None else ""
+        ended = f" (last run {end_line(run)})" if run is not None else ""
         print(f"no training is running on `{args.model}`{ended}")
         return
     run.stop()
     run.wait(timeout=30)
     if not run.done:
         print("stop requested; the run ends when the current step finishes")
-    elif not any(isinstance(c, ConsoleReporter) for c in run.callbacks):  # text progress printed the end already
-        print(run.message)
+    elif not any(isinstance(c, ConsoleReporter) or getattr(c, "prints", False) for c in run.callbacks):
+        print(run.message)  # unless text progress printed the end already
 
 
-@verb("pause", "pause a background training run at the next step boundary", examples=["%lora pause model"])
+@verb("pause", "pause a background training run at the next step boundary", examples=["%lora pause model"],
+      mutates="run")
 def _pause(ctx, args):
     run = _active_run(ctx, args.model)
     run.pause()
@@ -92,7 +106,7 @@ def _pause(ctx, args):
     print(f"paused at step {run.step}/{run.max_steps}; `%lora resume {args.model}` goes on")
 
 
-@verb("resume", "resume a paused training run", examples=["%lora resume model"])
+@verb("resume", "resume a paused training run", examples=["%lora resume model"], mutates="run")
 def _resume(ctx, args):
     run = _active_run(ctx, args.model)
     run.resume()

@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ..core.analysis.vs_full import VsFullCallback, VsFullOptions, vs_full
+from ..core.analysis.vs_full import ArmLines, VsFullCallback, VsFullOptions, vs_full
 from ..core.training.settings import TrainSettings
+from ..frontend import pick
 from .data_options import DATA_OPTIONS, data_objects
 from .router import UI, given, options_of, verb, with_settings
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..core.training.run import TrainRun
 
 _NOTEBOOK = {"device": "device"}  # vs-full's options whose default is a notebook setting (`%config LoraMagics`)
 _BOTH_ARMS = ("grad_accum", "warmup", "schedule", "weight_decay", "max_grad_norm", "eval_every", "precision",
               "max_length")
 
 
-class ArmLines(VsFullCallback):
-    """Terminal progress of ``vs_full``: one line per arm when it ends."""
+class PlanLine(VsFullCallback):
+    """Beside a view: the one line that says what both arms train (a new adapter with its own settings)."""
 
-    def __init__(self) -> None:
-        self.arm, self.size = "", None
-
-    def on_arm_begin(self, arm: str, size: int | None) -> None:
-        self.arm, self.size = arm, size
-
-    def on_train_end(self, run: TrainRun) -> None:
-        label = "LoRA" if self.arm == "lora" else "full fine-tuning"
-        where = f" on {self.size} examples" if self.size is not None else ""
-        losses = [r["loss"] for r in run.history]
-        loss = f", loss {losses[0]:.4g} → {losses[-1]:.4g}" if losses else ""
-        print(f"{label}{where}: {run.step} steps in {run.seconds:.1f} s{loss}", flush=True)
+    def on_begin(self, plan: str) -> None:
+        print(plan, flush=True)
 
 
 @verb(
@@ -43,17 +29,26 @@ class ArmLines(VsFullCallback):
     examples=["%lora vs-full model --data train --eval test",
               "%lora vs-full model --data train --eval test --r 4 --targets 0,2 --sizes 25,50,100,200",
               "%lora vs-full gpt --data texts --tokenizer tok --steps 100 --lr-lora 1e-3 --lr-full 1e-4"],
+    mutates="nothing",
 )
 def _vs_full(ctx, args):
     model = ctx.model(args.model)
     objects = data_objects(ctx, args)
     options = with_settings({**given(args, VsFullOptions), **given(args, TrainSettings)}, ctx.settings, _NOTEBOOK)
-    mode = ctx.view_mode(args)
-    if mode != "text":
-        from ..widgets.vs_full import VsFullLive
+    watchers = pick({"static": _live_view, "text": _arm_lines}, ctx.view_mode(args))(ctx, args)
+    return vs_full(model, callbacks=watchers, **objects, **options)
 
-        view = VsFullLive(show_table=False, interval=max(0.5, 1 / ctx.refresh_rate), ui=mode)  # result shows the table
-        ctx.display(view)
-    else:
-        view = ArmLines()
-    return vs_full(model, callbacks=[view], **objects, **options)
+
+def _live_view(ctx, args) -> list[VsFullCallback]:
+    """The live curves (widgets or a picture updated in place), displayed now, with the line saying what both
+    arms train."""
+    from ..widgets.vs_full import VsFullLive
+
+    view = VsFullLive(show_table=False, interval=max(0.5, 1 / ctx.refresh_rate), ui=ctx.view_mode(args))
+    ctx.display(view)  # the result shows the table
+    return [PlanLine(), view]
+
+
+def _arm_lines(ctx, args) -> list[VsFullCallback]:
+    """A printed line per arm (a terminal, a script)."""
+    return [ArmLines()]

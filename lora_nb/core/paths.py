@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import PathError, a_kind, first_line
 
 NAME_MAX = 255  # bytes per path component on Linux, macOS and Windows file systems
+PROBE = ".lora_nb-probe-"  # `.lora_nb-probe-<pid>-XXXXXXXX`: made and removed at once to see that folders can be made
 
 
 def _absolute(path: Any, what: str) -> Path:
@@ -45,11 +46,33 @@ def _can_create_in(folder: Path) -> str | None:
         return f"{folder} is a file"
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"{folder} is not writable"
+    _remove_stale_probes(folder)
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".lora_nb-probe-", dir=folder))
+        os.rmdir(tempfile.mkdtemp(prefix=f"{PROBE}{os.getpid()}-", dir=folder))
     except OSError as exc:
         return f"cannot create a folder in {folder} ({first_line(exc)})"
     return None
+
+
+def _remove_stale_probes(folder: Path) -> None:
+    """Probe folders a killed process left (its id in the name, no longer running) are removed."""
+    for probe in folder.glob(f"{PROBE}*"):
+        pid = probe.name[len(PROBE):].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            try:
+                os.rmdir(probe)
+            except OSError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def output_folder(path: Any, what: str, marker: str | None = None, holds: str = "",

@@ -31,7 +31,7 @@ from ..errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
 
-    from .training.run import TrainRun
+    from .types import RunHandle
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Session:
     peft: "PeftModel"
     requires_grad: dict[str, bool]
     lock: threading.RLock = field(default_factory=threading.RLock)
-    run: TrainRun | None = None  # the TrainRun in progress (or the last one), see training.run
+    run: RunHandle | None = None  # the TrainRun in progress (or the last one), see training.run
     records: dict[str, dict] = field(default_factory=dict)  # per adapter: how it was made
     listeners: "weakref.WeakSet[Any]" = field(default_factory=weakref.WeakSet)  # views to tell of changes
     last_train: TrainRecipe | None = None  # written when a run starts (training.run.start_run)
@@ -89,7 +89,7 @@ class Session:
     def __repr__(self) -> str:
         """One line (the model and its weights are not repeated here): adapters, the active one, the run."""
         names = ", ".join(f"`{a}`" + (" (active)" if a == self.active else "") for a in self.adapters)
-        run = f"; training: {self.run.state}" if self.training else ""
+        run = f"; training: {self.run.state}" if self.run is not None and self.training else ""
         return f"<lora_nb session on {type(self.model).__name__}: adapters {names}{run}; lora_nb.status(model) " \
                "shows the table>"
 
@@ -161,11 +161,13 @@ def find(model: Any) -> Session | None:
 
     wrapper = model if isinstance(model, PeftModel) else None
     model = as_module(model)
-    with _lock:
-        session = model.__dict__.get(_KEY)
-        if session is None and wrapper is not None:
-            session = Session(model, wrapper, {n: p.requires_grad for n, p in model.named_parameters()})
-            model.__dict__[_KEY] = session
+    session = model.__dict__.get(_KEY)  # one dict read: no lock (a Ctrl-C can never leave one held)
+    if session is None and wrapper is not None:
+        with _lock:
+            session = model.__dict__.get(_KEY)
+            if session is None:
+                session = Session(model, wrapper, {n: p.requires_grad for n, p in model.named_parameters()})
+                model.__dict__[_KEY] = session
     return session
 
 
@@ -200,13 +202,11 @@ def check_unowned(model: Any) -> None:
 
 
 def register(session: Session) -> None:
-    with _lock:
-        session.model.__dict__[_KEY] = session
+    session.model.__dict__[_KEY] = session  # one dict store (atomic): inside a guarded section, no lock to leave held
 
 
 def forget(model: nn.Module) -> None:
-    with _lock:
-        model.__dict__.pop(_KEY, None)
+    model.__dict__.pop(_KEY, None)
 
 
 def report_failed_listener(listener: Any, hook: str, exc: BaseException) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from . import figure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.training.run import TrainRun
 
 
 class Series(NamedTuple):
@@ -42,7 +45,7 @@ _STYLE = {
 MEMORY = "memory (MB)"
 
 
-def memory_title(run: Any) -> str:
+def memory_title(run: TrainRun) -> str:
     """The memory panel's title for ``run``: what its ``memory_mb`` measures, live and in the final picture alike."""
     gpu = getattr(getattr(run, "device", None), "type", None) == "cuda"
     return "GPU memory allocated (MB)" if gpu else "process RSS (MB)"

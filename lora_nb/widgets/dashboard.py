@@ -15,21 +15,25 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
 from ..core import registry
 from ..core.adapters.attach import attach
 from ..core.adapters.status import status
-from ..core.analysis.weights import code_spans
 from ..core.training.callbacks import Callback
+from ..core.training.reporting import end_line
 from ..core.training.settings import TrainSettings
 from ..core.training.train import train
 from ..errors import DataError, LoraNBError
+from ..markup import code_spans, error_html
 from .chart import ViewBox
 from .compat import set_titles, tooltip
 from .ui import close_tree
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.training.run import TrainRun
 
 TABS = ("Status", "Adapters", "Train", "Weights", "Spectrum", "History")
 LAZY = ("Adapters", "Weights", "Spectrum", "History")  # tabs whose view is built when first opened
@@ -41,7 +45,7 @@ def _no_namespace(path: str) -> Any:
 
 
 def _error(exc: BaseException) -> str:
-    return f"<span style='color:#b00020'>{code_spans(str(exc))}</span>"
+    return error_html(str(exc))
 
 
 class ModelDashboard(Callback):
@@ -52,7 +56,7 @@ class ModelDashboard(Callback):
         self.views: dict[str, Any] = {}
         self.live_view = None  # the live training view of the last run started here
         self.live_history = None  # its spectra-history panel
-        self.run = None
+        self.run: TrainRun | None = None
         self.session = None
         self.status_html = W.HTML()
         self._build_attach_form()
@@ -205,11 +209,11 @@ class ModelDashboard(Callback):
         self.start_button.disabled, self.stop_button.disabled = running, not running
 
     # -- training callback ----------------------------------------------------------------------
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         self.refresh()
 
-    def on_train_end(self, run: Any) -> None:
-        self.train_message.value = code_spans(f"{run.state}: {run.message}")
+    def on_train_end(self, run: TrainRun) -> None:
+        self.train_message.value = code_spans(end_line(run))
         self.refresh()
 
     # -- lazy tabs ------------------------------------------------------------------------------

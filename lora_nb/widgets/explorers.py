@@ -21,9 +21,10 @@ import ipywidgets as W
 
 from ..core import registry
 from ..core.analysis.spectra import similarity, spectra
-from ..core.analysis.weights import code_spans, matrices, weights
+from ..core.analysis.weights import matrices, weights
 from ..core.training.callbacks import Callback
 from ..errors import LoraNBError
+from ..markup import error_html
 from ..viz.spectra import base_spectrum_spec, effective_rank_spec, similarity_spec, spectrum_spec
 from ..viz.svg import render
 from ..viz.weights import VALUE_LABELS, histogram_spec, module_specs, norm_map_spec
@@ -127,7 +128,7 @@ class LiveView(BundleDisplay, Callback):
 
     def _show_error(self, exc: Exception) -> None:
         text = str(exc) if isinstance(exc, LoraNBError) else f"{type(exc).__name__}: {exc}"
-        self.message.value = f"<span style='color:#b00'>{code_spans(text)}</span>"
+        self.message.value = error_html(text)
 
 
 def _module_dropdown(names: list[str]) -> W.Dropdown:

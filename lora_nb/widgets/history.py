@@ -16,7 +16,7 @@ import html
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
@@ -29,6 +29,10 @@ from .chart import Chart, ViewBox
 from .throttle import RateLimit
 from .ui import close_tree, set_options
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.training.run import TrainRun
+    from ..core.types import RunHandle
+
 SHARE = 0.05  # of the wall time that live redraws may take on the training thread (as the explorers)
 
 
@@ -38,9 +42,10 @@ class HistoryView(Callback):
     Give it a run, or pass it to ``train(callbacks=[view])`` and it shows that run from its first step.
     """
 
-    def __init__(self, run: Any = None, interval: float = 2.0, energy: float = 0.9, byte_rate: float = 10_000,
-                 clock: Callable[[], float] | None = None, share: float | None = SHARE) -> None:
-        self.run: Any = None
+    def __init__(self, run: RunHandle | None = None, interval: float = 2.0, energy: float = 0.9,
+                 byte_rate: float = 10_000, clock: Callable[[], float] | None = None,
+                 share: float | None = SHARE) -> None:
+        self.run: RunHandle | None = None
         self.energy = energy
         self.clock = clock or time.monotonic
         self.limit = RateLimit(interval, byte_rate, self.clock, share=share)
@@ -71,7 +76,7 @@ class HistoryView(Callback):
                                 "(`%lora train`)")
         return cls(run, **kwargs)
 
-    def follow(self, run: Any) -> None:
+    def follow(self, run: RunHandle) -> None:
         """Show ``run`` from now on (live while it trains); the previous run is left alone."""
         with self.lock:
             if self.closed or run is self.run:
@@ -82,16 +87,16 @@ class HistoryView(Callback):
             run.add_callback(self)  # a run that already ended meanwhile calls on_train_end now
         self.refresh()
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         with self.lock:  # a view given to ``train(callbacks=[view])`` before its run existed
             if self.run is None and not self.closed:
                 self.run, self.drawn = run, 0
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         if run is self.run and len(run.spectra_history) > self.drawn and self.limit.ready():
             self.refresh()
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         if run is self.run and (not self.drawn or len(run.spectra_history) > self.drawn):
             self.refresh()  # the records the interval held back (or why there are none)
 

@@ -5,9 +5,11 @@ per trace); the curves are one SVG (about one point per pixel) sent at most ever
 seconds, never faster than ``byte_rate`` bytes per second, and no more often than keeps the CPU time
 spent drawing them within ``CHART_SHARE`` of the wall time; the progress line at most every ``interval``
 seconds; the final state is always drawn when the run ends. One class per front end, picked
-once when the view is made: ``LiveDashboard(ui="widget")`` is a ``WidgetLiveDashboard`` (core ipywidgets:
-an ``HTML`` chart, buttons), ``ui="static"`` a ``StaticLiveDashboard`` (one output updated in place by
-display id, no widgets: Stop with ``%lora stop`` or the kernel's interrupt). When a displayed run ends, its
+once when the view is made (``frontend.pick``): ``LiveDashboard(ui="widget")`` is a ``WidgetLiveDashboard`` (core
+ipywidgets: an ``HTML`` chart, buttons), ``ui="static"`` a ``StaticLiveDashboard`` (one output updated in place by
+display id, no widgets: Stop with ``%lora stop`` or the kernel's interrupt), ``ui="text"`` a ``TextLiveDashboard``
+(printed lines, as ``ConsoleReporter`` prints them; the curves are still kept for ``.figure``), and ``ui="auto"``
+the one this front end shows. When a displayed run ends, its
 output becomes a static SVG picture of the whole history (kept by saved notebooks, nbconvert, GitHub)
 and the widgets are closed; a failed run keeps its widgets so its error stays readable.
 """
@@ -17,15 +19,19 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..core.analysis.weights import code_spans
 from ..core.smoothing import SMOOTHING, Ema
 from ..core.training.callbacks import Callback
-from ..core.training.reporting import begin_line, progress_line
+from ..core.training.reporting import ConsoleReporter, begin_line, end_line, progress_line
+from ..frontend import pick
+from ..markup import code_spans, error_html
 from ..viz.training import SERIES, history_spec, mark_best, memory_title, smoothing_for, training_spec
 from .throttle import Decimator, RateLimit, Throttle
 from .ui import Slot, close_tree, picture_bundle, svg_bundle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.training.run import TrainRun
 
 
 def samples_table(samples: list[dict], last: int = 3) -> str:
@@ -45,22 +51,23 @@ CHART_SHARE = 0.01
 class LiveDashboard(Callback):
     """Live curves of a run with Stop and Pause/Resume; display it, then train with it as a callback.
 
-    ``LiveDashboard(ui=...)`` makes the class of that front end (``WidgetLiveDashboard`` or
-    ``StaticLiveDashboard``); what they share is here.
+    ``LiveDashboard(ui=...)`` makes the class of that front end (``WidgetLiveDashboard``, ``StaticLiveDashboard``
+    or ``TextLiveDashboard``; ``auto``: this front end's); what they share is here.
     """
 
     ui = "widget"
+    prints = False  # its lines go to the output as they come: nothing to display
 
     def __new__(cls, *args: Any, ui: str = "widget", **kwargs: Any) -> LiveDashboard:
         if cls is LiveDashboard:
-            cls = FRONT_ENDS[ui]
+            cls = pick(FRONT_ENDS, ui)
         return super().__new__(cls)
 
-    def __init__(self, run: Any = None, *, max_points: int = 1000, interval: float = 0.25,
+    def __init__(self, run: TrainRun | None = None, *, max_points: int = 1000, interval: float = 0.25,
                  chart_interval: float = 0.5, byte_rate: float = 20_000, clock: Callable[[], float] = time.monotonic,
                  cost_clock: Callable[[], float] = time.thread_time, title: str | None = None,
                  show_on_begin: bool = False, ui: str = "widget") -> None:
-        self.run = None
+        self.run: TrainRun | None = None
         # what a picture costs is read on the drawing thread's CPU clock: time spent waiting for the GIL (the
         # kernel's other threads) or for a core (a browser beside it) is not the picture's cost
         self.cost_clock = cost_clock
@@ -82,20 +89,20 @@ class LiveDashboard(Callback):
     def _build(self) -> None:
         """Make the front end's controls."""
 
-    def _began(self, run: Any) -> None:
+    def _began(self, run: TrainRun) -> None:
         """The run started: show its first line and enable its controls."""
 
-    def _progress(self, run: Any, record: dict, line: str) -> None:
+    def _progress(self, run: TrainRun, record: dict, line: str) -> None:
         """Show the progress line."""
 
     def _send(self, line: str) -> tuple[bool, int]:
         """Send the curves: ``(sent, bytes)``."""
         raise NotImplementedError
 
-    def _ended(self, run: Any) -> None:
+    def _ended(self, run: TrainRun) -> None:
         """The run ended: disable its controls, say how it ended."""
 
-    def _keeps_widgets(self, run: Any) -> bool:
+    def _keeps_widgets(self, run: TrainRun) -> bool:
         """Whether the view stays as it is when the run ended (a failed run keeps its error readable)."""
         return False
 
@@ -107,7 +114,7 @@ class LiveDashboard(Callback):
         raise NotImplementedError
 
     # -- training callback ---------------------------------------------------------------------
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         self.run = run
         self._beta = smoothing_for(getattr(run, "max_steps", None))
         self._reset()
@@ -122,15 +129,15 @@ class LiveDashboard(Callback):
         if run.history:
             self._flush(run, final=False)
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         self._feed(record)
         if self.throttle.ready():
             self._flush(run, final=False)
 
-    def on_evaluate(self, run: Any, record: dict) -> None:
+    def on_evaluate(self, run: TrainRun, record: dict) -> None:
         self.series["eval_loss"].add(record["step"], record["eval_loss"])
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         self._flush(run, final=True)
         self._ended(run)
         self._leave_static_picture(run)
@@ -168,7 +175,7 @@ class LiveDashboard(Callback):
 
         return figure(self.spec())
 
-    def _flush(self, run: Any, final: bool) -> None:
+    def _flush(self, run: TrainRun, final: bool) -> None:
         """Send what changed: the progress line, and the curves when their rate limit allows (always at the end)."""
         record = self._last
         line = ""
@@ -198,7 +205,7 @@ class LiveDashboard(Callback):
     def _picture(self) -> dict:
         return picture_bundle([self.static_spec()], f"<training curves: {self.run.summary_line()}>")
 
-    def _leave_static_picture(self, run: Any) -> None:
+    def _leave_static_picture(self, run: TrainRun) -> None:
         """Replace the displayed view by the picture of the whole run; close the widgets (unless it failed)."""
         if self.slot.handle is None or self._keeps_widgets(run):
             return
@@ -248,7 +255,7 @@ class WidgetLiveDashboard(LiveDashboard):
         """Show ``widget`` under the curves (e.g. a spectra-history plot that follows the run)."""
         self.panels.children = (*self.panels.children, widget)
 
-    def _began(self, run: Any) -> None:
+    def _began(self, run: TrainRun) -> None:
         self.progress.max = run.max_steps
         self.label.value = code_spans(begin_line(run))
         live = run.background and not run.done
@@ -256,7 +263,7 @@ class WidgetLiveDashboard(LiveDashboard):
         if not run.background:
             self.stop_button.tooltip = "a blocking run stops with the kernel's interrupt (■)"
 
-    def _progress(self, run: Any, record: dict, line: str) -> None:
+    def _progress(self, run: TrainRun, record: dict, line: str) -> None:
         with self.progress.hold_sync():
             self.progress.value = min(record["step"], run.max_steps)
         self.label.value = code_spans(line)
@@ -268,16 +275,16 @@ class WidgetLiveDashboard(LiveDashboard):
         sent = self.chart.draw(self.spec())
         return sent, len(self.chart.value)
 
-    def _ended(self, run: Any) -> None:
+    def _ended(self, run: TrainRun) -> None:
         self.pause_button.disabled = self.stop_button.disabled = True
-        self.label.value = code_spans(f"{run.state}: {run.message}")
+        self.label.value = code_spans(end_line(run))
         if run.state == "failed":
             self.error.value = (
-                f"<div style='color:#b00020'><b>training failed:</b> {html.escape(run.message)}</div>"
+                error_html(run.message, "div", lead="training failed:")
                 + (f"<details><summary>traceback</summary><pre>{html.escape(run.traceback)}</pre></details>"
                    if run.traceback else ""))
 
-    def _keeps_widgets(self, run: Any) -> bool:
+    def _keeps_widgets(self, run: TrainRun) -> bool:
         return run.state == "failed"
 
     def _close_front_end(self) -> None:
@@ -323,4 +330,39 @@ class StaticLiveDashboard(LiveDashboard):
         self.slot.show(svg_bundle(self.spec(), "<training curves>"), raw=True)
 
 
-FRONT_ENDS = {"widget": WidgetLiveDashboard, "static": StaticLiveDashboard}
+class TextLiveDashboard(LiveDashboard):
+    """The live view as printed lines (a terminal, a script), as ``ConsoleReporter`` prints them: the first lines,
+    progress every 2 s (none for a background run, which would write over the prompt), evaluations and the end."""
+
+    ui = "text"
+    prints = True
+
+    def _build(self) -> None:
+        self.reporter = ConsoleReporter()
+        self.begun = self.reporter.begun  # set once the first lines are printed (a background caller may wait)
+
+    def on_train_begin(self, run: TrainRun) -> None:
+        self.reporter.progress = not run.background
+        self.reporter.on_train_begin(run)
+        super().on_train_begin(run)
+
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
+        self.reporter.on_step_end(run, record)
+        super().on_step_end(run, record)
+
+    def on_evaluate(self, run: TrainRun, record: dict) -> None:
+        self.reporter.on_evaluate(run, record)
+        super().on_evaluate(run, record)
+
+    def on_train_end(self, run: TrainRun) -> None:
+        super().on_train_end(run)
+        self.reporter.on_train_end(run)
+
+    def _send(self, line: str) -> tuple[bool, int]:
+        return False, 0  # no picture: the lines are printed
+
+    def _show_live(self) -> None:
+        """Nothing to display: the lines are printed as the run goes."""
+
+
+FRONT_ENDS = {"widget": WidgetLiveDashboard, "static": StaticLiveDashboard, "text": TextLiveDashboard}

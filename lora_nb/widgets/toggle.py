@@ -20,8 +20,8 @@ from ..core import registry
 from ..core.adapters import switch
 from ..core.adapters.merge import merge, unmerge
 from ..core.adapters.switch import set_strength, strength
-from ..core.analysis.weights import code_spans
 from ..errors import LoraNBError
+from ..markup import code_spans
 from .chart import ViewBox
 from .ui import close_tree
 

@@ -14,10 +14,11 @@ import html
 import threading
 from typing import Any
 
-from ..frontend import resolve_ui
+from ..frontend import pick, resolve_ui
+from ..markup import caption_html
 from ..viz.svg import render
 
-__all__ = ["Pictures", "Report", "Slot", "close_tree", "resolve_ui", "svg_bundle"]
+__all__ = ["Pictures", "Report", "Slot", "close_tree", "report", "resolve_ui", "svg_bundle"]
 
 
 def svg_bundle(spec: Any, text: str) -> dict:
@@ -34,8 +35,7 @@ def note_of(spec: Any) -> str:
 def figure_html(spec: Any, svg: str | None = None) -> str:
     """The chart's SVG (it carries its alternative text) with its sentence under it, as HTML."""
     note = note_of(spec)
-    caption = (f"<div style='font-size:12px;line-height:1.4;color:#555;margin:2px 0 8px 8px'>{html.escape(note)}</div>"
-               if note else "")
+    caption = caption_html(note) if note else ""
     return f"<div class='lora-nb-chart'>{svg if svg is not None else render(spec)}{caption}</div>"
 
 
@@ -100,6 +100,12 @@ class Pictures(Report):
         display({"text/plain": self.text, "text/html": Report._repr_html_(self)}, raw=True)
         for spec in self.specs:
             display(picture_bundle([spec], "<figure>"), raw=True)
+
+
+def report(mode: str, text: str, specs: list[dict], html: str = "") -> Report:
+    """A report for front end ``mode``: its pictures as SVG outputs where views are static (``Pictures``), else
+    the table carrying them (``.figures``)."""
+    return pick({"widget": Report, "static": Pictures, "text": Report}, mode)(text, specs, html)
 
 
 def set_options(dropdown: Any, options: list) -> None:

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.analysis.vs_full import VsFullCallback
-from ..core.analysis.weights import code_spans
 from ..core.smoothing import SMOOTHING, Ema
+from ..frontend import pick
+from ..markup import code_spans
 from ..viz.analysis import directions_spec
 from ..viz.vs_full import CURVES, LABELS, curves_spec, result_curves_spec, sweep_spec
 from .throttle import Decimator, RateLimit
 from .ui import Slot, close_tree, picture_bundle, svg_bundle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.training.run import TrainRun
 
 
 class VsFullLive(VsFullCallback):
@@ -35,7 +39,8 @@ class VsFullLive(VsFullCallback):
 
     def __new__(cls, *args: Any, ui: str = "widget", **kwargs: Any) -> VsFullLive:
         if cls is VsFullLive:
-            cls = {"widget": WidgetVsFullLive, "static": StaticVsFullLive}[ui]
+            cls = pick({"widget": WidgetVsFullLive, "static": StaticVsFullLive}, ui,
+                       needs="the vs-full view draws curves: ui widget or static (text: `ArmLines` prints each arm)")
         return super().__new__(cls)
 
     def __init__(self, *, max_points: int = 1000, interval: float = 0.5, byte_rate: float = 20_000,
@@ -84,7 +89,7 @@ class VsFullLive(VsFullCallback):
         where = f"sweep: {LABELS[arm]} on {size} examples" if size is not None else f"training {LABELS[arm]}"
         self._say(where + "…")
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         self.arm = self.arm or run.adapter
         if self.size is None:  # a new main arm: its curves start afresh
             for curve in CURVES:
@@ -93,7 +98,7 @@ class VsFullLive(VsFullCallback):
             self._ema[self.arm] = Ema(SMOOTHING)
         self._progress(0, run.max_steps)
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         if self.size is None:
             step, loss = record["step"], record["loss"]
             self.series[(self.arm, "loss")].add(step, loss)
@@ -101,11 +106,11 @@ class VsFullLive(VsFullCallback):
         if self.limit.ready():
             self._flush(run, record)
 
-    def on_evaluate(self, run: Any, record: dict) -> None:
+    def on_evaluate(self, run: TrainRun, record: dict) -> None:
         if self.size is None:
             self.series[(self.arm, "eval")].add(record["step"], record["eval_loss"])
 
-    def on_train_end(self, run: Any) -> None:
+    def on_train_end(self, run: TrainRun) -> None:
         self._flush(run, run.history[-1] if run.history else None)
 
     def on_result(self, result: Any) -> None:
@@ -130,7 +135,7 @@ class VsFullLive(VsFullCallback):
         self.line = line
         self._show_line(line)
 
-    def _flush(self, run: Any, record: dict | None) -> None:
+    def _flush(self, run: TrainRun, record: dict | None) -> None:
         """One new picture of the curves, and the progress line."""
         if record is not None:
             self._progress(min(record["step"], run.max_steps))

@@ -11,7 +11,9 @@ from torch import nn
 
 from ...errors import AdapterError, LoraNBWarning, OptionError
 from .. import registry
+from ..interrupts import deferred_interrupts
 from . import switch
+from .atomic import finishing, guarded
 from .inject import inject, quiet_peft, restore_flags, strip_lora
 from .keys import adapter_state_dict, fill_adapter
 from .merge import merge
@@ -101,16 +103,22 @@ def attach(model: Any, *, r: int = 8, alpha: float = 16, dropout: float = 0.0, t
         match_names(model, opts.modules_to_save)  # one-line error (with candidates) if one matches nothing
     _warn_rank(model, names, opts.r, opts.rank_pattern)
     config = _peft_config(opts, model, names)
+    record = {"options": {**vars(opts), "targets": names}, "runs": []}
     if session is not None and opts.name in session.adapters:
-        session = _replace(session, opts.name, config)
-    elif session is None:
-        session = new_session(model, config, opts.name)
+        session = _replace(session, opts.name, config, record)
     else:
-        _add(session, opts.name, config)
-    session.records[opts.name] = {"options": {**vars(opts), "targets": names}, "runs": []}
-    materialize_adapter(session, opts.name)  # offloaded layers (device_map): factors off `meta`, see offload.py
+        with guarded(model):  # Ctrl-C held back; any failure leaves the model as it was
+            session = new_session(model, config, opts.name) if session is None else session
+            if opts.name not in session.adapters:
+                _add(session, opts.name, config)
+            _finish(session, opts.name, record)
     session.notify("attach")
     return session
+
+
+def _finish(session: "registry.Session", name: str, record: dict) -> None:
+    session.records[name] = record
+    materialize_adapter(session, name)  # offloaded layers (device_map): factors off `meta`, see offload.py
 
 
 def advised(session: "registry.Session | None", opts: AttachOptions) -> AttachOptions:
@@ -142,25 +150,27 @@ class _Kept:
     merged: bool
 
 
-def _replace(session: "registry.Session", name: str, config) -> "registry.Session":
-    """Replace adapter ``name`` atomically: if the new one cannot be injected, the old one is put back as it was."""
+def _replace(session: "registry.Session", name: str, config, record: dict) -> "registry.Session":
+    """Replace adapter ``name`` atomically (Ctrl-C held back): if the new one cannot be injected, the old one is put
+    back as it was."""
     kept = _Kept(session.peft.peft_config[name], adapter_state_dict(session.model, name),
                  session.records.get(name), switch.strength(session.model, name), session.active,
                  _enabled(session),
                  name in switch.merged_adapters(session))
     model, only = session.model, session.adapters == [name]
-    if only:
-        detach(model)
-    else:
-        delete_adapter(model, name)
-    try:
-        if only:
-            return new_session(model, config, name)
-        _add(session, name, config)
-        return session
-    except BaseException:
-        _put_back(model, name, kept)
-        raise
+    with deferred_interrupts():
+        try:
+            if only:
+                detach(model)
+                session = new_session(model, config, name)
+            else:
+                delete_adapter(model, name)
+                _add(session, name, config)
+            _finish(session, name, record)
+            return session
+        except BaseException:
+            _put_back(model, name, kept)
+            raise
 
 
 def _enabled(session: "registry.Session") -> bool:
@@ -169,6 +179,12 @@ def _enabled(session: "registry.Session") -> bool:
 
 def _put_back(model: nn.Module, name: str, kept: _Kept) -> None:
     session = registry.find(model)
+    if session is not None and session.adapters == [name]:  # the new one alone: clear it, as detach does
+        _detach(session)
+        session = None
+    elif session is not None and name in session.adapters:
+        with quiet_peft():
+            session.peft.delete_adapter(name)
     if session is None:
         session = new_session(model, kept.config, name)
     else:
@@ -196,14 +212,20 @@ def detach(model: Any) -> nn.Module:
     """Remove every adapter; the base parameters are exactly those from before attach."""
     session = registry.require(model, verify=False)  # also the way out when the layers changed behind its back
     session.ensure_idle("detach")
-    restore = session.merge_backup  # set by merge: exact copies of merged weights
+    with finishing(lambda: _detach(session)):  # Ctrl-C held back; a failure half-way is finished, not left
+        _detach(session)
+    session.notify("detach")
+    return session.model
+
+
+def _detach(session: "registry.Session") -> None:
+    """detach's steps; each can be repeated, so a detach cut short is completed by running them again."""
+    restore = session.merge_backup  # set by merge: exact copies of merged weights (it clears itself when done)
     if restore is not None:
         restore()
     strip_lora(session.model)  # peft's unload would keep the *trained* copy of modules_to_save
     restore_flags(session.model, session.requires_grad)
     registry.forget(session.model)
-    session.notify("detach")
-    return session.model
 
 
 def delete_adapter(model: Any, adapter: str) -> None:

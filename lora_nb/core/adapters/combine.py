@@ -20,6 +20,7 @@ from typing import Any
 from ...errors import AdapterError, LoraNBWarning, OptionError, did_you_mean
 from .. import lowrank, registry
 from . import switch
+from .atomic import guarded
 from .inject import quiet_peft, restore_flags
 from .options import AttachOptions
 
@@ -106,23 +107,22 @@ def combine(model: Any, adapters: str | Sequence[str], weights: str | Sequence[f
     adapters, weights = _as_list(adapters), _weights(weights)
     _check(session, adapters, weights, name, combination_type)
     _warn_overlap(session, adapters, weights)
-    switch.unmerge_first(session)  # peft combines factors; merged weights would be left stale
-    flags = {n: p.requires_grad for n, p in session.model.named_parameters()}
-    try:
-        with quiet_peft():
-            session.lora.add_weighted_adapter(adapters, weights, name, combination_type=combination_type)
-    except (ValueError, TypeError) as exc:
-        if name in session.adapters:
-            session.peft.delete_adapter(name)
-        raise AdapterError(f"peft cannot combine {', '.join(adapters)}: {exc}") from None
-    finally:  # peft freezes every parameter whose name merely *contains* the new name (`a` is in `default`)
+    with guarded(session.model):  # Ctrl-C held back; a failure half-way leaves the model as it was
+        switch.unmerge_first(session)  # peft combines factors; merged weights would be left stale
+        flags = {n: p.requires_grad for n, p in session.model.named_parameters()}
+        try:
+            with quiet_peft():
+                session.lora.add_weighted_adapter(adapters, weights, name, combination_type=combination_type)
+        except (ValueError, TypeError) as exc:
+            raise AdapterError(f"peft cannot combine {', '.join(adapters)}: {exc}") from None
+        # peft freezes every parameter whose name merely *contains* the new name (`a` is in `default`)
         restore_flags(session.model, flags)
-    errors = _errors(session, adapters, weights, name)
-    session.records[name] = {
-        "options": {"combined_from": adapters, "weights": weights, "combination_type": combination_type},
-        "runs": [], "errors": errors,
-    }
-    if activate:
-        switch.turn_on(session, name)
+        errors = _errors(session, adapters, weights, name)
+        session.records[name] = {
+            "options": {"combined_from": adapters, "weights": weights, "combination_type": combination_type},
+            "runs": [], "errors": errors,
+        }
+        if activate:
+            switch.turn_on(session, name)
     session.notify("combine")
     return name

@@ -56,7 +56,7 @@ def restore_flags(model: nn.Module, flags: dict[str, bool]) -> None:
             p.requires_grad_(flags[n])
 
 
-def _wrappers(model: nn.Module) -> dict[str, nn.Module]:
+def peft_wrappers(model: nn.Module) -> dict[str, nn.Module]:
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils import ModulesToSaveWrapper
 
@@ -68,11 +68,11 @@ def has_adapter(module: nn.Module, name: str) -> bool:
     return any(name in getattr(module, attr, {}) for attr in getattr(module, "adapter_layer_names", ()))
 
 
-def _undo_add(model: nn.Module, before: dict[str, nn.Module], name: str) -> None:
+def undo_add(model: nn.Module, before: dict[str, nn.Module], name: str) -> None:
     """Remove what a failed ``add_adapter(name)`` left: new wrappers and ``name`` in the old ones."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for qualified, module in reversed(_wrappers(model).items()):  # inner wrappers first (MHA's out_proj)
+    for qualified, module in reversed(peft_wrappers(model).items()):  # inner wrappers first (MHA's out_proj)
         if before.get(qualified) is module:
             if isinstance(module, BaseTunerLayer) and has_adapter(module, name):
                 module.delete_adapter(name)
@@ -110,7 +110,7 @@ def inject(model: nn.Module, session, config, name: str) -> "registry.Session":
     from peft import get_peft_model
 
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    before = _wrappers(model)
+    before = peft_wrappers(model)
     try:
         with quiet_peft():
             if session is None:
@@ -135,6 +135,6 @@ def _roll_back(model: nn.Module, session, before: dict[str, nn.Module], name: st
     if session is None:
         strip_lora(model)
     else:
-        _undo_add(model, before, name)
+        undo_add(model, before, name)
         session.peft.peft_config.pop(name, None)
     restore_flags(model, flags)

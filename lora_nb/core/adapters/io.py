@@ -15,18 +15,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import uuid
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...errors import AdapterError, AdapterFileError, first_line
+from ...errors import AdapterError, AdapterFileError, FileWriteError, LoraNBWarning, first_line
 from .. import registry
+from ..files import MANIFEST, atomic_folder, recover, verify, write_manifest
 from ..paths import output_folder
 from . import switch
+from .atomic import guarded
 from .inject import inject
 from .keys import adapter_state_dict, fill_adapter, mismatch
 from .options import AttachOptions
@@ -87,44 +88,28 @@ def _write(session, adapter: str, staging: Path) -> None:
     (staging / RECORD).write_text(json.dumps(run_record(session, adapter), indent=2))
 
 
-def replace_folder(staging: Path, target: Path) -> None:
-    """Rename the complete folder ``staging`` to ``target``; an old ``target`` is renamed aside first (to
-    ``.NAME.old-XXXXXXXX``), put back if the rename fails, and removed only after: at every moment one complete
-    folder exists. Every atomic folder write (adapter saves, checkpoints) ends with this."""
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(target, old)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def write_adapter(model: Any, adapter: str, folder: Path) -> None:
+    """Write ``adapter``'s files and their manifest into the existing empty ``folder`` (a checkpoint's ``adapter/``,
+    inside the checkpoint's own staging folder)."""
+    _write(registry.require(model), adapter, folder)
+    write_manifest(folder, "adapter")
 
 
 def save(model: Any, path: str | os.PathLike, adapter: str | None = None, overwrite: bool = False) -> Path:
     """Save ``adapter`` (default: active) to folder ``path`` in PEFT format, atomically; returns the path.
 
-    A folder that holds a saved adapter already is replaced only with ``overwrite=True``."""
+    The files are written beside ``path`` with a manifest (SHA-256 per file) and put in place in one step: a kill,
+    a Ctrl-C or a full disk leaves the previous save or the new one, never a mix. A folder that holds a saved
+    adapter already is replaced only with ``overwrite=True``."""
     session = registry.require(model)
     adapter = session.check_adapter(adapter) if adapter is not None else session.active
     target = output_folder(path, "save path", marker=CONFIG, holds="a saved adapter", overwrite=overwrite)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
-    except OSError as exc:
-        raise AdapterFileError(f"cannot write to {target.parent}: {first_line(exc)}") from None
-    try:
-        _write(session, adapter, staging)
-        replace_folder(staging, target)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise AdapterFileError(f"saving to {target} failed ({first_line(exc)}); any previous save is intact") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with atomic_folder(target, "adapter") as staging:
+            _write(session, adapter, staging)
+    except FileWriteError as exc:
+        raise AdapterFileError(f"saving to {target} failed ({getattr(exc, 'cause', exc)}); any previous save is "
+                               "intact") from None
     return target
 
 
@@ -133,6 +118,7 @@ def save(model: Any, path: str | os.PathLike, adapter: str | None = None, overwr
 
 def _folder(path: str | os.PathLike) -> Path:
     folder = Path(path).expanduser()
+    recover(folder)  # a save killed half-way through a journaled swap: finished (or undone) first
     if folder.is_file():
         folder = folder.parent
     if not folder.is_dir():
@@ -140,6 +126,21 @@ def _folder(path: str | os.PathLike) -> Path:
     if not (folder / CONFIG).exists():
         raise AdapterFileError(f"{folder} has no {CONFIG}; is it a saved adapter?")
     return folder
+
+
+def check_files(folder: Path) -> None:
+    """Refuse an adapter folder whose files differ from its manifest (one line naming the file); a folder without
+    one (saved by peft, or by lora_nb before manifests) is loaded unchecked, said once. Files the manifest lists
+    that are gone are left to the checks of what ``load`` reads (a missing record is harmless)."""
+    found = verify(folder)
+    differing = [name for name in found.differing if (folder / name).exists()]
+    if differing:
+        more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+        raise AdapterFileError(f"{folder / differing[0]}{more} differs from what was saved (its SHA-256 or size "
+                               f"does not match {MANIFEST}): changed or corrupted on disk; refusing to load")
+    if not found.has_manifest:
+        warnings.warn(LoraNBWarning(f"{folder} has no {MANIFEST} (saved by peft or an older lora_nb): its files "
+                                    "are loaded unchecked"), stacklevel=3)
 
 
 def _read_config(folder: Path):
@@ -204,15 +205,12 @@ def _prepare(model, config, name: str | None, session) -> tuple[str, Any]:
 
 
 def _inject(model, session, config, name: str):
-    """Add an empty adapter ``name``; returns (session, rollback)."""
-    from .attach import detach
-
+    """Add an empty adapter ``name``; returns the session."""
     if session is None:
-        session = inject(model, None, config, name)
-        return session, lambda: detach(model)
+        return inject(model, None, config, name)
     switch.unmerge_first(session)  # exactly; peft's add_adapter would unmerge by subtraction
     inject(model, session, config, name)
-    return session, lambda: session.peft.delete_adapter(name)
+    return session
 
 
 def _saved(folder: Path) -> dict:
@@ -266,17 +264,15 @@ def load(model: Any, path: str | os.PathLike, name: str | None = None, allow_pic
         raise _not_for(model, folder, str(exc)) from None
     if expected is not None and (problem := mismatch(tensors, expected)):
         raise _not_for(model, folder, problem)
+    check_files(folder)  # after the checks that say more (unreadable, NaN, misfit): a bit flip that passes them
     config.inference_mode = not trainable
-    session, rollback = _inject(model, session, config, name)
-    try:
+    with guarded(model):  # Ctrl-C held back; a failure half-way (or a misfit) leaves the model as it was
+        session = _inject(model, session, config, name)
         _fill(session, name, tensors, folder)
         switch.turn_on(session, name)
         if not trainable:  # peft makes the active adapter trainable; frozen was asked for
             session.peft.set_requires_grad(name, requires_grad=False)
-    except BaseException:
-        rollback()
-        raise
-    session.records[name] = _record(folder)
+        session.records[name] = _record(folder)
     session.notify("load")
     return name
 

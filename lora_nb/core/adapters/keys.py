@@ -9,10 +9,13 @@ dropped (``fc.lora_A.weight``; DoRA's ``lora_magnitude_vector.<name>.weight`` is
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
 from ...errors import preview
+from .. import registry
 from .status import adapter_named_parameters
 
 
@@ -37,8 +40,13 @@ def adapter_parameters_by_key(model: nn.Module, adapter: str) -> dict[str, nn.Pa
 
 
 def adapter_state_dict(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-    """``adapter``'s tensors keyed as in its file (without peft's ``base_model.model.`` prefix), on the CPU."""
-    return {k: p.detach().to("cpu").contiguous() for k, p in adapter_parameters_by_key(model, adapter).items()}
+    """A copy of ``adapter``'s tensors keyed as in its file (without peft's ``base_model.model.`` prefix), on the
+    CPU, taken at a step boundary of a run in progress: under the session's lock, which the training loop holds
+    while its optimizer writes the weights (so a save beside a run never mixes two steps)."""
+    session = registry.find(model)
+    with session.lock if session is not None else nullcontext():
+        return {k: p.detach().to("cpu", copy=True).contiguous()
+                for k, p in adapter_parameters_by_key(model, adapter).items()}
 
 
 def fill_adapter(model: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> str:

@@ -17,6 +17,7 @@ import torch
 from ...errors import AdapterError
 from .. import registry
 from . import switch
+from .atomic import guarded
 from .quantized import check_merge
 
 
@@ -59,17 +60,15 @@ def merge(model: Any, adapter: str | None = None, keep_base: bool = True, allow_
         raise AdapterError(f"adapter `{sorted(merged)[0]}` is already merged; unmerge it first "
                             "(`lora_nb.unmerge(model)`)")
     check_merge([layer for layer, _ in _merged_layers(session, adapter)], adapter, allow_rounding)  # 4/8-bit
-    switch.turn_on(session, adapter)
-    layers = _merged_layers(session, adapter)
-    saved = _backup(layers) if keep_base else None
-    try:
-        session.lora.merge_adapter(adapter_names=[adapter])
-    except ValueError as exc:  # peft refuses e.g. gptq-quantized or replicated layers
-        if saved is not None:
-            _restorer(session, saved)()
-        raise AdapterError(f"cannot merge `{adapter}`: {exc}") from None
-    if saved is not None:
-        session.merge_backup = _restorer(session, saved)
+    with guarded(session.model):  # Ctrl-C held back; a failure half-way unmerges exactly and switches back
+        switch.turn_on(session, adapter)
+        layers = _merged_layers(session, adapter)
+        if keep_base:  # in place before peft writes, so a merge cut short is undone from the exact copies
+            session.merge_backup = _restorer(session, _backup(layers))
+        try:
+            session.lora.merge_adapter(adapter_names=[adapter])
+        except ValueError as exc:  # peft refuses e.g. gptq-quantized or replicated layers
+            raise AdapterError(f"cannot merge `{adapter}`: {exc}") from None
     session.notify("merge")
     return adapter
 

@@ -60,11 +60,21 @@ class ModelStatus:
             line += f"; training: {self.training}"
         return line
 
+    def modules_line(self, groups: int = 8) -> str:
+        """The adapted modules, grouped by their last name with counts: ``modules: q_proj ×12, v_proj ×12``
+        (a module alone in its group by its whole name)."""
+        named: dict[str, list[str]] = {}
+        for target in self.targets:
+            named.setdefault(target.rpartition(".")[2], []).append(target)
+        parts = [f"{last} ×{len(full)}" if len(full) > 1 else full[0] for last, full in named.items()]
+        more = f", … ({len(parts) - groups} more)" if len(parts) > groups else ""
+        return f"modules: {', '.join(parts[:groups])}{more}" if parts else "modules: none"
+
     def __str__(self) -> str:
         rows = [self._HEAD, *self._rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
         table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
-        return "\n".join([self._summary(), table, *self.notes, "(* = active adapter)"])
+        return "\n".join([self._summary(), self.modules_line(), table, *self.notes, "(* = active adapter)"])
 
     def __repr__(self) -> str:
         return str(self)

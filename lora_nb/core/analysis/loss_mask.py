@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import DataError
+from ...markup import error_mark
 from ..kinds import check_tokenizer
 from ..training.data.chat import IGNORE, has_chat_template, is_chat_item, render, tokenize_item
 
@@ -259,7 +260,7 @@ def loss_mask_html(report: LossMaskReport) -> str:
     rows = "".join(f"<div style='margin:4px 0;font-family:monospace;font-size:12px;line-height:1.9'><b>row {i}</b> "
                    + "".join(token_html(p, t) for p, t in zip(pieces, trained)) + "</div>"
                    for i, (pieces, trained) in enumerate(report.shown))
-    marks = {True: "✓", False: "<b style='color:#c00'>✗</b>"}
+    marks = {True: "✓", False: error_mark()}
     checks = "".join(f"<div>{marks[c.ok]} {html.escape(c.line)}</div>" for c in report.checks)
     notes = "".join(f"<div>{html.escape(n)}</div>" for n in report.notes)
     return (f"<div><b>loss mask of {report.rows} rows</b> (max_length {report.max_length}) {legend}{rows}"

@@ -23,6 +23,7 @@ from ..adapters.options import AttachOptions, as_number
 from ..kinds import check_callable, check_tokenizer
 from ..training.callbacks import Callback
 from ..training.settings import TrainSettings
+from .progress import StepLines, lines_unless_watched
 from .short_runs import Recipe, ShortRun, short_run, split_options
 
 ARMS = ("lora", "full")
@@ -87,6 +88,19 @@ class SweepCallback(Callback):
 
     def on_result(self, result: Any) -> None:
         """Once, at the end (also after a stop: the result holds the runs that finished)."""
+
+
+class PointLines(SweepCallback, StepLines):
+    """Text progress of the short runs outside a notebook (``lr_sweep``, ``placement``): each run as it begins, a
+    progress line every few seconds while it trains, and its end."""
+
+    def __init__(self, labels: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.labels = labels or LABELS
+
+    def on_point_begin(self, arm: str, lr: float, index: int, total: int) -> None:
+        self.label = f"{self.labels.get(arm, arm)} at lr {lr:.3g}"
+        self.say(f"run {index + 1}/{total}: {self.label}")
 
 
 @dataclass
@@ -166,6 +180,7 @@ def lr_sweep(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = N
     and other ``TrainSettings`` (warmup, schedule, max_length, …) for every run. Each run starts from the
     model's base weights (a copy; the model, its adapters and flags stay exactly as they are). Blocks until done;
     a ``run.stop()`` from a callback, or Ctrl-C, ends the sweep after the current run with the runs so far.
+    ``callbacks``: None outside a notebook prints a line per run and progress while it trains; ``[]``: nothing.
     """
     model = registry.as_module(model)
     opts, extras = split_options(SweepOptions, options, "lr_sweep", "lrs=, steps=, batch_size=, seed=, device=")
@@ -175,7 +190,7 @@ def lr_sweep(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = N
                              spectra_every=0, **extras)
     lrs = parse_lrs(opts.lrs)
     lora = AttachOptions(r=opts.r, alpha=opts.alpha, targets=opts.targets)
-    recipe = Recipe(data, eval_data, tokenizer, loss_fn, settings, list(callbacks or []))
+    recipe = Recipe(data, eval_data, tokenizer, loss_fn, settings, lines_unless_watched(callbacks, PointLines))
     measure = "eval loss" if eval_data is not None else "train loss (last quarter of the steps)"
     result = LrSweepResult([], lrs, dict(steps=opts.steps, batch_size=opts.batch_size, r=opts.r, alpha=opts.alpha,
                                          targets=opts.targets, seed=opts.seed), measure)

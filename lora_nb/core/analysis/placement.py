@@ -24,7 +24,8 @@ from ..adapters.targets import resolve_targets
 from ..kinds import check_callable, check_tokenizer
 from ..training.callbacks import Callback
 from ..training.settings import TrainSettings
-from .lr_sweep import SweepCallback
+from .lr_sweep import PointLines, SweepCallback
+from .progress import lines_unless_watched
 from .short_runs import Recipe, ShortRun, short_run, split_options
 from .vs_full import base_copy
 
@@ -131,7 +132,7 @@ def placement(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = 
     ``options``: those of ``PlacementOptions`` (``r``, ``alpha``, ``lr``, ``steps``, ``batch_size``, ``seed``,
     ``device``) and other ``TrainSettings`` for both runs. The model is left exactly as it was (both adapters
     train copies of its base weights). A ``SweepCallback`` hears each run begin (``arm`` is "attention" or
-    "all") and end.
+    "all") and end; None outside a notebook prints a line per run and progress while it trains, ``[]`` nothing.
     """
     model = registry.as_module(model)
     opts, extras = split_options(PlacementOptions, options, "placement", "lr=, steps=, batch_size=, seed=, device=")
@@ -143,7 +144,8 @@ def placement(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = 
     ranks = {"all": opts.r, "attention": matched_rank(opts.r, sum(sizes.values()),
                                                       sum(sizes[n] for n in attention))}
     modules = {"attention": attention, "all": every}
-    recipe = Recipe(data, eval_data, tokenizer, loss_fn, settings, list(callbacks or []))
+    lines = lines_unless_watched(callbacks, lambda: PointLines(LABELS))
+    recipe = Recipe(data, eval_data, tokenizer, loss_fn, settings, lines)
     watchers = [cb for cb in recipe.callbacks if isinstance(cb, SweepCallback)]
     arms = {}
     for index, arm in enumerate(ARMS):

@@ -23,10 +23,12 @@ from ..adapters.attach import attach
 from ..adapters.options import AttachOptions
 from ..training.callbacks import Callback
 from ..training.data.batches import takes_model
+from ..training.data.forms import check_same_form
 from ..training.device import place_model, resolve_device
 from ..training.run import launch, prepare_run, trainable_parameters
 from ..training.settings import TrainSettings
-from .vs_full import Bare, base_copy, evaluate
+from .evaluation import Bare, evaluate
+from .vs_full import base_copy
 
 ADAPTER = "probe"  # the adapter's name on a LoRA copy
 
@@ -67,6 +69,9 @@ class Recipe:
     loss_fn: Any
     settings: TrainSettings
     callbacks: list[Callback] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_same_form(self.data, self.eval_data, self.loss_fn)  # one line before any run, not a TypeError after
 
 
 def short_run(model: nn.Module, recipe: Recipe, lr: float, lora: AttachOptions | None,

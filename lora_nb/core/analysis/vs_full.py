@@ -20,12 +20,11 @@ import dataclasses
 import gc
 import statistics
 import tempfile
-import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,18 +36,16 @@ from ..adapters.attach import attach, strip_lora
 from ..adapters.io import WEIGHTS, save
 from ..adapters.options import AttachOptions
 from ..training.callbacks import Callback
-from ..training.data.batches import count, takes_model, to_device
+from ..training.data.batches import takes_model
 from ..training.device import place_model, resolve_device
 from ..training.memory.budget import PeakMemory, trainable_state_bytes
-from ..training.precision import choose_precision
 from ..training.run import launch, prepare_run, trainable_parameters
 from ..training.settings import TrainSettings, check_training_options
 from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients
+from .evaluation import Bare, evaluate
+from .progress import StepLines, lines_unless_watched
 from .sweep import parse_sizes, subset
 from .vs_full_result import Arm, VsFullResult
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..training.run import TrainRun
 
 ARMS = ("lora", "full")
 ADAPTER = "vs_full"  # the adapter's name on the LoRA copy
@@ -56,29 +53,20 @@ _FIXED = {"steps", "epochs", "lr", "batch_size", "seed", "device"}  # set by vs_
 
 
 class VsFullCallback(Callback):
-    """A training callback that also hears which arm comes next and, at the end, the result."""
+    """A training callback that also hears what the comparison trains, which arm comes next and, at the end, the
+    result."""
+
+    def on_begin(self, plan: str) -> None:
+        """Once, before anything trains: ``plan`` says in one line what both arms train (``plan_line``)."""
+
+    def on_stage(self, text: str) -> None:
+        """Work between the arms' runs that takes a while (warm-up, directions), in a few words."""
 
     def on_arm_begin(self, arm: str, size: int | None) -> None:
         """Before an arm trains: ``arm`` is "lora" or "full"; ``size``: the sweep's training-set size, else None."""
 
     def on_result(self, result: VsFullResult) -> None:
         """Once, after every arm (and sweep point) was measured."""
-
-
-@dataclass(eq=False)
-class Bare:
-    """What ``launch`` needs of a session, for a model copy lora_nb does not manage (the full arm)."""
-
-    model: nn.Module
-    lock: Any = field(default_factory=threading.RLock)
-    run: TrainRun | None = None
-    last_train: Any = None
-
-    def ensure_idle(self, action: str) -> None:
-        """A private copy has no other run to wait for."""
-
-    def notify(self, what: str) -> None:
-        """Nobody watches a private copy."""
 
 
 def _help(cls: type, name: str) -> str:
@@ -98,7 +86,7 @@ class VsFullOptions:
     steps: int = field(default=200, metadata={"help": "optimizer steps per arm"})
     lr_lora: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the LoRA arm"})
     lr_full: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the full fine-tune"})
-    batch_size: int = field(default=32, metadata={"help": "samples per step"})
+    batch_size: int = field(default=8, metadata={"help": "samples per step (as for train)"})
     seed: int = field(default=0, metadata={"help": "seed for shuffling and LoRA's init (both arms see the same "
                                                    "batches)"})
     sizes: Any = field(default=None, metadata={"help": "training-set sizes for the data-size sweep, e.g. "
@@ -129,9 +117,10 @@ def vs_full(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = No
     ``lr_full`` (LoRA usually wants a larger learning rate); ``sizes`` for the data-size sweep (needs
     ``eval_data``), e.g. ``[25, 50, 100, 200]`` or ``"25,50,100,200"`` — and any other training setting
     of ``TrainSettings`` for both arms (grad_accum, warmup, schedule, weight_decay, …). ``callbacks``
-    watch every arm's run (``run.adapter`` is "lora" or "full"; a ``VsFullCallback`` also hears which
-    arm comes next and the result). Blocks until done; the model is not changed (both arms train deep
-    copies of its base weights).
+    watch every arm's run (``run.adapter`` is "lora" or "full"; a ``VsFullCallback`` also hears the plan,
+    which arm comes next and the result; None outside a notebook: text lines, ``[]``: nothing printed).
+    Blocks until done; the model is not changed (both arms train deep copies of its base weights, and the
+    LoRA arm a new adapter of its own, not one the model has).
     """
     model = registry.as_module(model)
     own = {f.name for f in fields(VsFullOptions)}
@@ -141,21 +130,52 @@ def vs_full(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = No
                 modules_to_save=opts.modules_to_save)
     common = dict(steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed, device=opts.device)
     shared = _share(data, eval_data, lora, common, extras, {"lora": opts.lr_lora, "full": opts.lr_full},
-                    tokenizer, loss_fn, callbacks)
+                    tokenizer, loss_fn, lines_unless_watched(callbacks, ArmLines))
     sizes = parse_sizes(opts.sizes, data, eval_data)
+    watchers = [cb for cb in shared.callbacks if isinstance(cb, VsFullCallback)]
+    for cb in watchers:
+        cb.on_begin(plan_line(model, shared, sizes))
+        cb.on_stage("warm-up: 2 unmeasured steps of each arm")
     _warm_up(model, shared, data)
     factors = FactorWatch(ADAPTER)
     arms = {"lora": _arm("lora", model, shared, data, checkpoint=True, watch=factors)}
     weights = WeightWatch(arms["lora"].targets)
     arms["full"] = _arm("full", model, shared, data, checkpoint=True, watch=weights)
+    for cb in watchers:
+        cb.on_stage(f"directions of both updates in {len(weights.names)} layers")
     directions = compare(factors, weights, _step0_gradients(model, shared, data, arms["lora"].targets))
     seed = shared.settings["lora"].seed or 0
     sweep = [_arm(arm, model, shared, subset(data, n, seed), size=n) for n in sizes for arm in ARMS]
     result = VsFullResult(arms["lora"], arms["full"], sweep, dict(shared.settings), shared.lora, directions)
-    for cb in shared.callbacks:
-        if isinstance(cb, VsFullCallback):
-            cb.on_result(result)
+    for cb in watchers:
+        cb.on_result(result)
     return result
+
+
+def plan_line(model: nn.Module, shared: _Shared, sizes: list[int]) -> str:
+    """What the comparison trains, in one line: a new LoRA adapter with its own settings, not the model's own."""
+    lora, s = shared.lora, shared.settings
+    session = registry.find(model)
+    own = session is not None and bool(session.records)
+    head = f", {lora.modules_to_save} in full" if lora.modules_to_save else ""
+    sweep = f"; then both again on {', '.join(map(str, sizes))} examples" if sizes else ""
+    return (f"vs-full: a new LoRA adapter (r={lora.r}, alpha {lora.alpha:g}, targets {lora.targets}{head}, "
+            f"lr {s['lora'].lr:g}) against full fine-tuning (lr {s['full'].lr:g}), each {s['lora'].steps} steps "
+            f"of batch {s['lora'].batch_size} from the same base weights"
+            + (" (the adapters attached to the model are not used)" if own else "") + sweep)
+
+
+class ArmLines(VsFullCallback, StepLines):
+    """Text progress of ``vs_full`` (a terminal, a script): the plan, each stage and arm, progress while it trains."""
+
+    def on_begin(self, plan: str) -> None:
+        self.say(plan)
+
+    def on_stage(self, text: str) -> None:
+        self.say(text)
+
+    def on_arm_begin(self, arm: str, size: int | None) -> None:
+        self.label = ("LoRA" if arm == "lora" else "full fine-tuning") + (f" on {size} examples" if size else "")
 
 
 def _share(data, eval_data, lora: dict, common: dict, extras: dict, lrs: dict, tokenizer, loss_fn,
@@ -281,44 +301,3 @@ def _checkpoint(arm: str, clone: nn.Module) -> tuple[str, int]:
             path = Path(folder) / "model.safetensors"
             save_model(clone, str(path))  # safetensors' save_file of the state_dict, tied weights once
         return path.name, path.stat().st_size
-
-
-def evaluate(model: nn.Module, data: Any, shared: _Shared, settings: TrainSettings,
-             device: torch.device) -> tuple[float, float | None]:
-    """Mean loss over one pass of ``data`` (eval mode, no gradients) and accuracy for classifiers (else None)."""
-    batches = prepare_run(Bare(model), data, None, shared.tokenizer, shared.loss_fn, settings, params=[]).batches
-    autocast = choose_precision(device, settings.precision).autocast()
-    total, seen, hits, judged = 0.0, 0, 0, 0
-    mode = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), autocast:
-            for batch in batches.loader:
-                n, _ = count(batch)
-                batch = to_device(batch, device)
-                total, seen = total + float(batches.loss(model, batch)) * n, seen + n
-                right = _hits(model, batch, shared.loss_fn)
-                hits, judged = hits + (right or 0), judged + (n if right is not None else 0)
-    finally:
-        model.train(mode)
-    return total / max(seen, 1), (hits / judged if judged and judged == seen else None)
-
-
-def _hits(model: nn.Module, batch: Any, loss_fn: Any) -> int | None:
-    """Correct argmax predictions of a classifier batch (integer class targets), else None."""
-    if takes_model(loss_fn):
-        return None
-    if isinstance(batch, Mapping):
-        target, call = batch.get("labels"), (lambda: model(**batch))
-    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
-        inputs, target = batch
-        call = (lambda: model(**inputs)) if isinstance(inputs, Mapping) else (lambda: model(inputs))
-    else:
-        return None
-    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.dim() != 1:
-        return None
-    out = call()
-    logits = getattr(out, "logits", out)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != len(target):
-        return None
-    return int((logits.argmax(-1) == target).sum())

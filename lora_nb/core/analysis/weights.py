@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...markup import code_spans
 from .. import registry
 from . import factors as F
 
@@ -73,11 +74,6 @@ def delta_fro(f: F.Factors) -> float:
     """‖ΔW‖_F exactly, from r × r Gram matrices: ‖B A‖²_F = tr((BᵀB)(AAᵀ))."""
     a, b = f.A.double(), f.B.double()
     return abs(f.scaling) * math.sqrt(max(float(((b.T @ b) * (a @ a.T)).sum()), 0.0))
-
-
-def code_spans(text: str) -> str:
-    """``text`` as HTML, its ```name``` spans as ``<code>`` (no literal backticks in a notebook)."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,13 @@ import torch
 from ...errors import OptionError
 from .. import registry
 from ..analysis.factors import layer_factors, lora_layers
-from .gguf_model import decode, encode, tensor_type, write_file
+from .gguf_model import decode, encode, gguf_name, tensor_type, write_file
 from .layout import Layout
 from .merged import check_exportable
-from .survival import Survival
+from .request import Job, Shipped, listing
+from .survival import Survival, share
+
+LORA_QUANTS = ("f32", "f16", "bf16", "q8_0")  # what llama.cpp's convert_lora_to_gguf.py writes
 
 
 def refusals(session: registry.Session, adapter: str) -> list[tuple[str, str]]:
@@ -41,10 +44,40 @@ def refusals(session: registry.Session, adapter: str) -> list[tuple[str, str]]:
 
 
 def _kept(a: torch.Tensor, b: torch.Tensor, written: list[torch.Tensor]) -> float:
-    """The share of B·A that the written (rounded) factors keep: ⟨B'A', BA⟩ / ‖BA‖²."""
-    delta, again = (b.double() @ a.double()), (written[1].double() @ written[0].double())
-    norm = float((delta ** 2).sum())
-    return 1.0 if norm == 0.0 else float((again * delta).sum()) / norm
+    """The share of B·A that the written (rounded) factors B'·A' reproduce along B·A (``survival.share``)."""
+    return share(written[1].double() @ written[0].double(), b.double() @ a.double())
+
+
+def _unnamed(session: registry.Session, adapter: str, layout: Layout) -> str | None:
+    """The first adapted module whose weight has no tensor in the GGUF model (None: all have one)."""
+    return next((name for name, _ in lora_layers(session, adapter) if layout.gguf_name(f"{name}.weight") is None), None)
+
+
+def _refuse(session: registry.Session, adapter: str, layout: Layout) -> None:
+    check_exportable(session, adapter)
+    problems = refusals(session, adapter)
+    if problems:
+        what, fix = problems[0]
+        raise OptionError(f"llama.cpp's LoRA format cannot hold {what}: {fix}")
+    name = _unnamed(session, adapter, layout)
+    if name is not None:
+        raise OptionError(f"`{name}` has no tensor in the GGUF model (tied to the embedding?); "
+                          "export `gguf` (merged) instead")
+
+
+def check(job: Job) -> None:
+    """Everything a GGUF LoRA needs, before anything is written (``job.layout`` is set here)."""
+    job.layout = Layout.of(job.session.model)
+    _refuse(job.session, job.adapter, job.layout)
+
+
+def write(job: Job, staging: Path) -> Shipped:
+    """The adapter alone as a llama.cpp LoRA file, written into ``staging``."""
+    assert job.quant is not None
+    name = gguf_name(job.quant, "adapter")
+    survival = write_gguf_lora(job.model, staging / name, job.quant, job.adapter, job.layout)
+    notes = [f"use with: llama-cli -m <base model>.gguf --lora {job.target / name}"]
+    return Shipped(job.target, job.format.name, job.quant, listing(staging), 0.0, survival, notes, name)
 
 
 def write_gguf_lora(model: Any, target: Path, quant: str, adapter: str | None = None,
@@ -55,16 +88,12 @@ def write_gguf_lora(model: Any, target: Path, quant: str, adapter: str | None = 
 
     session = registry.require(model)
     adapter = session.check_adapter(adapter) if adapter else session.active
-    check_exportable(session, adapter)
-    if quant == "q4_0":
-        raise OptionError("a GGUF LoRA is written f32, f16, bf16 or q8_0 (as llama.cpp's converter offers)")
-    problems = refusals(session, adapter)
-    if problems:
-        what, fix = problems[0]
-        raise OptionError(f"llama.cpp's LoRA format cannot hold {what}: {fix}")
+    if quant not in LORA_QUANTS:
+        raise OptionError(f"a GGUF LoRA is written {', '.join(LORA_QUANTS)} (as llama.cpp's converter offers)")
     layout = layout or Layout.of(session.model)
+    _refuse(session, adapter, layout)
     alpha = float(session.peft.peft_config[adapter].lora_alpha)
-    writer = gguf.GGUFWriter(target.with_name(f".{target.name}.part"), layout.arch)
+    writer = gguf.GGUFWriter(None, layout.arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
@@ -74,9 +103,7 @@ def write_gguf_lora(model: Any, target: Path, quant: str, adapter: str | None = 
             f = layer_factors(name, layer, adapter)
             key = f"{name}.weight"
             base = layout.gguf_name(key)
-            if base is None:
-                raise OptionError(f"`{name}` has no tensor in the GGUF model (tied to the embedding?); "
-                                  "export `gguf` (merged) instead")
+            assert base is not None  # refused above
             b = layout.lora_b(key, f.B.float()) * (f.scaling * f.r / alpha)  # llama.cpp applies alpha / r
             written = []
             for suffix, data in ((".lora_a", f.A.float()), (".lora_b", b)):

@@ -9,7 +9,7 @@ weights take the asked type; a row length the quantizer's block does not divide 
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,10 @@ import torch
 
 from ...errors import OptionError
 from .layout import Layout
-from .merged import Merged
+from .merged import Merged, check_exportable, merge_aside, state_keys
+from .request import Job, Shipped, listing
 from .survival import Survival, kept
-from .vocab import add_tokenizer
+from .vocab import add_tokenizer, check_vocabulary, modelfile
 
 QUANTS = ("f16", "bf16", "q8_0", "q4_0", "f32")
 _KEEP_Q8 = ("token_embd.weight", "output.weight")
@@ -86,12 +87,33 @@ def file_type(quant: str) -> Any:
 
 
 def write_file(writer: Any, target: Path) -> None:
-    """Write ``writer``'s header, metadata and tensors beside ``target``, then move the file into place."""
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(writer.path, target)
+    """Write ``writer``'s header, metadata and tensors to ``target``; the file is closed on every path (a failed
+    write included), so nothing stays open in the process."""
+    try:
+        writer.write_header_to_file(path=target)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except OSError as exc:
+        if exc.errno is not None:
+            raise
+        # numpy's tofile reports a short write without the system's reason
+        raise OSError(f"{target.name}: a short write; the disk is full or a file-size limit was reached "
+                      f"({exc})") from None
+    finally:
+        close(writer)
+
+
+def close(writer: Any) -> None:
+    """Close every file ``writer`` holds, even when flushing one fails (a full disk); the first failure is raised."""
+    handles, writer.fout = writer.fout or [], None
+    failure = None
+    for handle in handles:
+        try:
+            handle.close()  # a failed flush still closes the descriptor
+        except OSError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def _tensors(merged: Merged, layout: Layout, quant: str) -> tuple[list[tuple[str, np.ndarray, Any]], Survival]:
@@ -111,8 +133,9 @@ def _tensors(merged: Merged, layout: Layout, quant: str) -> tuple[list[tuple[str
     return out, survival
 
 
-def _check_names(merged: Merged, layout: Layout) -> None:
-    lost = [k for k in merged.state if layout.gguf_name(k) is None and k != "lm_head.weight"
+def check_names(keys: Iterable[str], layout: Layout) -> None:
+    """Refuse a model with tensors (state-dict ``keys``) that have no GGUF name."""
+    lost = [k for k in keys if layout.gguf_name(k) is None and k != "lm_head.weight"
             and not k.endswith(("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias"))]
     if lost:
         raise OptionError(f"{len(lost)} tensor(s) have no GGUF name (e.g. `{lost[0]}`); export `merged` and convert "
@@ -126,9 +149,9 @@ def write_gguf(merged: Merged, layout: Layout, target: Path, quant: str, tokeniz
 
     if tokenizer is None:
         raise OptionError("a GGUF file carries its tokenizer: pass the one the model uses (--tokenizer VAR)")
-    _check_names(merged, layout)
+    check_names(merged.state, layout)
     tensors, survival = _tensors(merged, layout, quant)
-    writer = gguf.GGUFWriter(target.with_name(f".{target.name}.part"), layout.arch)
+    writer = gguf.GGUFWriter(None, layout.arch)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     layout.write_hparams(writer)
@@ -138,4 +161,29 @@ def write_gguf(merged: Merged, layout: Layout, target: Path, quant: str, tokeniz
     for tensor_name, data, kind in tensors:
         writer.add_tensor(tensor_name, data, raw_dtype=kind)
     write_file(writer, target)
-    return survival, notes
+    return survival, notes + layout.notes()
+
+
+def gguf_name(quant: str, what: str = "model") -> str:
+    return f"{what}-{quant}.gguf"
+
+
+def check(job: Job) -> None:
+    """Everything a GGUF model export needs, before anything is written (``job.layout`` is set here)."""
+    check_exportable(job.session, job.adapter)
+    job.layout = Layout.of(job.session.model)
+    check_names(state_keys(job.session.model, job.adapter), job.layout)
+    check_vocabulary(job.tokenizer)
+
+
+def write(job: Job, staging: Path) -> Shipped:
+    """The merged model as one GGUF file and an Ollama ``Modelfile``, written into ``staging``."""
+    assert job.layout is not None and job.quant is not None
+    merged = merge_aside(job.model, job.adapter)
+    name = gguf_name(job.quant)
+    model = merged.model
+    survival, notes = write_gguf(merged, job.layout, staging / name, job.quant, job.tokenizer,
+                                 getattr(model, "name_or_path", "") or type(model).__name__)
+    (staging / "Modelfile").write_text(modelfile(name, job.tokenizer))
+    notes.append(f"Ollama: cd {job.target} && ollama create my-model -f Modelfile")
+    return Shipped(job.target, job.format.name, job.quant, listing(staging), 0.0, survival, notes, name)

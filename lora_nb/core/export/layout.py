@@ -6,6 +6,13 @@ biases) are permuted from Hugging Face's rotate-half rotary layout to GGML's int
 ``W.reshape(n, 2, rows // n // 2, …).swapaxes(1, 2)`` with n = the head count for q and the KV-head count for k;
 GPT-2's ``Conv1D`` weights are stored transposed (``in × out``) and are written ``out × in``. A GGUF LoRA permutes
 only B's rows the same way (``convert_lora_to_gguf.py``), since (P·B)·A = P·(B·A).
+
+GPT-2 and transformers' GGUF loader (``integrations/ggml.py``, transformers 5.x): it maps ``gpt2.context_length`` to
+``n_ctx``, which ``GPT2Config`` does not read, and ``gpt2.feed_forward_length`` to an attribute nothing reads, so it
+builds every GGUF GPT-2 with 1024 positions and a feed-forward width of 4 · n_embd. A GPT-2 with fewer positions is
+written with its position embeddings padded with zero rows to 1024 (``context_length`` 1024, so llama.cpp, which
+reads the rows from ``context_length``, loads it too; the export says which positions were never trained); more
+than 1024 positions, or another feed-forward width, is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from ...errors import OptionError
 
 _GPT2_TRANSPOSED = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 ARCHES = ("llama", "gpt2")  # model_type values written here
+GPT2_POSITIONS = 1024  # the positions transformers' GGUF loader gives every GPT-2
+_GPT2_POSITION_KEY = "transformer.wpe.weight"
 
 
 def permute_rows(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -30,6 +39,16 @@ def _rope_theta(config: Any) -> float:
     theta = getattr(config, "rope_theta", None)
     params = getattr(config, "rope_parameters", None) or {}
     return float(theta if theta is not None else params.get("rope_theta", 10000.0))
+
+
+def _check_gpt2(config: Any) -> None:
+    fix = "export `merged` and convert that folder with llama.cpp's convert_hf_to_gguf.py"
+    if config.n_positions > GPT2_POSITIONS:
+        raise OptionError(f"this GPT-2 has {config.n_positions} positions; transformers reads a GGUF GPT-2 as "
+                          f"{GPT2_POSITIONS}, so the file would not load back: {fix}")
+    if config.n_inner not in (None, 4 * config.n_embd):
+        raise OptionError(f"this GPT-2's feed-forward width is {config.n_inner}; transformers reads a GGUF GPT-2's "
+                          f"as 4 × n_embd = {4 * config.n_embd}, so the file would not load back: {fix}")
 
 
 def _check_rope(config: Any) -> None:
@@ -62,9 +81,17 @@ class Layout:
             raise OptionError(f"GGUF export knows {' and '.join(ARCHES)} models, not "
                               f"`{kind or type(model).__name__}`; export `merged` and convert that folder with "
                               "llama.cpp's convert_hf_to_gguf.py")
-        if kind == "llama":
-            _check_rope(config)
+        (_check_rope if kind == "llama" else _check_gpt2)(config)
         return cls(kind, config, permute)
+
+    def notes(self) -> list[str]:
+        """What the file holds differently from the model, for the export's report."""
+        positions = getattr(self.config, "n_positions", GPT2_POSITIONS)
+        if self.arch != "gpt2" or positions == GPT2_POSITIONS:
+            return []
+        return [f"the model's {positions} position embeddings are padded with zero rows to {GPT2_POSITIONS} (what "
+                f"transformers' GGUF loader and the file's context length expect): positions from {positions} on "
+                "were never trained, keep inputs shorter"]
 
     def gguf_name(self, key: str) -> str | None:
         """The GGUF tensor name of state-dict ``key`` (None: not part of the file, e.g. a tied lm_head)."""
@@ -90,6 +117,8 @@ class Layout:
             return permute_rows(t, heads)
         if self.arch == "gpt2" and key.endswith(_GPT2_TRANSPOSED):
             return t.T
+        if self.arch == "gpt2" and key == _GPT2_POSITION_KEY and t.shape[0] < GPT2_POSITIONS:
+            return torch.cat([t, t.new_zeros(GPT2_POSITIONS - t.shape[0], *t.shape[1:])])
         return t
 
     def lora_b(self, key: str, b: torch.Tensor) -> torch.Tensor:
@@ -100,7 +129,7 @@ class Layout:
     def write_hparams(self, writer: Any) -> None:
         c = self.config
         if self.arch == "gpt2":
-            writer.add_context_length(c.n_positions)
+            writer.add_context_length(GPT2_POSITIONS)  # the rows written (see ``to_file``)
             writer.add_embedding_length(c.n_embd)
             writer.add_feed_forward_length(c.n_inner or 4 * c.n_embd)
             writer.add_block_count(c.n_layer)

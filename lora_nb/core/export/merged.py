@@ -21,6 +21,8 @@ from ...errors import AdapterError
 from .. import registry
 from ..adapters import quantized
 from ..analysis.factors import base_matrix, layer_factors, lora_layers
+from .request import Job, Shipped, listing
+from .survival import Survival, cast_rounding, kept
 
 
 @dataclass
@@ -107,24 +109,44 @@ def export_dtype(model: nn.Module) -> torch.dtype:
     return counts.most_common(1)[0][0] if counts else torch.float32
 
 
-def plain_state(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-    """The model's state under its own names: LoRA tensors dropped, ``modules_to_save.<adapter>`` copies in place
-    of the originals, 4/8-bit weights dequantized (their quantization state dropped)."""
+def _renamed(model: nn.Module, adapter: str) -> dict[str, str]:
+    """``{export key: state-dict key}``: LoRA tensors dropped, ``modules_to_save.<adapter>`` copies in place of the
+    originals, peft's wrappers out of the names."""
     originals, trained = {}, {}
-    for key, value in model.state_dict().items():
+    for key in model.state_dict():
         parts = key.split(".")
         if any(p.startswith("lora_") for p in parts):
             continue
         if "modules_to_save" in parts:
             i = parts.index("modules_to_save")
             if parts[i + 1] == adapter:
-                trained[".".join(parts[:i] + parts[i + 2:])] = value
+                trained[".".join(parts[:i] + parts[i + 2:])] = key
             continue
-        originals[".".join(p for p in parts if p not in ("base_layer", "original_module"))] = value
-    state = {**originals, **trained}
+        originals[".".join(p for p in parts if p not in ("base_layer", "original_module"))] = key
+    return {**originals, **trained}
+
+
+def _quantized_keys(keys: list[str], name: str) -> list[str]:
+    return [k for k in keys if k.startswith((f"{name}.weight.", f"{name}.SCB", f"{name}.weight_format"))]
+
+
+def state_keys(model: nn.Module, adapter: str) -> list[str]:
+    """The names ``plain_state`` gives the model's tensors, read without touching a tensor (for checks)."""
+    keys = list(_renamed(model, adapter))
+    for name in _quantized_names(model):
+        dropped = set(_quantized_keys(keys, name))
+        keys = [k for k in keys if k not in dropped] + [f"{name}.weight"]
+    return list(dict.fromkeys(keys))
+
+
+def plain_state(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """The model's state under its own names: LoRA tensors dropped, ``modules_to_save.<adapter>`` copies in place
+    of the originals, 4/8-bit weights dequantized (their quantization state dropped)."""
+    values = model.state_dict()
+    state = {new: values[old] for new, old in _renamed(model, adapter).items()}
     for name in _quantized_names(model):
         module = model.get_submodule(name) if name else model
-        for key in [k for k in state if k.startswith((f"{name}.weight.", f"{name}.SCB", f"{name}.weight_format"))]:
+        for key in _quantized_keys(list(state), name):
             del state[key]
         state[f"{name}.weight"] = quantized.dequantized(module).cpu()
     return state
@@ -166,4 +188,21 @@ def write_merged(merged: Merged, folder: Path, tokenizer: Any = None) -> list[st
         save_file({k: v.contiguous() for k, v in merged.state.items()}, str(folder / "model.safetensors"))
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(folder))
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    return listing(folder)
+
+
+def check(job: Job) -> None:
+    """What a merged folder cannot represent, refused before anything is written."""
+    check_exportable(job.session, job.adapter)
+
+
+def write(job: Job, staging: Path) -> Shipped:
+    """The merged model as a transformers folder, written into ``staging``; how much of ΔW its dtype keeps."""
+    merged = merge_aside(job.model, job.adapter)
+    files = write_merged(merged, staging, job.tokenizer)
+    survival = Survival(str(merged.dtype).removeprefix("torch."))
+    for a in merged.adapted:
+        survival.modules[a.name] = kept(a.base, a.delta, cast_rounding(merged.dtype))
+    notes = [] if job.tokenizer is not None else [
+        "no tokenizer given (--tokenizer VAR): the folder holds the model only"]
+    return Shipped(job.target, job.format.name, None, files, 0.0, survival, notes)

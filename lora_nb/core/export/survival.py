@@ -1,12 +1,16 @@
-"""Did the fine-tune survive the export? Per module, the share of ΔW still there after rounding/quantization.
+"""Did the fine-tune survive the export? Per module, the share of ΔW the written numbers reproduce.
 
-kept = ⟨Q(W + ΔW) − Q(W), ΔW⟩ / ‖ΔW‖², with Q the export's rounding (a dtype cast, or a GGUF quantizer and its
-dequantizer, applied in the layout the file stores). 1 means the written update equals ΔW; 0 means the exported
-model is indistinguishable from the exported base along ΔW. Both models go through the same Q, so what is measured
-is the update's own loss, not the base's rounding. Where W sits off Q's grid (a float32 W quantized to q8_0) W
-dithers the rounding: the expected reading stays near 1 even for updates below one grid step, and rounding noise
-moves it a little either way (also above 1). Where W is on the grid (a bf16 base merged back into bf16) an update
-below half a step rounds away entirely and the reading drops towards 0.
+The update the file holds is Q(W + ΔW) − Q(W), with Q the export's rounding (a dtype cast, or a GGUF quantizer and
+its dequantizer, applied in the layout the file stores); both models go through the same Q, so what is measured is
+the update's own loss, not the base's rounding. Its component along ΔW is g·ΔW with g = ⟨Q(W + ΔW) − Q(W), ΔW⟩ /
+‖ΔW‖² (the gain along ΔW), and kept = 1 − |1 − g|: the share of ΔW reproduced along its own direction, where a
+shortfall and an overshoot count alike (g = 1.009 keeps 99.1 %, not 100.9 %: rounding noise that adds to ΔW is not
+more of the fine-tune), floored at 0 (g ≤ 0 or ≥ 2: nothing of ΔW is there). 1 means the written update equals ΔW
+along ΔW; 0 means the exported model is indistinguishable from the exported base along ΔW. Where W sits off Q's grid
+(a float32 W quantized to q8_0) W dithers the rounding: g stays near 1 even for updates below one grid step, and
+rounding noise moves it a little either way. Where W is on the grid (a bf16 base merged back into bf16) an update
+below half a step rounds away entirely and the reading drops towards 0. The rounding noise orthogonal to ΔW is the
+same dither the exported base carries; it is not counted here.
 """
 
 from __future__ import annotations
@@ -22,13 +26,22 @@ from ...errors import LoraNBWarning
 ERASED = 0.5  # a module keeping less than this share of ΔW counts as erased
 
 
-def kept(base: torch.Tensor, delta: torch.Tensor, rounding: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    """The share of ``delta`` that survives ``rounding`` applied to ``base + delta`` and to ``base`` alike."""
-    norm = float((delta.double() ** 2).sum())
+def share(written: torch.Tensor, delta: torch.Tensor) -> float:
+    """The share of ``delta`` that ``written`` reproduces along ``delta``: 1 − |1 − ⟨written, delta⟩ / ‖delta‖²|,
+    floored at 0 (1 when ``delta`` is zero)."""
+    delta = delta.double()
+    norm = float((delta ** 2).sum())
     if norm == 0.0:
         return 1.0
-    moved = rounding(base + delta).double() - rounding(base).double()
-    return float((moved * delta.double()).sum()) / norm
+    gain = float((written.double() * delta).sum()) / norm
+    return max(0.0, 1.0 - abs(1.0 - gain))
+
+
+def kept(base: torch.Tensor, delta: torch.Tensor, rounding: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """The share of ``delta`` that survives ``rounding`` applied to ``base + delta`` and to ``base`` alike."""
+    if float((delta.double() ** 2).sum()) == 0.0:
+        return 1.0
+    return share(rounding(base + delta).double() - rounding(base).double(), delta)
 
 
 @dataclass

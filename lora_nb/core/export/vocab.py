@@ -29,6 +29,11 @@ def _backend(tokenizer: Any) -> dict:
     return spec
 
 
+def check_vocabulary(tokenizer: Any) -> None:
+    """Refuse a tokenizer whose vocabulary a GGUF file cannot carry (before anything is written)."""
+    _backend(tokenizer)
+
+
 def pre_tokenizer_name(spec: dict) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenizer (``default`` when it is none of the two known ones)."""
     pre = spec.get("pre_tokenizer") or {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import math
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,75 +20,52 @@ from .data.batches import Batches, count, positions, supervised_tokens, to_devic
 from .data.head_loss import decoder_and_head
 from .data.pieces import cpu_overhead, pieces, splittable
 from .data.position import DataPosition
+from .lifecycle import KEPT, Events, Lifecycle, is_oom
+from .longrun.checkpoint_files import optimizer_from_files, optimizer_to_files
 from .memory.budget import process_rss_mb
-from .optimizer import group_scales, make_optimizer
+from .optimizer import group_scales, lr_factor, make_optimizer
 from .precision import Precision
+from .rng import rng_state, set_rng_state
+from .undo import forget_undone
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..types import RunState, SessionLike
     from .run import TrainRun
-
-KEPT = "the adapter keeps what it learned"
 
 
 class NonFinite(Exception):
     """The loss or gradient norm of a step was NaN or infinite (policy: the run fails)."""
 
 
-def is_oom(exc: BaseException) -> bool:
-    """True for an out-of-memory error from CUDA, MPS or the CPU allocator."""
-    return isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
 class Loop:
-    """One run's mechanics; ``Loop(run, ...)()`` trains until done, stopped or failed."""
+    """One run's mechanics, the ``RunSource`` of its ``Lifecycle``: ``Loop(run, ...)()`` trains until done, stopped
+    or failed; ``state_dict`` / ``load_state_dict`` carry everything a resumed run needs of it."""
 
-    def __init__(self, run: TrainRun, session: Any, batches: Batches, eval_batches: Batches | None,
+    def __init__(self, run: TrainRun, session: SessionLike, batches: Batches, eval_batches: Batches | None,
                  params: list[torch.nn.Parameter], precision: Precision) -> None:
         self.run, self.session, self.batches, self.eval_batches = run, session, batches, eval_batches
         self.params, self.settings = params, run.settings
-        self.precision = precision
-        self.autocast = precision.autocast  # a factory: ``with self.autocast(): ...``
+        self.precision, self.autocast = precision, precision.autocast  # autocast: ``with self.autocast(): ...``
         self.scaler = precision.scaler()  # fp16: scales the loss, skips steps whose gradients overflow
         self.skipped_steps = 0  # steps the scaler skipped (restored from a checkpoint on resume)
-        self.model = session.model
+        self.model: torch.nn.Module = session.model
         self.phase = "setup"
         self.dirty = False  # True between the pre-step copy and the end of optimizer.step()
-        self.iterator = None
-        self.batches_seen = 0
-        self.supervised = 0  # loss-bearing tokens trained on so far
+        self.iterator: Any = None  # the data loader's iterator of the current epoch
+        self.opt: Any = None  # AdamW while the run trains (``setup`` to ``cleanup``)
+        self.modes: dict[torch.nn.Module, bool] = {}  # the model's train/eval modes and flags before the run
+        self.flags: dict[torch.nn.Parameter, bool] = {}
+        self.started = time.perf_counter()  # the run's clock (moved back on resume: ``load_state_dict``)
+        self.batches_seen, self.supervised = 0, 0  # batches drawn and loss-bearing tokens trained on so far
         self.position = DataPosition(batches.loader)  # epoch and batches drawn, for checkpoints
         self.loss_phase = "loss_fn" if run.custom_loss else "model forward"
-        self._rss_at = -1.0
+        self._rss_at, self._rss = -1.0, 0.0  # when the process RSS was last sampled, and its value
         self.step_positions: int | None = None
-        self._rss = 0.0
         self.piece_overhead: int | None = None  # set when the run's batches run in pieces of similar length
 
-    # -- lifecycle -------------------------------------------------------------------------------
+    # -- lifecycle (lifecycle.py drives it: setup, events, outcome or describe, cleanup) ----------------------------
     def __call__(self) -> None:
-        run = self.run
-        state, message = "finished", ""
-        try:
-            self.setup()
-            self.callbacks("on_train_begin", run.begin())  # a callback added later gets it from add_callback
-            self.train()
-            if run.step < run.max_steps:
-                state, message = "stopped", (getattr(run, "stop_reason", "")
-                                             or f"stopped at step {run.step}/{run.max_steps}; {KEPT}")
-        except KeyboardInterrupt:
-            state, message = "stopped", f"interrupted at step {run.step}/{run.max_steps}; {KEPT}"
-        except BaseException as exc:  # every failure ends the run; the kernel lives on
-            state, message = "failed", self.describe(exc)
-            run.error, run.traceback = exc, traceback.format_exc()
-            if is_oom(exc):
-                traceback.clear_frames(exc.__traceback__)  # frames hold the step's activations
-        finally:
-            self.cleanup(release=state == "failed")
-        run.finish(state, message)
-        try:
-            self.callbacks("on_train_end", run.end())
-        finally:
-            run.mark_ended()
+        Lifecycle(self.run, self)()
 
     def setup(self) -> None:
         model, ids = self.model, {id(p) for p in self.params}
@@ -105,28 +81,35 @@ class Loop:
         self.backup = [v.clone() for v in self.values]
         self.started = time.perf_counter()
 
-    def cleanup(self, release: bool) -> None:
-        """Undo a half-done step, drop gradients and optimizer state, restore modes and flags."""
+    def outcome(self) -> tuple[RunState, str]:
+        run = self.run
+        if run.step < run.max_steps:
+            return "stopped", run.stop_reason or f"stopped at step {run.step}/{run.max_steps}; {KEPT}"
+        return "finished", ""
+
+    def cleanup(self, failed: bool) -> None:
+        """Undo a half-done step, drop gradients and optimizer state, restore modes and flags (``failed``: and
+        release the memory the failure left)."""
         if self.dirty:
             self.restore_backup()
             self.dirty = False
         for p in self.params:
             p.grad = None
         self.opt = None
-        for p, flag in getattr(self, "flags", {}).items():
+        for p, flag in self.flags.items():
             p.requires_grad_(flag)
-        for m, mode in getattr(self, "modes", {}).items():
+        for m, mode in self.modes.items():
             m.training = mode
         self.iterator = None
-        if release:
+        if failed:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def describe(self, exc: BaseException) -> str:
-        """One line saying how the run failed and what to do."""
-        s = self.settings
-        step = self.run.step + (0 if self.phase.startswith(("callback", "evaluation")) else 1)
+    def describe(self, exc: BaseException, hook: str | None = None) -> str:
+        """One line saying how the run failed and what to do (``hook``: the callback that raised it)."""
+        s, phase = self.settings, hook or self.phase
+        step = getattr(exc, "step", None) or self.run.step + (0 if phase.startswith(("callback", "evaluation")) else 1)
         if isinstance(exc, NonFinite):
             return f"{exc} at step {step}; lower the learning rate (lr={s.lr:g}) or check the data for NaN/inf"
         if is_oom(exc):
@@ -135,7 +118,7 @@ class Loop:
                     f"released; try batch_size={smaller} with grad_accum={s.grad_accum * 2} (same effective batch)")
         if isinstance(exc, LoraNBError):
             return str(exc)
-        return f"{type(exc).__name__} in {self.phase} at step {step}: {first_line(exc)}"
+        return f"{type(exc).__name__} in {phase} at step {step}: {first_line(exc)}"
 
     # -- steps -----------------------------------------------------------------------------------
     def split_batches(self) -> int | None:
@@ -147,51 +130,52 @@ class Loop:
             return cpu_overhead()
         return None
 
-    def train(self) -> None:
-        run, every = self.run, self.settings.eval_every
+    def events(self) -> Events:
+        """Steps (and evaluations every ``eval_every`` steps) until the last step or a stop; held while paused."""
+        run, every = self.run, self.settings.eval_every or 1
         self.piece_overhead = self.split_batches()
         while run.step < run.max_steps and not run.stop_requested:
-            self.wait_if_paused()
+            run.hold_while_paused()
             if run.stop_requested:
                 break
-            record = self.step()
-            run.history.append(record)
-            self.callbacks("on_step_end", None, record)
+            yield "step", self.step()  # the lifecycle records it in run.history and calls on_step_end
             if self.eval_batches is not None and (run.step % every == 0 or run.step == run.max_steps):
-                record = self.evaluate()
-                run.evals.append(record)
-                self.callbacks("on_evaluate", None, record)
-
-    def wait_if_paused(self) -> None:
-        self.run.hold_while_paused()
+                yield "eval", self.evaluate()
 
     def step(self) -> dict:
         """One optimizer step (``grad_accum`` micro-batches) and its record."""
         s, run = self.settings, self.run
         t0 = time.perf_counter()
-        lr = s.lr * self.lr_factor(run.step)
+        self.phase = "learning rate"
+        lr = s.lr * lr_factor(s, run.step, run.max_steps)
         for group, scale in zip(self.opt.param_groups, self.lr_scales):
             group["lr"] = lr * scale
-        total, samples, tokens, width = None, 0, 0, 0
+        total: torch.Tensor | None = None
+        samples, tokens, width = 0, 0, 0
         for _ in range(s.grad_accum):
             loss, n, t, w = self.micro_step()
             total = loss if total is None else total + loss
             samples, tokens, width = samples + n, tokens + (t or 0), width + (w or 0)
+        assert total is not None, "grad_accum ≥ 1"
         self.phase = "gradient clipping"
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm or math.inf)
         loss_value, norm_value = torch.stack([total.float() / s.grad_accum, norm.float()]).tolist()  # one sync
         if not math.isfinite(loss_value):  # divergence, with or without a scaler
+            diverged = NonFinite(f"loss became {loss_value} (run failed; the adapter was restored to its weights "
+                                 "before the last update)")
+            diverged.step = run.step + 1  # type: ignore[attr-defined]  # counted before the undone step goes
             self.restore_backup()
-            raise NonFinite(f"loss became {loss_value} (run failed; the adapter was restored to its weights "
-                            "before the last update)")
+            forget_undone(run, getattr(self, "backup_step", run.step))  # the history matches the weights restored
+            raise diverged
         skipped = not math.isfinite(norm_value)
         if skipped and self.scaler is None:
             raise NonFinite(f"gradient norm became {norm_value} (run failed; this update was not applied)")
         self.phase = "optimizer step"
         with self.session.lock:
             torch._foreach_copy_(self.backup, self.values)
+            self.backup_step = run.step  # the copy holds the weights after this many steps
             self.dirty = True
             self.optimizer_step()
             self.dirty = False
@@ -225,15 +209,15 @@ class Loop:
         self.supervised += supervised_tokens(batch)
         if self.piece_overhead is not None and splittable(batch):
             parts = pieces(batch, self.piece_overhead)
-            tokens = sum(count(part)[1] for part, _ in parts)
+            tokens = sum(count(part)[1] or 0 for part, _ in parts)
         else:
             parts = [(batch, 1.0)]
-        widths = [positions(part) for part, _ in parts]
-        width = None if None in widths else sum(widths)
-        total = None
-        for part, weight in parts:
-            loss = self.backward(to_device(part, self.run.device), weight)
-            total = loss if total is None else total + loss
+        widths = [w for w in (positions(part) for part, _ in parts) if w is not None]
+        width = sum(widths) if len(widths) == len(parts) else None
+        losses = [self.backward(to_device(part, self.run.device), weight) for part, weight in parts]
+        total = losses[0]
+        for loss in losses[1:]:
+            total = total + loss
         return total, samples, tokens, width
 
     def backward(self, batch: Any, weight: float) -> torch.Tensor:
@@ -281,26 +265,16 @@ class Loop:
         with self.session.lock, torch.no_grad():
             torch._foreach_copy_(self.values, self.backup)
 
-    def lr_factor(self, step: int) -> float:
-        """Warmup then cosine / linear decay (or constant) at optimizer step ``step`` (0-based)."""
-        s, total = self.settings, self.run.max_steps
-        warm = s.warmup_steps(total)
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        if s.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress if s.schedule == "linear" else 1.0
-
     def evaluate(self) -> dict:
         self.phase = "evaluation"
-        total, seen = 0.0, 0
+        total, seen, batches = 0.0, 0, self.eval_batches
+        assert batches is not None, "evaluations come only with eval batches"
         self.model.eval()
         try:
             with torch.no_grad(), self.autocast():
-                for batch in self.eval_batches.loader:
+                for batch in batches.loader:
                     n, _ = count(batch)
-                    loss = self.eval_batches.loss(self.model, to_device(batch, self.run.device))
+                    loss = batches.loss(self.model, to_device(batch, self.run.device))
                     total, seen = total + float(loss) * n, seen + n
         finally:
             self.model.train()
@@ -316,8 +290,33 @@ class Loop:
             self._rss_at, self._rss = now, process_rss_mb()
         return self._rss
 
-    def callbacks(self, hook: str, which: tuple | None, *args: Any) -> None:
-        """Call ``hook`` on ``which`` callbacks (default: the run's current ones); a failing view is detached."""
-        for cb in which if which is not None else tuple(self.run.callbacks):
-            self.phase = f"callback {type(cb).__name__}.{hook}"
-            self.run.call_hook(cb, hook, *args)
+    # -- what a resumed run needs ----------------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything a resumed run needs of this loop, as tensors (for safetensors) and JSON: AdamW's state, an
+        fp16 run's scaler and the steps it skipped, the supervised tokens and batches seen, the data position,
+        the run's clock and every RNG state."""
+        opt_tensors, opt_meta = optimizer_to_files(self.opt)
+        data_tensors, data_meta = self.position.to_files()
+        rng_tensors, rng_meta = rng_state()
+        meta = {"optimizer": opt_meta, "scaler": None if self.scaler is None else self.scaler.state_dict(),
+                "skipped_steps": self.skipped_steps, "supervised_tokens": self.supervised,
+                "batches_seen": self.batches_seen, "data": data_meta, "seconds": time.perf_counter() - self.started,
+                "rng": rng_meta}
+        return {**opt_tensors, **data_tensors, **rng_tensors}, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Put back what ``state_dict`` gave, before the first step and after the adapter's weights were put back
+        (the copy a failed step is undone from follows them). Without ``optimizer``, ``scaler`` or ``rng`` in
+        ``meta`` those start fresh (a run resumed from its weights only)."""
+        with self.session.lock, torch.no_grad():
+            torch._foreach_copy_(self.backup, self.values)
+        if "optimizer" in meta:  # absent: a fresh optimizer (so too for the scaler and the RNG states)
+            optimizer_from_files(self.opt, tensors, meta["optimizer"])
+        if self.scaler is not None and meta.get("scaler"):  # fp16: the scale it had learned, not a fresh 65536
+            self.scaler.load_state_dict(meta["scaler"])
+            self.skipped_steps = meta["skipped_steps"]
+        self.supervised, self.batches_seen = meta["supervised_tokens"], meta["batches_seen"]
+        self.started = time.perf_counter() - meta["seconds"]
+        self.iterator = self.position.restore(tensors, meta["data"])
+        if "rng" in meta:  # last: restoring the data position drew from the RNG
+            set_rng_state(tensors, meta["rng"])

@@ -8,6 +8,7 @@ every group's learning rate by the same factor each step, so each group keeps it
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,3 +36,15 @@ def make_optimizer(model: torch.nn.Module, params: list[torch.nn.Parameter], set
 def group_scales(optimizer: torch.optim.Optimizer, lr: float) -> list[float]:
     """Each parameter group's learning rate as a multiple of the run's ``lr``."""
     return [group["lr"] / lr for group in optimizer.param_groups]
+
+
+def lr_factor(settings: Any, step: int, total: int) -> float:
+    """The schedule's factor on ``settings.lr`` at optimizer step ``step`` (0-based) of ``total``: warmup, then
+    cosine or linear decay (or constant)."""
+    warm = settings.warmup_steps(total)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    if settings.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress if settings.schedule == "linear" else 1.0

@@ -1,16 +1,20 @@
 """Text progress for terminal IPython and scripts: a training callback that prints a few lines.
 
 It prints where the run trains, a progress line at most every ``interval`` seconds, each
-evaluation, and how the run ended. The line format is shared with the live dashboard.
+evaluation, and how the run ended. The line format is shared with the live dashboard. ``lora_nb.train``
+called from Python outside a Jupyter kernel (a script, terminal IPython) gets one unless it is given its own
+callbacks (``console_unless_watched``), so a long call shows it is alive, as ``%lora train`` does there.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from ...frontend import in_kernel
 from ..smoothing import Ema
 from .callbacks import Callback
 from .capacity import Capacity, short_count
@@ -85,7 +89,8 @@ def loss_change(losses: list[float]) -> str:
 
 
 def end_line(run: TrainRun) -> str:
-    return f"{run.state}: {run.message}"
+    """``finished: 40/40 steps …``; the state said once (``stopped at step 277/3000; …``, not ``stopped: stopped``)."""
+    return run.message if run.message.startswith(run.state) else f"{run.state}: {run.message}"
 
 
 class ConsoleReporter(Callback):
@@ -98,6 +103,7 @@ class ConsoleReporter(Callback):
         self._last = -float("inf")
         self._ema = Ema()
         self._plan_after_step = False
+        self.begun = threading.Event()  # set once the first lines are printed (a background caller may wait)
 
     def _print(self, text: str) -> None:
         print(text, file=self.file or sys.stdout, flush=True)
@@ -108,6 +114,7 @@ class ConsoleReporter(Callback):
         self._plan_after_step = plan is not None and plan.pending  # measured on the first step: shown after it
         if plan is not None and not plan.pending:
             self._print(plan.line())
+        self.begun.set()
 
     def on_step_end(self, run: TrainRun, record: dict) -> None:
         if self._plan_after_step:
@@ -124,3 +131,11 @@ class ConsoleReporter(Callback):
 
     def on_train_end(self, run: TrainRun) -> None:
         self._print(end_line(run))
+
+
+def console_unless_watched(callbacks: list[Callback] | None, background: bool | None) -> list[Callback] | None:
+    """``callbacks`` as given; ``None`` outside a Jupyter kernel: a ``ConsoleReporter`` (a progress line every 2 s,
+    or, for a background run, its first lines and its end). Pass ``callbacks=[]`` for no output."""
+    if callbacks is not None or in_kernel():
+        return callbacks
+    return [ConsoleReporter(progress=not background)]

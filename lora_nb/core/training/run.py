@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,7 +40,9 @@ from ...frontend import background_default
 from .. import registry
 from ..adapters.status import adapter_named_parameters
 from ..kinds import check_data_kinds
+from ..types import RunState
 from .callbacks import Callback
+from .concurrent import claim
 from .data.batches import Batches, make_batches, takes_model
 from .device import place_model, resolve_device
 from .longrun.additions import RunAdditions
@@ -54,8 +56,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .memory.plan import MemoryPlan
 
 __all__ = ["PreparedRun", "RunState", "TrainRun", "launch", "prepare_run", "start_run", "trainable_parameters"]
-
-RunState = Literal["running", "paused", "finished", "stopped", "failed"]
 
 
 @dataclass(eq=False)
@@ -331,6 +331,7 @@ def launch(session: Any, name: str, prepared: PreparedRun, background: bool | No
     run = TrainRun(session.model, name, settings, prepared.max_steps, target, where, prepared.batches.description,
                    background=background, custom_loss=custom_loss, callbacks=[recorder, *(callbacks or [])],
                    trainable=sum(p.numel() for p in prepared.params))
+    claim(run, session)  # before seeding: refused beside another run here when either has dropout (concurrent.py)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     place_model(session.model, target)

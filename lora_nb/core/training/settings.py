@@ -13,8 +13,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 
 # options the in-process run implements with its own callbacks (not the multi-process worker or an exported script)
-IN_PROCESS_ONLY = ("save_every", "save_dir", "keep", "resume", "patience", "min_delta", "restore_best",
-                   "sample_prompts", "sample_every", "sample_tokens", "grad_checkpointing", "lr_ratio")
+IN_PROCESS_ONLY = ("save_every", "save_dir", "keep", "resume", "resume_weights_only", "patience", "min_delta",
+                   "restore_best", "sample_prompts", "sample_every", "sample_tokens", "grad_checkpointing", "lr_ratio")
 
 
 def as_flag(name: str, value: object) -> bool:
@@ -61,6 +61,9 @@ class TrainSettings:
     save_dir: str | None = field(default=None, metadata={"help": "folder for checkpoints (with --save-every)"})
     keep: int | None = field(default=None, metadata={"help": "newest checkpoints to keep (default: all)"})
     resume: str | None = field(default=None, metadata={"help": "continue from a checkpoint (or a save-dir's latest)"})
+    resume_weights_only: bool = field(default=False, metadata={
+        "help": "with --resume: restore the checkpoint's weights, step and data position only (a fresh optimizer "
+                "and RNG: the losses differ from the interrupted run's); accepts checkpoints lacking that state"})
     patience: int | None = field(default=None,
                                  metadata={"help": "stop after N evaluations without improving by --min-delta"})
     min_delta: float = field(default=0.0, metadata={"help": "eval-loss drop that counts as an improvement"})
@@ -117,6 +120,8 @@ class TrainSettings:
         for name in ("save_dir", "resume"):  # paths as text: settings are saved as JSON with checkpoints and exports
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
+        if self.resume_weights_only and self.resume is None:
+            raise OptionError("resume_weights_only goes with resume (`resume=…` / --resume)")
         if (self.save_every is None) != (self.save_dir is None):
             raise OptionError("checkpoints need both save_every and save_dir (`save_every=…, save_dir=…`)")
         self.min_delta = as_number("min_delta", self.min_delta, float)
@@ -126,7 +131,7 @@ class TrainSettings:
             self.lr_ratio = as_number("lr_ratio", self.lr_ratio, float)
             if not self.lr_ratio > 0:
                 raise OptionError(f"lr_ratio must be positive; got {self.lr_ratio:g}")
-        for name in ("restore_best", "grad_checkpointing", "split_by_length", "group_by_length"):
+        for name in ("restore_best", "grad_checkpointing", "split_by_length", "group_by_length", "resume_weights_only"):
             setattr(self, name, as_flag(name, getattr(self, name)))
         if isinstance(self.sample_prompts, str):
             self.sample_prompts = [self.sample_prompts]

@@ -15,6 +15,7 @@ from .memory.plan import MemoryPlan, make_plan
 from .memory.recompute import check_grad_checkpointing
 from .precision import choose_precision
 from .processes.driver import launch_processes
+from .reporting import console_unless_watched
 from .run import TrainRun, launch, prepare_run
 from .settings import TrainSettings, check_training_options
 
@@ -27,19 +28,22 @@ def train(model: Any, data: Any, eval_data: Any = None, tokenizer: Any = None, l
           eval_every: int | None = None, weight_decay: float = 0.0, max_length: int = 512,
           split_by_length: bool = True, group_by_length: bool = False, precision: str = "auto", processes: int = 1,
           save_every: int | None = None, save_dir: str | None = None, keep: int | None = None,
-          resume: str | None = None, patience: int | None = None, min_delta: float = 0.0, restore_best: bool = False,
+          resume: str | None = None, resume_weights_only: bool = False, patience: int | None = None,
+          min_delta: float = 0.0, restore_best: bool = False,
           sample_prompts: list | None = None, sample_every: int | None = None, sample_tokens: int = 32,
           grad_checkpointing: bool = False, lr_ratio: float | None = None, spectra_every: int | None = None,
           **unknown: Any) -> TrainRun:
     """Train ``model``'s active adapter on ``data``; returns the ``TrainRun``.
 
     ``background=None``: a background thread inside a Jupyter kernel, blocking elsewhere. ``callbacks`` watch
-    the run (``Callback``). ``names``: the notebook names of the data (``{"data": "texts", ...}``), remembered
-    with the settings in ``session.last_train``. Every other option is a ``TrainSettings`` field (same name,
+    the run (``Callback``; None outside a notebook: progress lines on stdout, ``[]``: nothing printed).
+    ``names``: the notebook names of the data (``{"data": "texts", ...}``), remembered with the settings in
+    ``session.last_train``. Every other option is a ``TrainSettings`` field (same name,
     default and checks; ``%lora train`` takes them as ``--batch-size``, …; ``help(lora_nb.TrainSettings)``
     says what each does). An unknown keyword is an ``OptionError`` that names it.
     """
     check_training_options(unknown)
+    callbacks = console_unless_watched(callbacks, background)  # outside a notebook: progress lines
     given = locals()
     settings = TrainSettings(**{name: given[name] for name in TrainSettings.__dataclass_fields__})
     session = registry.require(model)

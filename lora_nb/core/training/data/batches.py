@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from ....errors import DataError, a_kind
+from ...kinds import check_dataset
 from .chat import ChatExamples, is_chat_item, pad, pad_token_id
 from .grouping import LengthGroupedBatches
 from .head_loss import selected_loss
@@ -102,6 +103,7 @@ def _as_items(data: Any, tokenizer: Any) -> tuple[Any, str]:
     """A map-style or iterable dataset for ``data``, and a short description of it."""
     if data is None:
         raise DataError("no training data: pass data=… (a list of texts, dicts, (input, target) pairs, a Dataset)")
+    check_dataset(data)  # a DataFrame, a dict, a str, a tensor, a generator, …: one line saying what to pass
     if type(data).__module__.split(".")[0] == "datasets" and hasattr(data, "column_names"):
         return _hf_dataset(data, tokenizer)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
@@ -110,11 +112,6 @@ def _as_items(data: Any, tokenizer: Any) -> tuple[Any, str]:
         return TensorDataset(*data), f"{len(data[0])} (input, target) pairs"
     if isinstance(data, IterableDataset):
         return data, f"{type(data).__name__} (iterable)"
-    if isinstance(data, (str, bytes)) or not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
-        if hasattr(data, "__next__"):
-            raise DataError("data is a one-shot iterator; pass a list, a Dataset or a DataLoader")
-        raise DataError(f"cannot train on {a_kind(data)}: pass a list of texts, dicts or (input, target) "
-                        "pairs, a Dataset or a DataLoader")
     if len(data) == 0:
         raise DataError("the training data is empty")
     first = data[0]
@@ -163,8 +160,10 @@ class _Texts(Dataset):
     """Texts tokenized once; batches are padded on the right with padding masked out of the labels."""
 
     def __init__(self, texts: list[str]) -> None:
-        if not all(isinstance(t, str) for t in texts):
-            raise DataError("every item of a text dataset must be a str")
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise DataError(f"item {bad} of the text dataset is {a_kind(texts[bad])}, not a str (every item of a "
+                            "text dataset must be a str)")
         self.texts = texts
         self.ids: list[list[int]] = []
         self.pad_id = 0

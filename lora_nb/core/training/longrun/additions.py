@@ -8,7 +8,6 @@ what the others did at that step).
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ....errors import OptionError
@@ -21,6 +20,7 @@ from .resume import Checkpointer, Resume
 from .samples import Sampler, check_can_sample
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..loop import Loop
     from ..run import PreparedRun, TrainRun
 
 
@@ -28,7 +28,7 @@ class MemoryPlanner(Callback):
     """The run's memory plan (``run.memory_plan``): measured when the run begins, or on its first step when
     memory cannot be short (CPU with plenty of free RAM: no extra forward; ``first_step.py``)."""
 
-    def __init__(self, loop: Any) -> None:
+    def __init__(self, loop: Loop) -> None:
         self.loop = loop
         self.first: FirstStepActivations | None = None
 
@@ -39,7 +39,7 @@ class MemoryPlanner(Callback):
             self.first = FirstStepActivations(loop.model, plan, loop.batches, s.batch_size)
             self.first.start()
         else:
-            autocast = getattr(loop, "autocast", contextlib.nullcontext)
+            autocast = loop.autocast
             # a loss_fn(model, batch) is the user's code, which the measurement does not call unasked; a
             # forward-only count cannot see what gradient checkpointing recomputes in backward, so that case
             # measures fully
@@ -73,7 +73,7 @@ class RunAdditions:
             check_grad_checkpointing(model)
         self.resume = Resume(session, s.resume, prepared.max_steps, s) if s.resume else None
 
-    def callbacks(self, loop: Any) -> list[Callback]:
+    def callbacks(self, loop: Loop) -> list[Callback]:
         s, prepared, session = self.prepared.settings, self.prepared, self.session
         added: list[Callback] = []
         if self.resume is not None:

@@ -3,7 +3,8 @@
 ``Checkpointer`` writes a checkpoint (see ``checkpoint_files.py``) every ``save_every`` steps, at the last
 step and when the run is stopped (Stop, ``%lora stop``, early stopping); a failing write (full
 disk, lost mount) leaves earlier checkpoints intact and the run going, with one ``LoraNBWarning``
-per run. ``Resume`` puts a checkpoint back before the first step: adapter weights, AdamW state,
+per run; each later checkpoint is still tried. ``Resume`` puts a checkpoint back before the first step:
+adapter weights, AdamW state,
 step and history (so the lr schedule continues), an fp16 run's loss scaler (scale, growth tracker,
 steps it skipped), the data position (epoch, batches drawn, the
 shuffling generator's state when the epoch began) and every RNG state (torch CPU/CUDA, python
@@ -13,56 +14,31 @@ interrupted.
 
 from __future__ import annotations
 
-import random
-import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from ....errors import AdapterFileError, CheckpointError, LoraNBWarning, first_line
+from ....errors import AdapterFileError, CheckpointError, FileWriteError, LoraNBWarning, first_line
+from ...files import MANIFEST
 from ..callbacks import Callback
 from .checkpoint_files import (
     checkpoint_name,
-    optimizer_from_files,
-    optimizer_to_files,
+    missing_state,
     prune,
     read_checkpoint,
     write_checkpoint,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..loop import Loop
     from ..run import TrainRun
 
 # settings that change the sequence of updates: a resume with other values cannot repeat the first run
 REPEATABLE = ("batch_size", "grad_accum", "seed", "lr", "schedule", "warmup", "weight_decay", "lr_ratio",
               "max_grad_norm", "precision", "group_by_length")
-
-
-def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    """Every RNG state a step may use: torch CPU and CUDA as tensors, python ``random`` and numpy's as JSON."""
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
-    return tensors, {"python": [version, list(internal), gauss], "numpy": [name, int(pos), int(has_gauss),
-                                                                           float(cached)]}
-
-
-def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
-    version, internal, gauss = meta["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def settings_json(settings: Any) -> dict:
@@ -73,8 +49,9 @@ def settings_json(settings: Any) -> dict:
 class Checkpointer(Callback):
     """Writes a checkpoint every ``save_every`` steps, at the last step and when the run is stopped."""
 
-    def __init__(self, loop: Any) -> None:
+    def __init__(self, loop: Loop) -> None:
         s = loop.settings
+        assert s.save_dir is not None, "TrainSettings checks save_every and save_dir come together"
         self.loop, self.every, self.keep = loop, s.save_every, s.keep
         self.save_dir = Path(s.save_dir).expanduser().absolute()
         self.failures = 0
@@ -90,32 +67,29 @@ class Checkpointer(Callback):
             self.save(run)
 
     def save(self, run: TrainRun) -> Path | None:
+        """Write this step's checkpoint; one that fails (full disk, lost mount) is skipped, earlier ones stay intact
+        and the next one is tried (the error never reaches the run, which would detach this callback)."""
         tensors, state = self.capture(run)
         try:
             folder = write_checkpoint(run.model, run.adapter, self.save_dir / checkpoint_name(run.step), tensors,
                                       state)
-            prune(self.save_dir, self.keep)
             self.saved_step = run.step
+            prune(self.save_dir, self.keep, (getattr(run, "best", None) or {}).get("step"))
             return folder
-        except (OSError, AdapterFileError) as exc:
+        except (FileWriteError, OSError, AdapterFileError) as exc:
             self.failures += 1
-            if self.failures == 1:
+            if self.failures == 1:  # said once per run: a full disk would otherwise repeat it every checkpoint
                 warnings.warn(LoraNBWarning(f"could not write the checkpoint at step {run.step} ({first_line(exc)}); "
-                                            "training goes on and earlier checkpoints are intact"), stacklevel=2)
+                                            "training goes on, earlier checkpoints are intact and each later one is "
+                                            "still tried"), stacklevel=2)
             return None
 
     def capture(self, run: TrainRun) -> tuple[dict[str, torch.Tensor], dict]:
-        """The run's whole state: tensors for safetensors, the rest for JSON."""
-        loop = self.loop
-        opt_tensors, opt_meta = optimizer_to_files(loop.opt)
-        rng_tensors, rng_meta = rng_state()
-        data_tensors, data_meta = loop.position.to_files()
+        """The run's whole state: tensors for safetensors, the rest for JSON (the loop's own: ``Loop.state_dict``)."""
+        tensors, loop_state = self.loop.state_dict()
         state = {"step": run.step, "max_steps": run.max_steps, "adapter": run.adapter,
                  "settings": settings_json(run.settings), "history": run.history, "evals": run.evals,
-                 "best": getattr(run, "best", None), "samples": getattr(run, "samples", []),
-                 "batches_seen": loop.batches_seen, "optimizer": opt_meta, "rng": rng_meta, "data": data_meta,
-                 "scaler": loop.scaler.state_dict() if loop.scaler is not None else None, "callbacks": {}}
-        tensors = {**opt_tensors, **rng_tensors, **data_tensors}
+                 "best": run.best, "samples": run.samples, **loop_state, "callbacks": {}}
         for cb in run.callbacks:
             if hasattr(cb, "checkpoint_state"):
                 cb_tensors, cb_meta = cb.checkpoint_state()
@@ -129,9 +103,16 @@ class Resume(Callback):
     """Puts a checkpoint back into a run before its first step (read and checked when the run is prepared)."""
 
     def __init__(self, session: Any, path: str, max_steps: int, settings: Any) -> None:
-        self.loop: Any = None  # the run's loop, set when the run is built
+        self.loop: Loop | None = None  # the run's loop, set when the run is built
         self.session = session
-        self.folder, self.state, self.tensors, self.weights = read_checkpoint(path)
+        self.folder, self.state, self.tensors, self.weights, skipped = read_checkpoint(path)
+        if skipped:
+            warnings.warn(LoraNBWarning(f"resuming from {self.folder.name}, the newest checkpoint whose files match "
+                                        f"its manifest; skipped: {'; '.join(skipped)}"), stacklevel=2)
+        if not (self.folder / MANIFEST).is_file():
+            warnings.warn(LoraNBWarning(f"{self.folder} has no {MANIFEST} (written by an older lora_nb): its files "
+                                        "are resumed unchecked"), stacklevel=2)
+        self.weights_only = self._check_complete(settings)
         step = self.state["step"]
         if step >= max_steps:
             raise CheckpointError(f"{self.folder} is at step {step} of {max_steps}: nothing left to train; "
@@ -149,6 +130,20 @@ class Resume(Callback):
                                         f"({', '.join(changed)}): the run will not repeat the interrupted one"),
                           stacklevel=2)
 
+    def _check_complete(self, settings: Any) -> bool:
+        """True when only the weights (and step, history, data position) will be restored: asked for with
+        ``resume_weights_only``; else a checkpoint lacking optimizer, scaler or RNG state is refused."""
+        missing = missing_state(self.state, self.tensors)
+        if getattr(settings, "resume_weights_only", False):
+            warnings.warn(LoraNBWarning(f"resuming {self.folder.name} from its weights only: a fresh optimizer, loss "
+                                        "scaler and RNG, so the losses will differ from the interrupted run's"),
+                          stacklevel=3)
+            return True
+        if missing:
+            raise CheckpointError(f"{self.folder} lacks {', '.join(missing)}: the run cannot continue exactly; "
+                                  "pass `resume_weights_only=True` (--resume-weights-only) to resume its weights only")
+        return False
+
     def _check_weights(self) -> None:
         from peft import get_peft_model_state_dict
 
@@ -165,24 +160,28 @@ class Resume(Callback):
 
         from ...adapters.io import PREFIX
 
-        loop, state, tensors = self.loop, self.state, self.tensors
+        state, tensors = self.state, self.tensors
+        assert self.loop is not None, "Resume.loop is set when the run is built"
         with self.session.lock, torch.no_grad():
             set_peft_model_state_dict(self.session.peft, {PREFIX + k: v for k, v in self.weights.items()},
                                       adapter_name=self.session.active)
-            torch._foreach_copy_(loop.backup, loop.values)
-        optimizer_from_files(loop.opt, tensors, state["optimizer"])
         run.history[:], run.evals[:] = state["history"], state["evals"]
         run.best, run.samples = state.get("best"), list(state.get("samples") or [])
-        loop.batches_seen = state["batches_seen"]
-        if loop.scaler is not None and state.get("scaler"):  # fp16: the scale it had learned, not a fresh 65536
-            loop.scaler.load_state_dict(state["scaler"])
-            loop.skipped_steps = state["history"][-1].get("skipped_steps", 0) if state["history"] else 0
-        loop.started = time.perf_counter() - (state["history"][-1]["time"] if state["history"] else 0.0)
         for cb in run.callbacks:
             saved = state["callbacks"].get(type(cb).__name__)
             if saved is not None and hasattr(cb, "restore_checkpoint_state"):
                 prefix = f"{type(cb).__name__}."
                 cb.restore_checkpoint_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
                                             saved)
-        loop.iterator = loop.position.restore(tensors, state["data"])
-        set_rng_state(tensors, state["rng"])  # last: restoring the data position drew from the RNG
+        self.loop.load_state_dict(tensors, self.loop_state())  # last: it restores the RNG states
+
+    def loop_state(self) -> dict[str, Any]:
+        """The loop's part of the checkpoint's state: from its weights only, without the optimizer, the loss
+        scaler and the RNG states (they start fresh); a checkpoint written before the loop kept its own counters
+        and clock gets them from its history."""
+        last = self.state["history"][-1] if self.state["history"] else {}
+        state = {"skipped_steps": last.get("skipped_steps", 0), "supervised_tokens": last.get("supervised_tokens", 0),
+                 "seconds": last.get("time", 0.0), **self.state}
+        for key in ("optimizer", "scaler", "rng") if self.weights_only else ():
+            state.pop(key, None)
+        return state

@@ -15,6 +15,7 @@ processes, the adapter stays as it was before the run unless rank 0 got to write
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import multiprocessing
@@ -35,7 +36,9 @@ from ....errors import OptionError, TrainingError, first_line
 from ....frontend import background_default
 from ... import registry
 from ...adapters.status import adapter_named_parameters
+from ...types import RunState
 from ..data.batches import takes_model
+from ..lifecycle import Events, Lifecycle
 from ..run import PreparedRun, TrainRun, prepare_run, start_run
 from .worker import WEIGHTS, Job, run_worker
 
@@ -145,39 +148,53 @@ def _wait_interruptibly(run: ProcessRun) -> None:
 
 
 class _Driver:
-    """Runs the launcher, relays the workers' records to the run's callbacks, and ends the run."""
+    """The ``RunSource`` of a multi-process run: runs the launcher, yields rank 0's records as the run's steps, and
+    says how the run ended (``lifecycle.py`` does the rest)."""
 
     def __init__(self, run: ProcessRun, session: registry.Session, job: Job) -> None:
         self.run, self.session, self.job = run, session, job
         self.ended: tuple | None = None  # rank 0's ("end", state, message)
         self.errors: list[tuple] = []  # ("error", rank, message, traceback) in arrival order
-        self.launcher_done = threading.Event()
+        self.failure: BaseException | None = None  # what the launcher raised (how a dead worker shows up)
+        self.launcher: threading.Thread | None = None
 
     def __call__(self) -> None:
-        pump = threading.Thread(target=contextvars.copy_context().run, args=(self._pump,), daemon=True)
-        failure: BaseException | None = None
-        self._callbacks("on_train_begin", self.run.begin())
-        pump.start()
-        try:
-            self._launch()
-        except BaseException as exc:  # the launcher raising is how a dead worker shows up
-            failure = exc
-        finally:
-            self.launcher_done.set()
-            pump.join()
-        try:
-            state, message = self._outcome(failure)
-        except Exception as exc:  # e.g. the returned weights do not fit the adapter: every ending marks the run done
-            self.run.error, self.run.traceback = exc, traceback.format_exc()
-            state, message = "failed", (f"the trained weights could not be loaded back ({type(exc).__name__}: "
-                                        f"{first_line(exc)}); the adapter is as it was before the run")
-        finally:
-            shutil.rmtree(self.job.out, ignore_errors=True)
-        try:
-            self.run.finish(state, message)
-            self._callbacks("on_train_end", self.run.end())
-        finally:
-            self.run.mark_ended()
+        Lifecycle(self.run, self)()
+
+    def setup(self) -> None:
+        """Nothing: the workers set themselves up."""
+
+    def events(self) -> Events:
+        """Start the launcher in a thread and relay rank 0's messages until it returned and the queue is empty."""
+        self.launcher = threading.Thread(target=contextvars.copy_context().run, args=(self._launch,), daemon=True)
+        self.launcher.start()
+        while True:
+            try:
+                message = self.job.channel.get(timeout=0.1)
+            except queue.Empty:
+                if not self.launcher.is_alive():
+                    return
+                continue
+            kind = message[0]
+            if kind in ("step", "eval"):
+                yield kind, message[1]
+            elif kind == "end":
+                self.ended = message
+            elif kind == "error":
+                self.errors.append(message)
+
+    def describe(self, exc: BaseException, hook: str | None) -> str:
+        where = f" in {hook}" if hook else ""
+        return f"{type(exc).__name__}{where} at step {self.run.step}: {first_line(exc)}"
+
+    def cleanup(self, failed: bool) -> None:
+        """Stop the workers still running (a callback failed the run) and drop the job's folder."""
+        if self.launcher is not None and self.launcher.is_alive():
+            self.run.stop()  # every process leaves at the next step boundary
+            while self.launcher.is_alive():  # read what they still send, so none blocks on a full pipe
+                with contextlib.suppress(queue.Empty):
+                    self.job.channel.get(timeout=0.1)
+        shutil.rmtree(self.job.out, ignore_errors=True)
 
     def _launch(self) -> None:
         from accelerate import notebook_launcher
@@ -188,33 +205,21 @@ class _Driver:
         try:
             notebook_launcher(run_worker, args=(self.job,), num_processes=self.run.processes,
                               use_port=str(_free_port()), master_addr="127.0.0.1")
+        except BaseException as exc:  # the launcher raising is how a dead worker shows up
+            self.failure = exc
         finally:
             quiet.setLevel(level)
 
-    def _pump(self) -> None:
-        """Relay messages from rank 0 until the launcher returned and the queue is empty."""
-        while True:
-            try:
-                message = self.job.channel.get(timeout=0.1)
-            except queue.Empty:
-                if self.launcher_done.is_set():
-                    return
-                continue
-            kind = message[0]
-            if kind in ("step", "eval"):
-                (self.run.history if kind == "step" else self.run.evals).append(message[1])
-                self._callbacks("on_step_end" if kind == "step" else "on_evaluate", None, message[1])
-            elif kind == "end":
-                self.ended = message
-            elif kind == "error":
-                self.errors.append(message)
-
-    def _callbacks(self, hook: str, which: tuple | None = None, *args: Any) -> None:
-        for cb in which if which is not None else tuple(self.run.callbacks):
-            self.run.call_hook(cb, hook, *args)
-
-    def _outcome(self, failure: BaseException | None) -> tuple[str, str]:
+    def outcome(self) -> tuple[RunState, str]:
         """The run's end state and message, after the returned weights (if any) went into the model."""
+        try:
+            return self._outcome(self.failure)
+        except Exception as exc:  # e.g. the returned weights do not fit the adapter
+            self.run.error, self.run.traceback = exc, traceback.format_exc()
+            return "failed", (f"the trained weights could not be loaded back ({type(exc).__name__}: "
+                              f"{first_line(exc)}); the adapter is as it was before the run")
+
+    def _outcome(self, failure: BaseException | None) -> tuple[RunState, str]:
         run, n = self.run, self.run.processes
         loaded = self._load_weights()
         kept = "the adapter keeps the steps rank 0 completed" if loaded else "the adapter is as it was before the run"

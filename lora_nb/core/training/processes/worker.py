@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -24,9 +24,6 @@ from ..data.batches import Batches
 from ..loop import Loop
 from ..precision import choose_precision
 from ..run import PreparedRun, TrainRun
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..run import TrainRun
 
 WEIGHTS = "adapter.safetensors"
 
