@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import lora_nb
 from lora_nb.core.export.api import export
-from lora_nb.errors import AdapterError, LoraNBWarning, OptionError
+from lora_nb.errors import AdapterError, OptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +69,8 @@ def test_exported_script_continues_the_run_under_accelerate_launch(tmp_path):
     assert max(theirs) - min(theirs) > 1e-3  # a moving curve, so matching it step by step means something
     # what the script trained is a PEFT adapter peft (and lora_nb) can load
     twin = tiny_gpt2()
-    with pytest.warns(LoraNBWarning, match="no lora_nb_manifest.json"):  # written by peft in the script: unchecked
-        lora_nb.load(twin, tmp_path / "job" / "output" / "adapter")
+    assert (tmp_path / "job" / "output" / "adapter" / "lora_nb_manifest.json").is_file()  # saved by lora_nb: checked
+    lora_nb.load(twin, tmp_path / "job" / "output" / "adapter")
     mine = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert max((p - mine[n]).abs().max().item() for n, p in twin.named_parameters() if n in mine) < 1e-4
 

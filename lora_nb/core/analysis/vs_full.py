@@ -157,9 +157,12 @@ def plan_line(model: nn.Module, shared: _Shared, sizes: list[int]) -> str:
     lora, s = shared.lora, shared.settings
     session = registry.find(model)
     own = session is not None and bool(session.records)
-    head = f", {lora.modules_to_save} in full" if lora.modules_to_save else ""
+    def names(value: Any) -> str:
+        return value if isinstance(value, str) else ",".join(map(str, value))
+
+    head = f", {names(lora.modules_to_save)} in full" if lora.modules_to_save else ""
     sweep = f"; then both again on {', '.join(map(str, sizes))} examples" if sizes else ""
-    return (f"vs-full: a new LoRA adapter (r={lora.r}, alpha {lora.alpha:g}, targets {lora.targets}{head}, "
+    return (f"vs-full: a new LoRA adapter (r={lora.r}, alpha {lora.alpha:g}, targets {names(lora.targets)}{head}, "
             f"lr {s['lora'].lr:g}) against full fine-tuning (lr {s['full'].lr:g}), each {s['lora'].steps} steps "
             f"of batch {s['lora'].batch_size} from the same base weights"
             + (" (the adapters attached to the model are not used)" if own else "") + sweep)
