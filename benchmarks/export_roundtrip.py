@@ -116,7 +116,7 @@ def lora_readback(model, shipped) -> str:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from lora_nb.core.analysis.factors import read
+    from lora_nb.core.adapters.factors import read
     from lora_nb.core.export.layout import Layout
 
     reader = GGUFReader(shipped.path / shipped.file)

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import lora_nb
-from lora_nb.core.analysis.factors import layer_factors, lora_layers, one_thread, read
-from lora_nb.core.analysis.spectra import delta_values
+from lora_nb.core.adapters.factors import layer_factors, lora_layers, one_thread, read
+from lora_nb.core.analysis.learned.spectra import delta_values
 
 
 def build(r: int = 16):

@@ -8,7 +8,7 @@ from helpers import tiny_mlp
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.core.analysis.advisor import advise
+from lora_nb.core.analysis.learned.advisor import advise
 from lora_nb.errors import OptionError
 from lora_nb.viz.svg import render
 

@@ -70,10 +70,10 @@ def trained_bert():
 
 
 def every_spec(model, run) -> dict[str, dict]:
-    from lora_nb.core.analysis.advisor import advise
-    from lora_nb.core.analysis.history import rank_map, spectra_history, values_over_steps
-    from lora_nb.core.analysis.spectra import spectra
-    from lora_nb.core.analysis.weights import matrices, weights
+    from lora_nb.core.analysis.learned.advisor import advise
+    from lora_nb.core.analysis.learned.history import rank_map, spectra_history, values_over_steps
+    from lora_nb.core.analysis.learned.spectra import spectra
+    from lora_nb.core.analysis.learned.weights import matrices, weights
     from lora_nb.viz.analysis import advice_spec, rank_map_spec, values_over_steps_spec
     from lora_nb.viz.spectra import effective_rank_spec, spectrum_spec
     from lora_nb.viz.training import history_spec

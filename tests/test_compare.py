@@ -22,8 +22,8 @@ from peft.tuners.lora import LoraLayer
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.core.analysis.compare import ClassComparison, GenerationComparison, OutputComparison
-from lora_nb.core.analysis.generation import pieces
+from lora_nb.core.analysis.outputs.compare import ClassComparison, GenerationComparison, OutputComparison
+from lora_nb.core.analysis.outputs.generation import pieces
 from lora_nb.errors import OptionError, TrainingActiveError
 
 

@@ -8,7 +8,7 @@ from helpers import adapted_with_pristine, chat_tokenizer, tiny_llama
 from IPython.core.error import UsageError
 
 import lora_nb
-from lora_nb.core.analysis.compare import GenerationComparison, GenerationTable
+from lora_nb.core.analysis.outputs.compare import GenerationComparison, GenerationTable
 from lora_nb.errors import OptionError
 
 PROMPTS = ["w1 w2 w3", "w7", "w40 w41"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from lora_nb.core.analysis.directions import FactorWatch, WeightWatch, compare, overlap
-from lora_nb.core.analysis.factors import Factors
-from lora_nb.core.analysis.vs_full import vs_full
+from lora_nb.core.adapters.factors import Factors
+from lora_nb.core.analysis.shortrun.directions import FactorWatch, WeightWatch, compare, overlap
+from lora_nb.core.analysis.shortrun.vs_full import vs_full
 from lora_nb.viz.analysis import directions_spec
 from lora_nb.viz.svg import render
 
@@ -73,7 +73,7 @@ def test_overlaps_of_constructed_subspaces():
 def test_top_subspaces_without_a_dense_svd_equal_the_svds(shape):
     """The full update's top-k subspaces come from the smaller Gram matrix: the same subspaces as a dense float64
     SVD's (a decaying spectrum, as trained updates have), orthonormal, on either orientation."""
-    from lora_nb.core.analysis.directions import principal_cosines, top_vectors
+    from lora_nb.core.analysis.shortrun.directions import principal_cosines, top_vectors
 
     g = torch.Generator().manual_seed(3)
     u, _, vh = torch.linalg.svd(torch.randn(*shape, generator=g, dtype=torch.float64), full_matrices=False)

@@ -8,7 +8,7 @@ import torch
 from helpers import classification_pairs, tiny_mlp
 
 import lora_nb
-from lora_nb.core.analysis.history import rank_at_energy, rank_map, spectra_history, values_over_steps
+from lora_nb.core.analysis.learned.history import rank_at_energy, rank_map, spectra_history, values_over_steps
 from lora_nb.errors import TrainingError
 
 
@@ -157,7 +157,7 @@ def test_a_view_of_a_run_without_spectra_says_so():
 
 
 def test_rank_map_spec_draws_one_png_with_module_rows_top_down():
-    from lora_nb.core.analysis.history import RankMap
+    from lora_nb.core.analysis.learned.history import RankMap
     from lora_nb.viz.analysis import rank_map_spec
     from lora_nb.viz.svg import render
 

@@ -8,7 +8,7 @@ from helpers import make_b_nonzero, tiny_gpt2
 from torch import nn
 
 import lora_nb
-from lora_nb.core.analysis.intruders import IntruderDial
+from lora_nb.core.analysis.learned.intruders import IntruderDial
 from lora_nb.errors import LoraNBError
 
 
@@ -107,7 +107,7 @@ def test_the_view_carries_a_picture_and_closing_restores_the_factors():
 def test_the_table_and_the_dial_count_the_same_intruders_in_float64():
     """`%lora intruders` and `--metric`'s dial find intruders with one computation: in float64 even for a
     bfloat16 model, where W's own precision would blur cosines near ε."""
-    from lora_nb.core.analysis.spectra import intruders
+    from lora_nb.core.analysis.learned.spectra import intruders
 
     model = tiny_gpt2()
     lora_nb.attach(model, r=4)

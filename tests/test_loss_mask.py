@@ -14,8 +14,8 @@ from helpers import chat_tokenizer, tiny_llama
 from IPython.core.error import UsageError
 
 import lora_nb
-from lora_nb.core.analysis.loss_mask import loss_mask, marked_text
 from lora_nb.core.training.data.chat import tokenize_item
+from lora_nb.core.training.data.loss_mask import loss_mask, marked_text
 from lora_nb.errors import DataError
 
 TALK = [

@@ -17,8 +17,8 @@ from IPython.core.error import UsageError
 
 import lora_nb
 from lora_nb.core import registry
-from lora_nb.core.analysis.lr_sweep import SweepCallback, lr_sweep, parse_lrs
-from lora_nb.core.analysis.placement import matched_rank, placement
+from lora_nb.core.analysis.shortrun.lr_sweep import SweepCallback, lr_sweep, parse_lrs
+from lora_nb.core.analysis.shortrun.placement import matched_rank, placement
 from lora_nb.errors import OptionError
 from lora_nb.widgets.short_runs import ShortRunsLive
 

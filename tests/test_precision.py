@@ -91,7 +91,7 @@ def test_a_checkpoint_keeps_the_scaler_and_a_resumed_fp16_run_repeats_the_uninte
     full = lora_nb.train(gpt2_lora(), token_items(), loss_fn=lm_loss(at_call=3), **OPTIONS)
     first = lora_nb.train(gpt2_lora(), token_items(), loss_fn=lm_loss(at_call=3), save_every=3,
                           save_dir=tmp_path, callbacks=[StopAt(6)], **OPTIONS)
-    _, state, _, _ = checkpoint.read_checkpoint(tmp_path)
+    _, state, _, _, _ = checkpoint.read_checkpoint(tmp_path)
     assert state["step"] == 6 and state["scaler"]["scale"] == first.history[-1]["loss_scale"] < 65536.0
     resumed = lora_nb.train(gpt2_lora(), token_items(), loss_fn=lm_loss(), resume=tmp_path, **OPTIONS)
     assert resumed.state == "finished" and resumed.step == 12

@@ -30,7 +30,8 @@ FILE = re.compile(r"(?<![\w/.])([a-z_][a-z0-9_]*\.py)\b")
 # what these names mean in the docs (else a module of that name)
 OBJECTS = {"run": TrainRun, "session": Session, "settings": TrainSettings, "plan": MemoryPlan}
 THIRD_PARTY = {"datasets", "torch", "peft", "transformers", "accelerate", "numpy", "safetensors"}
-DICTS = {"layout"}  # ``layout.meta.note``: a path into a figure's plotly layout, not the export's layout module
+DICTS = {"layout", "adapter"}  # ``layout.meta.note``: a path into a figure's plotly layout, not the export's layout
+# module; ``adapter.lora.alpha``: a GGUF metadata key, not the watch's adapter module
 EXTERNAL = {  # other projects' files and names the docstrings cite, with the project
     "convert_hf_to_gguf.py": "llama.cpp", "convert_lora_to_gguf.py": "llama.cpp", "_set_vocab_gpt2": "llama.cpp",
 }
@@ -140,7 +141,7 @@ def test_the_reference_check_catches_moved_and_renamed_names():
     assert resolves("training.longrun.resume.Checkpointer", "lora_nb") and resolves("run.stop_requested", "")
     assert not resolves("core.dispatch", "lora_nb") and not resolves("core.train.launch", "lora_nb")
     assert not resolves("run.no_such_field", "") and not resolves("lora_nb.core.training.long_run", "lora_nb")
-    assert not private_exists("_vs_full_result", PACKAGE / "core" / "analysis" / "vs_full.py")
+    assert not private_exists("_vs_full_result", PACKAGE / "core" / "analysis" / "shortrun" / "vs_full.py")
 
 
 README = ROOT / "README.md"

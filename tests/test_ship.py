@@ -216,7 +216,7 @@ def test_gguf_lora_recomposes_the_update(arch, tmp_path):
     alpha = float(reader.fields["adapter.lora.alpha"].contents())
     tensors = {t.name: torch.from_numpy(dequantize(t.data, t.tensor_type).copy()) for t in reader.tensors}
     layout, unpermute = Layout.of(model), LlamaTensorProcessor({"num_attention_heads": 4, "num_key_value_heads": 2})
-    for name, layer in lora_nb.core.analysis.factors.lora_layers(lora_nb.core.registry.require(model), "default"):
+    for name, layer in lora_nb.core.adapters.factors.lora_layers(lora_nb.core.registry.require(model), "default"):
         gguf_name = layout.gguf_name(f"{name}.weight")
         a, b = tensors[f"{gguf_name}.lora_a"], tensors[f"{gguf_name}.lora_b"]
         delta = (b @ a * alpha / a.shape[0]).numpy()

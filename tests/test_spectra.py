@@ -14,8 +14,8 @@ from torch import nn
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.core.analysis import spectra as S
-from lora_nb.core.analysis.factors import lora_layers, read
+from lora_nb.core.adapters.factors import lora_layers, read
+from lora_nb.core.analysis.learned import spectra as S
 from lora_nb.errors import AdapterError, LoraNBError, TargetError
 
 
@@ -225,12 +225,12 @@ def test_amplification_known_answers():
     with torch.no_grad():
         model[0].weight.copy_(torch.diag(torch.arange(8.0, 0.0, -1.0)))  # W = diag(8, 7, …, 1)
     lora_nb.attach(model, r=2)
-    assert lora_nb.core.analysis.spectra.amplification(model)["0"] == 0.0  # fresh: ΔW = 0
+    assert lora_nb.core.analysis.learned.spectra.amplification(model)["0"] == 0.0  # fresh: ΔW = 0
     layer = find(model).model.get_submodule("0")
     e = torch.eye(8)
     _set(layer, "default", e[[0, 6]], 5.0 * e[:, [0, 6]])  # ΔW = 5 (e0 e0ᵀ + e6 e6ᵀ)
     # U_rᵀ W V_r = diag(8, 2): amplification = ‖ΔW‖ / ‖diag(8, 2)‖ = 5√2 / √68
-    amp = lora_nb.core.analysis.spectra.amplification(model)
+    amp = lora_nb.core.analysis.learned.spectra.amplification(model)
     assert amp["0"] == pytest.approx(5 * 2 ** 0.5 / 68 ** 0.5, rel=1e-9)
     assert "amplification" in repr(amp)
 
@@ -244,19 +244,19 @@ def test_intruder_dimensions_known_answers():
     layer = find(model).model.get_submodule("0")
     x = torch.ones(1, n) / n ** 0.5  # |cos| with every basis vector = 1/8
     _set(layer, "default", x, 10.0 * x.T)  # ΔW = 10 x xᵀ: a new top direction
-    found = lora_nb.core.analysis.spectra.intruders(model, k=1)
+    found = lora_nb.core.analysis.learned.spectra.intruders(model, k=1)
     assert found["0"] == 1
     assert found.detail["0"][0] == pytest.approx(1 / 8, abs=0.02)
     e0 = torch.eye(n)[:1]
     _set(layer, "default", e0, 3.0 * e0.T)  # ΔW along W's own top direction
-    assert lora_nb.core.analysis.spectra.intruders(model, k=5)["0"] == 0
+    assert lora_nb.core.analysis.learned.spectra.intruders(model, k=5)["0"] == 0
 
 
 def test_analysis_modules_import_no_notebook_stack():
     import subprocess
     import sys
 
-    code = ("import sys, lora_nb.core.analysis.spectra, lora_nb.core.analysis.weights, lora_nb.core.analysis.factors; "
+    code = ("import sys, lora_nb.core.analysis.learned.spectra, lora_nb.core.analysis.learned.weights, lora_nb.core.adapters.factors; "
             "print([m for m in ('IPython', 'ipywidgets', 'plotly') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -9,7 +9,7 @@ import torch
 from helpers import classification_pairs, mlp_with_lora, tiny_llama, token_items
 
 import lora_nb
-from lora_nb.core.analysis.progress import StepLines
+from lora_nb.core.analysis.shortrun.progress import StepLines
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from torch import nn
 
 import lora_nb
 from lora_nb.core import registry
-from lora_nb.core.analysis.vs_full import VsFullCallback, vs_full
+from lora_nb.core.analysis.shortrun.vs_full import VsFullCallback, vs_full
 from lora_nb.errors import AdapterError, OptionError
 
 LORA = dict(r=4, alpha=8, targets="0,2")

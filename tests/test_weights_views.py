@@ -14,8 +14,8 @@ from torch import nn
 
 import lora_nb
 from lora_nb.core import find
-from lora_nb.core.analysis.factors import lora_layers
-from lora_nb.core.analysis.weights import matrices, split_name, weights
+from lora_nb.core.adapters.factors import lora_layers
+from lora_nb.core.analysis.learned.weights import matrices, split_name, weights
 from lora_nb.viz.spectra import base_spectrum_figure, effective_rank_figure, similarity_figure, spectrum_figure
 from lora_nb.viz.weights import histogram_figure, module_figures, norm_map_figure
 from lora_nb.widgets.explorers import SimilarityView, SpectrumExplorer, WeightsExplorer

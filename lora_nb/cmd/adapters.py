@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..core.adapters.combine import TYPES, combination_error, combine
 from ..core.adapters.io import load, save
 from ..core.adapters.merge import merge, unmerge
-from ..core.analysis.compare import compare
+from ..core.analysis.outputs.compare import compare
 from ..core.registry import require
 from ..errors import OptionError
 from ..frontend import pick

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..core.analysis.advisor import advise
-from ..core.analysis.history import rank_map, spectra_history, values_over_steps
+from ..core.analysis.learned.advisor import advise
+from ..core.analysis.learned.history import rank_map, spectra_history, values_over_steps
 from ..core.kinds import check_callable
 from ..errors import OptionError
 from ..frontend import pick
@@ -78,9 +78,9 @@ def _intruders(ctx, args):
     if args.metric is not None:
         slider = pick({"widget": _intruder_slider}, ctx.view_mode(args),
                       needs="%lora intruders --metric shows a slider and needs a widget front end (Jupyter); "
-                            "here, use lora_nb.core.analysis.intruders.IntruderDial(model).set(λ)")
+                            "here, use lora_nb.core.analysis.learned.intruders.IntruderDial(model).set(λ)")
         return slider(model, ctx.lookup(args.metric), args)
-    from ..core.analysis.spectra import intruders
+    from ..core.analysis.learned.spectra import intruders
 
     result = intruders(model, args.adapter, args.top_k, args.eps, args.layers)
     return Report(repr(result), [], result._repr_html_())

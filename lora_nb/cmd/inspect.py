@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from ..core.analysis.interference import interference
-from ..core.analysis.spectra import similarity, spectra
-from ..core.analysis.weights import matrices, weights
+from ..core.analysis.learned.interference import interference
+from ..core.analysis.learned.spectra import similarity, spectra
+from ..core.analysis.learned.weights import matrices, weights
 from ..errors import OptionError
 from ..frontend import pick
 from ..widgets.ui import Report, report

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.analysis.loss_mask import loss_mask
+from ..core.training.data.loss_mask import loss_mask
 from ..core.training.settings import TrainSettings
 from ..frontend import pick
 from .router import UI, Text, arg, verb

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from ..core.analysis.lr_sweep import SweepOptions, lr_sweep
-from ..core.analysis.placement import PlacementOptions, placement
+from ..core.analysis.shortrun.lr_sweep import SweepOptions, lr_sweep
+from ..core.analysis.shortrun.placement import PlacementOptions, placement
 from ..core.training.settings import TrainSettings
 from .data_options import DATA_OPTIONS, data_objects
 from .router import UI, given, options_of, verb, with_settings

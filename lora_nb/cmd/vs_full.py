@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.analysis.vs_full import ArmLines, VsFullCallback, VsFullOptions, vs_full
+from ..core.analysis.shortrun.vs_full import ArmLines, VsFullCallback, VsFullOptions, vs_full
 from ..core.training.settings import TrainSettings
 from ..frontend import pick
 from .data_options import DATA_OPTIONS, data_objects

@@ -58,7 +58,7 @@ class Session:
     layer_index: Any = None  # adapters.switch.LayerIndex: the LoRA layers and each adapter's parameters
     base_spectra: dict = field(default_factory=dict)  # (module, "W" | adapter) -> (weights key, singular values)
     base_norms: dict = field(default_factory=dict)  # module -> (weights key, ‖W‖_F)
-    advice: Any = None  # analysis.advisor.Advice: the last rank advice (attach's rank_pattern="advised")
+    advice: Any = None  # analysis.learned.advisor.Advice: the last rank advice (attach's rank_pattern="advised")
 
     @property
     def lora(self):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.analysis.history import RankMap
+from ..core.analysis.learned.history import RankMap
 from . import figure, panel_layout
 from .axes import text_px
 from .png import palette
@@ -127,7 +127,7 @@ def directions_spec(directions: Any) -> dict:
 
     A random subspace's overlap on each side is drawn as markers: what "no shared direction" looks like.
     """
-    from ..core.analysis.directions import overlap
+    from ..core.analysis.shortrun.directions import overlap
 
     layers = list(directions.values())
     short = short_names(list(directions))

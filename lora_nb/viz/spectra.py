@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.analysis.spectra import Similarity, Spectra
+from ..core.analysis.learned.spectra import Similarity, Spectra
 from . import figure, panel_layout
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.analysis.weights import ModuleMatrices, NormMap, WeightSummary
+from ..core.analysis.learned.weights import ModuleMatrices, NormMap, WeightSummary
 from . import figure, panel_layout
 
 VALUE_LABELS = {"delta_norm": "‖ΔW‖", "ratio": "‖ΔW‖ / ‖W‖", "a_norm": "‖A‖", "b_norm": "‖B‖"}

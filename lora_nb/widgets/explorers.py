@@ -20,8 +20,8 @@ from collections.abc import Callable
 import ipywidgets as W
 
 from ..core import registry
-from ..core.analysis.spectra import similarity, spectra
-from ..core.analysis.weights import matrices, weights
+from ..core.analysis.learned.spectra import similarity, spectra
+from ..core.analysis.learned.weights import matrices, weights
 from ..core.training.callbacks import Callback
 from ..errors import LoraNBError
 from ..markup import error_html

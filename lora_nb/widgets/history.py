@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 
 from ..core import registry
-from ..core.analysis.history import MEASURES, rank_map, values_over_steps
+from ..core.analysis.learned.history import MEASURES, rank_map, values_over_steps
 from ..core.training.callbacks import Callback
 from ..errors import TrainingError
 from ..viz.analysis import rank_map_spec, values_over_steps_spec

@@ -13,7 +13,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..core.analysis.intruders import IntruderDial
+from ..core.analysis.learned.intruders import IntruderDial
 from ..viz.analysis import intruder_curve_spec
 from .chart import Chart, ViewBox
 from .ui import close_tree

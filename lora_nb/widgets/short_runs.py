@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.analysis.lr_sweep import SweepCallback
+from ..core.analysis.shortrun.lr_sweep import SweepCallback
 from ..frontend import pick
 from ..viz.short_runs import LABELS, lr_sweep_spec, placement_names, placement_spec
 from .throttle import Throttle

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.analysis.vs_full import VsFullCallback
+from ..core.analysis.shortrun.vs_full import VsFullCallback
 from ..core.smoothing import SMOOTHING, Ema
 from ..frontend import pick
 from ..markup import code_spans

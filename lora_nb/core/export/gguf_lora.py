@@ -17,7 +17,7 @@ import torch
 
 from ...errors import OptionError
 from .. import registry
-from ..analysis.factors import layer_factors, lora_layers
+from ..adapters.factors import layer_factors, lora_layers
 from .gguf_model import decode, encode, gguf_name, tensor_type, write_file
 from .layout import Layout
 from .merged import check_exportable

@@ -20,7 +20,7 @@ from torch import nn
 from ...errors import AdapterError
 from .. import registry
 from ..adapters import quantized
-from ..analysis.factors import base_matrix, layer_factors, lora_layers
+from ..adapters.factors import base_matrix, layer_factors, lora_layers
 from .request import Job, Shipped, listing
 from .survival import Survival, cast_rounding, kept
 

@@ -25,8 +25,8 @@ from torch import nn
 
 from ...errors import OptionError
 from .. import registry
+from ..adapters.factors import lora_layers
 from ..adapters.targets import conv1d_type
-from ..analysis.factors import lora_layers
 from .layout import ARCHES
 
 RUNTIMES = ("peft", "vllm", "llama.cpp", "merged")

@@ -24,13 +24,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _lock = threading.Lock()
 _runs: "weakref.WeakKeyDictionary[TrainRun, weakref.ref]" = weakref.WeakKeyDictionary()  # run -> its session
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _CONFIG_KEYS = ("dropout", "pdrop")  # parts of a config field that sets a functional dropout's probability
 
 
 def dropout_in(model: nn.Module) -> str | None:
     """Where ``model`` draws dropout masks in training (a module's name, or a config field), or None."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+        if isinstance(module, _DROPOUTS) and module.p > 0:
             return f"`{name}` (p={module.p:g})"
     config = getattr(model, "config", None)
     for key, value in (vars(config).items() if config is not None and hasattr(config, "__dict__") else ()):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..analysis.loss_mask import loss_mask
 from ..training.data.chat import IGNORE
+from ..training.data.loss_mask import loss_mask
 
 
 def batch_rows(batch: Any) -> list[dict]:

@@ -17,16 +17,16 @@ from typing import Any
 
 from torch import nn
 
-from ...errors import OptionError
-from .. import registry
-from ..adapters.options import AttachOptions, as_number
-from ..adapters.targets import resolve_targets
-from ..kinds import check_callable, check_tokenizer
-from ..training.callbacks import Callback
-from ..training.settings import TrainSettings
+from ....errors import OptionError
+from ... import registry
+from ...adapters.options import AttachOptions, as_number
+from ...adapters.targets import resolve_targets
+from ...kinds import check_callable, check_tokenizer
+from ...training.callbacks import Callback
+from ...training.settings import TrainSettings
 from .lr_sweep import PointLines, SweepCallback
 from .progress import lines_unless_watched
-from .short_runs import Recipe, ShortRun, short_run, split_options
+from .runs import Recipe, ShortRun, short_run, split_options
 from .vs_full import base_copy
 
 ARMS = ("attention", "all")

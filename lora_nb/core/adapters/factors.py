@@ -26,8 +26,8 @@ from torch import nn
 
 from ...errors import LoraNBError, TargetError, did_you_mean, preview
 from .. import registry
-from ..adapters.targets import compile_regex
 from ..lowrank import one_thread
+from .targets import compile_regex
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
 
 def layer_factors(name: str, layer: nn.Module, adapter: str) -> Factors:
     """Copy ``layer``'s factors for ``adapter`` (call under ``session.lock``)."""
-    from ..adapters.targets import conv1d_type
+    from .targets import conv1d_type
 
     base = layer.get_base_layer()
     if any(p.is_meta for n, p in layer.named_parameters() if f".{adapter}" in f".{n}" and "lora_" in n):
@@ -153,7 +153,7 @@ def _grouped(layer: nn.Module) -> bool:
 
 def base_matrix(layer: nn.Module, f: Factors) -> torch.Tensor:
     """The layer's base weight ``W`` as ``out × in`` float32 on its device, minus any merged adapter."""
-    from ..adapters.quantized import dequantized, is_quantized
+    from .quantized import dequantized, is_quantized
 
     weight = base_weight(layer)
     if weight.is_meta:

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from ...errors import OptionError, a_kind
-from .. import registry
-from ..adapters import switch
-from ..kinds import check_token_ids, check_tokenizer, user_call
+from ....errors import OptionError, a_kind
+from ... import registry
+from ...adapters import switch
+from ...kinds import check_token_ids, check_tokenizer, user_call
 from .generation import GenerationComparison, GenerationTable, Sampling, as_prompts, encode, generate
 
 __all__ = ["ClassComparison", "GenerationComparison", "GenerationTable", "OutputComparison", "compare"]
@@ -121,7 +121,7 @@ def _forward(model: torch.nn.Module, inputs: Any) -> tuple[torch.Tensor, bool]:
 
 def _on_off(session, run) -> tuple[Any, Any]:
     """``run()`` with the active adapter on, then off; peft's per-layer state is put back after."""
-    from ..adapters.merge import merge
+    from ...adapters.merge import merge
 
     index = switch.layer_index(session)
     merged = sorted(switch.merged_adapters(session))

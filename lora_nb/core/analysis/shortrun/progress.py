@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ...frontend import in_kernel
-from ..training.callbacks import Callback
-from ..training.reporting import loss_change, progress_line
+from ....frontend import in_kernel
+from ...training.callbacks import Callback
+from ...training.reporting import loss_change, progress_line
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..training.run import TrainRun
+    from ...training.run import TrainRun
 
 
 class StepLines(Callback):

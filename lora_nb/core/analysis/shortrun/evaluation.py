@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..training.data.batches import count, takes_model, to_device
-from ..training.precision import choose_precision
-from ..training.run import prepare_run
-from ..training.settings import TrainSettings
+from ...training.data.batches import count, takes_model, to_device
+from ...training.precision import choose_precision
+from ...training.run import prepare_run
+from ...training.settings import TrainSettings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..training.run import TrainRun
+    from ...training.run import TrainRun
 
 
 @dataclass(eq=False)

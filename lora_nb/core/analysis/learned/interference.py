@@ -12,9 +12,9 @@ from itertools import combinations
 
 import numpy as np
 
-from ...errors import OptionError, TargetError
-from .. import lowrank, registry
-from . import factors as F
+from ....errors import OptionError, TargetError
+from ... import lowrank, registry
+from ...adapters import factors as F
 from .spectra import phi, right_vectors
 from .weights import TableResult
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ...errors import OptionError
-from ..training.data.chat import has_chat_template, render
+from ....errors import OptionError
+from ...training.data.chat import has_chat_template, render
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ...errors import DataError, OptionError, a_kind
+from ....errors import DataError, OptionError, a_kind
 
 
 def parse_sizes(sizes: Any, data: Any, eval_data: Any) -> list[int]:

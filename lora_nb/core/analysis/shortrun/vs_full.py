@@ -29,18 +29,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import AdapterError, DataError, LoraNBError, OptionError, TrainingError
-from .. import registry
-from ..adapters import switch
-from ..adapters.attach import attach, strip_lora
-from ..adapters.io import WEIGHTS, save
-from ..adapters.options import AttachOptions
-from ..training.callbacks import Callback
-from ..training.data.batches import takes_model
-from ..training.device import place_model, resolve_device
-from ..training.memory.budget import PeakMemory, trainable_state_bytes
-from ..training.run import launch, prepare_run, trainable_parameters
-from ..training.settings import TrainSettings, check_training_options
+from ....errors import AdapterError, DataError, LoraNBError, OptionError, TrainingError
+from ... import registry
+from ...adapters import switch
+from ...adapters.attach import attach, strip_lora
+from ...adapters.io import WEIGHTS, save
+from ...adapters.options import AttachOptions
+from ...training.callbacks import Callback
+from ...training.data.batches import takes_model
+from ...training.device import place_model, resolve_device
+from ...training.memory.budget import PeakMemory, trainable_state_bytes
+from ...training.run import launch, prepare_run, trainable_parameters
+from ...training.settings import TrainSettings, check_training_options
 from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients
 from .evaluation import Bare, evaluate
 from .progress import StepLines, lines_unless_watched

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..training.callbacks import Callback
-from ..training.data.batches import to_device
-from . import factors as F
-from .spectra import delta_svd
-from .weights import TableResult
+from ...adapters import factors as F
+from ...training.callbacks import Callback
+from ...training.data.batches import to_device
+from ..learned.spectra import delta_svd
+from ..learned.weights import TableResult
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..training.run import TrainRun
+    from ...training.run import TrainRun
 
 
 def top_vectors(m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ...markup import code_spans
-from .. import registry
-from . import factors as F
+from ....markup import code_spans
+from ... import registry
+from ...adapters import factors as F
 
 MAX_SIZE = 256  # heatmap side after pooling
 _INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")

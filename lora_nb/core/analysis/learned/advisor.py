@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import OptionError
-from .. import registry
-from ..training.capacity import RULE_TEXT, Capacity
+from ....errors import OptionError
+from ... import registry
+from ...training.capacity import RULE_TEXT, Capacity
 from .history import rank_at_energy
 from .spectra import spectra
 from .weights import TableResult

@@ -24,10 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import DataError
-from ...markup import error_mark
-from ..kinds import check_tokenizer
-from ..training.data.chat import IGNORE, has_chat_template, is_chat_item, render, tokenize_item
+from ....errors import DataError
+from ....markup import error_mark
+from ...kinds import check_tokenizer
+from .chat import IGNORE, has_chat_template, is_chat_item, render, tokenize_item
 
 END_TEXTS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>", "<|end_of_text|>")
 

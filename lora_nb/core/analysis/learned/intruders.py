@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...errors import LoraNBError
-from .. import registry
-from . import factors as F
+from ....errors import LoraNBError
+from ... import registry
+from ...adapters import factors as F
 
 
 @dataclass

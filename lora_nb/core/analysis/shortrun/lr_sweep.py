@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import OptionError
-from .. import registry
-from ..adapters.options import AttachOptions, as_number
-from ..kinds import check_callable, check_tokenizer
-from ..training.callbacks import Callback
-from ..training.settings import TrainSettings
+from ....errors import OptionError
+from ... import registry
+from ...adapters.options import AttachOptions, as_number
+from ...kinds import check_callable, check_tokenizer
+from ...training.callbacks import Callback
+from ...training.settings import TrainSettings
 from .progress import StepLines, lines_unless_watched
-from .short_runs import Recipe, ShortRun, short_run, split_options
+from .runs import Recipe, ShortRun, short_run, split_options
 
 ARMS = ("lora", "full")
 LABELS = {"lora": "LoRA", "full": "full fine-tuning"}

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...errors import TargetError
-from .. import lowrank, registry
-from . import factors as F
+from ....errors import TargetError
+from ... import lowrank, registry
+from ...adapters import factors as F
 from .intruders import find_intruders
 from .weights import TableResult
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import TrainingError
-from .. import registry
-from ..training.longrun.spectra_history import SpectraHistory
+from ....errors import TrainingError
+from ... import registry
+from ...training.longrun.spectra_history import SpectraHistory
 from .spectra import layer_stats
 
 MEASURES = ("effective", "energy")  # exp(entropy) of the spectrum | smallest rank holding `energy` of ‖ΔW‖²_F

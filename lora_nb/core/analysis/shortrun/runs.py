@@ -18,15 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import OptionError
-from ..adapters.attach import attach
-from ..adapters.options import AttachOptions
-from ..training.callbacks import Callback
-from ..training.data.batches import takes_model
-from ..training.data.forms import check_same_form
-from ..training.device import place_model, resolve_device
-from ..training.run import launch, prepare_run, trainable_parameters
-from ..training.settings import TrainSettings
+from ....errors import OptionError
+from ...adapters.attach import attach
+from ...adapters.options import AttachOptions
+from ...training.callbacks import Callback
+from ...training.data.batches import takes_model
+from ...training.data.forms import check_same_form
+from ...training.device import place_model, resolve_device
+from ...training.run import launch, prepare_run, trainable_parameters
+from ...training.settings import TrainSettings
 from .evaluation import Bare, evaluate
 from .vs_full import base_copy
 
