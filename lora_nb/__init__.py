@@ -56,6 +56,7 @@ _EXPORTS = {
     "vs_full": "lora_nb.core.analysis.shortrun.vs_full:vs_full",
     "VsFullResult": "lora_nb.core.analysis.shortrun.vs_full:VsFullResult",
     "VsFullCallback": "lora_nb.core.analysis.shortrun.vs_full:VsFullCallback",
+    "ShortRunCallback": "lora_nb.core.analysis.shortrun.hooks:ShortRunCallback",
     "lr_sweep": "lora_nb.core.analysis.shortrun.lr_sweep:lr_sweep",
     "placement": "lora_nb.core.analysis.shortrun.placement:placement",
     "loss_mask": "lora_nb.core.training.data.loss_mask:loss_mask",

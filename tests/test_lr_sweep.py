@@ -17,7 +17,8 @@ from IPython.core.error import UsageError
 
 import lora_nb
 from lora_nb.core import registry
-from lora_nb.core.analysis.shortrun.lr_sweep import SweepCallback, lr_sweep, parse_lrs
+from lora_nb.core.analysis.shortrun.hooks import ShortRunCallback
+from lora_nb.core.analysis.shortrun.lr_sweep import lr_sweep, parse_lrs
 from lora_nb.core.analysis.shortrun.placement import matched_rank, placement
 from lora_nb.errors import OptionError
 from lora_nb.widgets.short_runs import ShortRunsLive
@@ -106,11 +107,11 @@ def test_a_stop_ends_the_sweep_with_the_runs_that_finished_and_the_model_untouch
     model = adapted()
     before = snapshot(model)
 
-    class StopSecond(SweepCallback):
+    class StopSecond(ShortRunCallback):
         def __init__(self):
             self.index = -1
 
-        def on_point_begin(self, arm, lr, index, total):
+        def on_run_begin(self, arm, index, total, lr=None, size=None):
             self.index = index
 
         def on_step_end(self, run, record):

@@ -20,7 +20,8 @@ from torch import nn
 
 import lora_nb
 from lora_nb.core import registry
-from lora_nb.core.analysis.shortrun.vs_full import VsFullCallback, vs_full
+from lora_nb.core.analysis.shortrun.hooks import ShortRunCallback
+from lora_nb.core.analysis.shortrun.vs_full import vs_full
 from lora_nb.errors import AdapterError, OptionError
 
 LORA = dict(r=4, alpha=8, targets="0,2")
@@ -51,11 +52,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-class Recorder(VsFullCallback):
+class Recorder(ShortRunCallback):
     def __init__(self):
         self.events = []
 
-    def on_arm_begin(self, arm, size):
+    def on_run_begin(self, arm, index, total, lr=None, size=None):
         self.events.append(("arm", arm, size))
 
     def on_train_end(self, run):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..core.analysis.shortrun.vs_full import ArmLines, VsFullCallback, VsFullOptions, vs_full
+from ..core.analysis.shortrun.hooks import ShortRunCallback
+from ..core.analysis.shortrun.vs_full import ArmLines, VsFullOptions, vs_full
 from ..core.training.settings import TrainSettings
 from ..frontend import pick
 from .data_options import DATA_OPTIONS, data_objects
@@ -13,7 +14,7 @@ _BOTH_ARMS = ("grad_accum", "warmup", "schedule", "weight_decay", "max_grad_norm
               "max_length")
 
 
-class PlanLine(VsFullCallback):
+class PlanLine(ShortRunCallback):
     """Beside a view: the one line that says what both arms train (a new adapter with its own settings)."""
 
     def on_begin(self, plan: str) -> None:
@@ -39,7 +40,7 @@ def _vs_full(ctx, args):
     return vs_full(model, callbacks=watchers, **objects, **options)
 
 
-def _live_view(ctx, args) -> list[VsFullCallback]:
+def _live_view(ctx, args) -> list[ShortRunCallback]:
     """The live curves (widgets or a picture updated in place), displayed now, with the line saying what both
     arms train."""
     from ..widgets.vs_full import VsFullLive
@@ -49,6 +50,6 @@ def _live_view(ctx, args) -> list[VsFullCallback]:
     return [PlanLine(), view]
 
 
-def _arm_lines(ctx, args) -> list[VsFullCallback]:
+def _arm_lines(ctx, args) -> list[ShortRunCallback]:
     """A printed line per arm (a terminal, a script)."""
     return [ArmLines()]

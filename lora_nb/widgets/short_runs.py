@@ -1,6 +1,6 @@
 """``ShortRunsLive``: the learning-rate sweep (or the placement test) live — a status line and a chart per run.
 
-It is a ``SweepCallback`` on every run: the status line follows the current run's steps (at most every
+It is a ``ShortRunCallback`` on every run: the status line follows the current run's steps (at most every
 ``interval`` seconds) and the chart is redrawn once per finished run (a sweep has a handful), so the traffic
 stays small. ``stop()`` (or interrupting the kernel, ■) ends the current run at its next step and the sweep with
 it; the runs that finished are kept in the result. At the end the displayed view becomes a static SVG picture
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.analysis.shortrun.lr_sweep import SweepCallback
+from ..core.analysis.shortrun.hooks import ShortRunCallback
 from ..frontend import pick
 from ..viz.short_runs import LABELS, lr_sweep_spec, placement_names, placement_spec
 from .throttle import Throttle
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 STOP_HINT = "interrupt the kernel (■) or call view.stop() to stop; finished runs are kept"
 
 
-class ShortRunsLive(SweepCallback):
+class ShortRunsLive(ShortRunCallback):
     """Live view of ``lr_sweep`` (``kind="lr"``) or ``placement`` (``kind="placement"``).
 
     ``ShortRunsLive(ui=...)`` makes the class of that front end (``frontend.pick``): ``WidgetShortRunsLive``,
@@ -72,7 +72,8 @@ class ShortRunsLive(SweepCallback):
         """Release the front end's controls."""
 
     # -- sweep and training callbacks ------------------------------------------------------------
-    def on_point_begin(self, arm: str, lr: float, index: int, total: int) -> None:
+    def on_run_begin(self, arm: str, index: int, total: int, lr: float | None = None,
+                     size: int | None = None) -> None:
         self.where = f"run {index + 1}/{total}: {LABELS.get(arm, arm)} at lr {lr:.2g}"
         self._say(f"{self.where}…")
 
@@ -85,7 +86,7 @@ class ShortRunsLive(SweepCallback):
         if self.throttle.ready():
             self._say(f"{self.where} · step {record['step']}/{run.max_steps} · loss {record['loss']:.4g}")
 
-    def on_point(self, point: Any) -> None:
+    def on_run_end(self, point: Any) -> None:
         self.points.append(point)
         ended = "diverged" if point.state == "failed" else f"final loss {point.final_loss:.4g}"
         self._ended_point(f"{self.where}: {ended} ({point.seconds:.1f} s)")

@@ -1,6 +1,6 @@
 """``VsFullLive``: both arms' loss curves overlaid, live while ``vs_full`` trains them, then the table and charts.
 
-It is a ``VsFullCallback`` on every arm: each step goes into a decimating buffer (O(1)); the curves are
+It is a ``ShortRunCallback`` on every arm: each step goes into a decimating buffer (O(1)); the curves are
 redrawn (one SVG) at most every ``interval`` seconds and never faster than ``byte_rate`` bytes per
 second, and once more when an arm ends. Sweep runs (one per training-set size and arm) move the
 progress line only. One class per front end, picked once: ``VsFullLive(ui="widget")`` is a
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.analysis.shortrun.vs_full import VsFullCallback
+from ..core.analysis.shortrun.hooks import ShortRunCallback
 from ..core.smoothing import SMOOTHING, Ema
 from ..frontend import pick
 from ..markup import code_spans
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..core.training.run import TrainRun
 
 
-class VsFullLive(VsFullCallback):
+class VsFullLive(ShortRunCallback):
     """Live overlaid loss curves of LoRA and full fine-tuning, then the measured table and the sweep plot.
 
     ``VsFullLive(ui=...)`` makes the class of that front end; what they share is here.
@@ -84,7 +84,8 @@ class VsFullLive(VsFullCallback):
         raise NotImplementedError
 
     # -- vs_full and training callbacks ---------------------------------------------------------
-    def on_arm_begin(self, arm: str, size: int | None) -> None:
+    def on_run_begin(self, arm: str, index: int, total: int, lr: float | None = None,
+                     size: int | None = None) -> None:
         self.arm, self.size = arm, size
         where = f"sweep: {LABELS[arm]} on {size} examples" if size is not None else f"training {LABELS[arm]}"
         self._say(where + "…")

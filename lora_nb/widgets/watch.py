@@ -56,7 +56,7 @@ class MetricPanels(Callback):
         self.series: dict[str, dict[str, Decimator]] = {}
         self.last: dict[str, float] = {}
         self.lines: list[str] = []  # what the header says: adapter, how Stop works, data warnings, capacity
-        self.run: Any = None
+        self.run: TrainRun | None = None
         self.slot = Slot()
         self._build()
 
@@ -259,7 +259,7 @@ class _ShowPanels(Callback):
     def __init__(self, panels: MetricPanels, background: bool) -> None:
         self.panels, self.background = panels, background
 
-    def on_train_begin(self, run: Any) -> None:
+    def on_train_begin(self, run: TrainRun) -> None:
         if not self.background and self.panels.slot.handle is None and self.panels.widget is not None:
             self.panels._ipython_display_()
 

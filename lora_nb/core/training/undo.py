@@ -8,10 +8,13 @@ the steps whose updates are undone then go from ``run.history`` (and their evalu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .run import TrainRun
 
 
-def forget_undone(run: Any, kept: int) -> None:
+def forget_undone(run: TrainRun, kept: int) -> None:
     """Keep the records of the first ``kept`` steps only (the weights now are those after step ``kept``)."""
     del run.history[kept:]
     run.evals[:] = [record for record in run.evals if record.get("step", 0) <= kept]

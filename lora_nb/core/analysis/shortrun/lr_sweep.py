@@ -23,6 +23,7 @@ from ...adapters.options import AttachOptions, as_number
 from ...kinds import check_callable, check_tokenizer
 from ...training.callbacks import Callback
 from ...training.settings import TrainSettings
+from .hooks import ShortRunCallback, listeners
 from .progress import StepLines, lines_unless_watched
 from .runs import Recipe, ShortRun, short_run, split_options
 
@@ -77,20 +78,7 @@ def parse_lrs(value: Any) -> list[float]:
     return values
 
 
-class SweepCallback(Callback):
-    """A training callback that also hears which run comes next, each finished run and the result."""
-
-    def on_point_begin(self, arm: str, lr: float, index: int, total: int) -> None:
-        """Before run ``index`` (0-based) of ``total``: ``arm`` ("lora" or "full") at learning rate ``lr``."""
-
-    def on_point(self, point: ShortRun) -> None:
-        """After each run, with what it measured."""
-
-    def on_result(self, result: Any) -> None:
-        """Once, at the end (also after a stop: the result holds the runs that finished)."""
-
-
-class PointLines(SweepCallback, StepLines):
+class PointLines(ShortRunCallback, StepLines):
     """Text progress of the short runs outside a notebook (``lr_sweep``, ``placement``): each run as it begins, a
     progress line every few seconds while it trains, and its end."""
 
@@ -98,7 +86,8 @@ class PointLines(SweepCallback, StepLines):
         super().__init__(**kwargs)
         self.labels = labels or LABELS
 
-    def on_point_begin(self, arm: str, lr: float, index: int, total: int) -> None:
+    def on_run_begin(self, arm: str, index: int, total: int, lr: float | None = None,
+                     size: int | None = None) -> None:
         self.label = f"{self.labels.get(arm, arm)} at lr {lr:.3g}"
         self.say(f"run {index + 1}/{total}: {self.label}")
 
@@ -195,17 +184,17 @@ def lr_sweep(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = N
     result = LrSweepResult([], lrs, dict(steps=opts.steps, batch_size=opts.batch_size, r=opts.r, alpha=opts.alpha,
                                          targets=opts.targets, seed=opts.seed), measure)
     plan = [(arm, lr) for arm in ARMS[: 2 if opts.vs_full else 1] for lr in lrs]
-    watchers = [cb for cb in recipe.callbacks if isinstance(cb, SweepCallback)]
+    watchers = listeners(recipe.callbacks)
     try:
         for index, (arm, lr) in enumerate(plan):
             for cb in watchers:
-                cb.on_point_begin(arm, lr, index, len(plan))
+                cb.on_run_begin(arm, index, len(plan), lr=lr)
             point = short_run(model, recipe, lr, lora if arm == "lora" else None)
             if point.state == "stopped":
                 break
             result.points.append(point)
             for cb in watchers:
-                cb.on_point(point)
+                cb.on_run_end(point)
     except KeyboardInterrupt:  # Ctrl-C between two runs' steps (copying, evaluating): the same as a stop
         pass
     result.stopped = len(result.points) < len(plan)

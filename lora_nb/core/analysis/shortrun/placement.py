@@ -24,7 +24,8 @@ from ...adapters.targets import resolve_targets
 from ...kinds import check_callable, check_tokenizer
 from ...training.callbacks import Callback
 from ...training.settings import TrainSettings
-from .lr_sweep import PointLines, SweepCallback
+from .hooks import listeners
+from .lr_sweep import PointLines
 from .progress import lines_unless_watched
 from .runs import Recipe, ShortRun, short_run, split_options
 from .vs_full import base_copy
@@ -131,7 +132,7 @@ def placement(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = 
 
     ``options``: those of ``PlacementOptions`` (``r``, ``alpha``, ``lr``, ``steps``, ``batch_size``, ``seed``,
     ``device``) and other ``TrainSettings`` for both runs. The model is left exactly as it was (both adapters
-    train copies of its base weights). A ``SweepCallback`` hears each run begin (``arm`` is "attention" or
+    train copies of its base weights). A ``ShortRunCallback`` hears each run begin (``arm`` is "attention" or
     "all") and end; None outside a notebook prints a line per run and progress while it trains, ``[]`` nothing.
     """
     model = registry.as_module(model)
@@ -146,15 +147,15 @@ def placement(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = 
     modules = {"attention": attention, "all": every}
     lines = lines_unless_watched(callbacks, lambda: PointLines(LABELS))
     recipe = Recipe(data, eval_data, tokenizer, loss_fn, settings, lines)
-    watchers = [cb for cb in recipe.callbacks if isinstance(cb, SweepCallback)]
+    watchers = listeners(recipe.callbacks)
     arms = {}
     for index, arm in enumerate(ARMS):
         for cb in watchers:
-            cb.on_point_begin(arm, opts.lr, index, len(ARMS))
+            cb.on_run_begin(arm, index, len(ARMS), lr=opts.lr)
         lora = AttachOptions(r=ranks[arm], alpha=opts.alpha, targets=modules[arm])
         arms[arm] = PlacedArm(arm, modules[arm], ranks[arm], short_run(model, recipe, opts.lr, lora, label=arm))
         for cb in watchers:
-            cb.on_point(arms[arm].run)
+            cb.on_run_end(arms[arm].run)
     measure = "eval loss" if eval_data is not None else "final train loss"
     result = PlacementResult(arms, dict(steps=opts.steps, lr=opts.lr, alpha=opts.alpha, batch_size=opts.batch_size),
                              measure)

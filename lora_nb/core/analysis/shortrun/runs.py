@@ -25,7 +25,7 @@ from ...training.callbacks import Callback
 from ...training.data.batches import takes_model
 from ...training.data.forms import check_same_form
 from ...training.device import place_model, resolve_device
-from ...training.run import launch, prepare_run, trainable_parameters
+from ...training.run import TrainRun, launch, prepare_run, trainable_parameters
 from ...training.settings import TrainSettings
 from .evaluation import Bare, evaluate
 from .vs_full import base_copy
@@ -115,7 +115,7 @@ class SupervisedTokens(Callback):
     def __init__(self) -> None:
         self.seen = 0
 
-    def on_step_end(self, run: Any, record: dict) -> None:
+    def on_step_end(self, run: TrainRun, record: dict) -> None:
         self.seen = int(record.get("supervised_tokens", self.seen))
 
 

@@ -43,6 +43,7 @@ from ...training.run import launch, prepare_run, trainable_parameters
 from ...training.settings import TrainSettings, check_training_options
 from .directions import FactorWatch, WeightWatch, compare, first_batch_gradients
 from .evaluation import Bare, evaluate
+from .hooks import ShortRunCallback, listeners
 from .progress import StepLines, lines_unless_watched
 from .sweep import parse_sizes, subset
 from .vs_full_result import Arm, VsFullResult
@@ -52,21 +53,7 @@ ADAPTER = "vs_full"  # the adapter's name on the LoRA copy
 _FIXED = {"steps", "epochs", "lr", "batch_size", "seed", "device"}  # set by vs_full's own arguments
 
 
-class VsFullCallback(Callback):
-    """A training callback that also hears what the comparison trains, which arm comes next and, at the end, the
-    result."""
-
-    def on_begin(self, plan: str) -> None:
-        """Once, before anything trains: ``plan`` says in one line what both arms train (``plan_line``)."""
-
-    def on_stage(self, text: str) -> None:
-        """Work between the arms' runs that takes a while (warm-up, directions), in a few words."""
-
-    def on_arm_begin(self, arm: str, size: int | None) -> None:
-        """Before an arm trains: ``arm`` is "lora" or "full"; ``size``: the sweep's training-set size, else None."""
-
-    def on_result(self, result: VsFullResult) -> None:
-        """Once, after every arm (and sweep point) was measured."""
+VsFullCallback = ShortRunCallback  # the name earlier releases exported (``lora_nb.VsFullCallback``)
 
 
 def _help(cls: type, name: str) -> str:
@@ -117,7 +104,7 @@ def vs_full(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = No
     ``lr_full`` (LoRA usually wants a larger learning rate); ``sizes`` for the data-size sweep (needs
     ``eval_data``), e.g. ``[25, 50, 100, 200]`` or ``"25,50,100,200"`` — and any other training setting
     of ``TrainSettings`` for both arms (grad_accum, warmup, schedule, weight_decay, …). ``callbacks``
-    watch every arm's run (``run.adapter`` is "lora" or "full"; a ``VsFullCallback`` also hears the plan,
+    watch every arm's run (``run.adapter`` is "lora" or "full"; a ``ShortRunCallback`` also hears the plan,
     which arm comes next and the result; None outside a notebook: text lines, ``[]``: nothing printed).
     Blocks until done; the model is not changed (both arms train deep copies of its base weights, and the
     LoRA arm a new adapter of its own, not one the model has).
@@ -132,20 +119,22 @@ def vs_full(model: Any, data: Any, eval_data: Any = None, *, tokenizer: Any = No
     shared = _share(data, eval_data, lora, common, extras, {"lora": opts.lr_lora, "full": opts.lr_full},
                     tokenizer, loss_fn, lines_unless_watched(callbacks, ArmLines))
     sizes = parse_sizes(opts.sizes, data, eval_data)
-    watchers = [cb for cb in shared.callbacks if isinstance(cb, VsFullCallback)]
+    watchers = listeners(shared.callbacks)
+    total = len(ARMS) * (1 + len(sizes))
     for cb in watchers:
         cb.on_begin(plan_line(model, shared, sizes))
         cb.on_stage("warm-up: 2 unmeasured steps of each arm")
     _warm_up(model, shared, data)
     factors = FactorWatch(ADAPTER)
-    arms = {"lora": _arm("lora", model, shared, data, checkpoint=True, watch=factors)}
+    arms = {"lora": _arm("lora", model, shared, data, (0, total), checkpoint=True, watch=factors)}
     weights = WeightWatch(arms["lora"].targets)
-    arms["full"] = _arm("full", model, shared, data, checkpoint=True, watch=weights)
+    arms["full"] = _arm("full", model, shared, data, (1, total), checkpoint=True, watch=weights)
     for cb in watchers:
         cb.on_stage(f"directions of both updates in {len(weights.names)} layers")
     directions = compare(factors, weights, _step0_gradients(model, shared, data, arms["lora"].targets))
     seed = shared.settings["lora"].seed or 0
-    sweep = [_arm(arm, model, shared, subset(data, n, seed), size=n) for n in sizes for arm in ARMS]
+    plan = [(n, arm) for n in sizes for arm in ARMS]
+    sweep = [_arm(arm, model, shared, subset(data, n, seed), (2 + i, total), size=n) for i, (n, arm) in enumerate(plan)]
     result = VsFullResult(arms["lora"], arms["full"], sweep, dict(shared.settings), shared.lora, directions)
     for cb in watchers:
         cb.on_result(result)
@@ -168,7 +157,7 @@ def plan_line(model: nn.Module, shared: _Shared, sizes: list[int]) -> str:
             + (" (the adapters attached to the model are not used)" if own else "") + sweep)
 
 
-class ArmLines(VsFullCallback, StepLines):
+class ArmLines(ShortRunCallback, StepLines):
     """Text progress of ``vs_full`` (a terminal, a script): the plan, each stage and arm, progress while it trains."""
 
     def on_begin(self, plan: str) -> None:
@@ -177,7 +166,8 @@ class ArmLines(VsFullCallback, StepLines):
     def on_stage(self, text: str) -> None:
         self.say(text)
 
-    def on_arm_begin(self, arm: str, size: int | None) -> None:
+    def on_run_begin(self, arm: str, index: int, total: int, lr: float | None = None,
+                     size: int | None = None) -> None:
         self.label = ("LoRA" if arm == "lora" else "full fine-tuning") + (f" on {size} examples" if size else "")
 
 
@@ -220,13 +210,12 @@ def _deepcopy(model: nn.Module) -> nn.Module:
         raise LoraNBError(f"cannot copy the model for the comparison ({type(exc).__name__}: {exc})") from None
 
 
-def _arm(arm: str, model: nn.Module, shared: _Shared, data: Any, size: int | None = None,
+def _arm(arm: str, model: nn.Module, shared: _Shared, data: Any, place: tuple[int, int], size: int | None = None,
          checkpoint: bool = False, watch: Callback | None = None) -> Arm:
-    """Train one arm on a fresh copy and measure it."""
-    for cb in shared.callbacks:
-        if isinstance(cb, VsFullCallback):
-            cb.on_arm_begin(arm, size)
+    """Train one arm on a fresh copy and measure it; ``place``: (index, total) of this run in the comparison."""
     settings = copy.copy(shared.settings[arm])  # the run may fill in eval_every
+    for cb in listeners(shared.callbacks):
+        cb.on_run_begin(arm, *place, lr=settings.lr, size=size)
     clone = base_copy(model)
     total = sum(p.numel() for p in clone.parameters())
     target = resolve_device(settings.device)
@@ -248,6 +237,8 @@ def _arm(arm: str, model: nn.Module, shared: _Shared, data: Any, size: int | Non
     if target.type == "cuda":  # give the next arm the memory back (reference cycles included)
         gc.collect()
         torch.cuda.empty_cache()
+    for cb in listeners(shared.callbacks):
+        cb.on_run_end(result)
     return result
 
 
