@@ -299,3 +299,19 @@ def lm_loss(at_call=None, nan_at=None):
         return loss
 
     return loss_fn
+
+
+def kernel_reply(kc, msg_id: str, timeout: float = 120) -> tuple[str, dict | None]:
+    """A kernel cell's stdout and its ``error`` message content (None when it ended without one)."""
+    out, error = [], None
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream" and content["name"] == "stdout":
+            out.append(content["text"])
+        elif kind == "error":
+            error = content
+        elif kind == "status" and content["execution_state"] == "idle":
+            return "".join(out), error

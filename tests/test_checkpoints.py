@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import StopAt, classification_pairs, gpt2_lora, mlp_with_lora, tiny_mlp, token_items, wait_until
+from helpers import (
+    StopAt,
+    classification_pairs,
+    gpt2_lora,
+    kernel_reply,
+    mlp_with_lora,
+    tiny_mlp,
+    token_items,
+    wait_until,
+)
 from IPython.core.error import UsageError
 
 import lora_nb
@@ -117,19 +126,10 @@ def _kernel(env_path):
 
 def _execute(kc, code, timeout=120):
     """Run ``code`` in the kernel; returns its stdout (raises on an error)."""
-    msg_id = kc.execute(code)
-    out = []
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "stream" and content["name"] == "stdout":
-            out.append(content["text"])
-        elif kind == "error":
-            raise AssertionError("kernel error: " + "\n".join(content["traceback"])[-2000:])
-        elif kind == "status" and content["execution_state"] == "idle":
-            return "".join(out)
+    out, error = kernel_reply(kc, kc.execute(code), timeout)
+    if error is not None:
+        raise AssertionError("kernel error: " + "\n".join(error["traceback"])[-2000:])
+    return out
 
 
 @pytest.mark.slow

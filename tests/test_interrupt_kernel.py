@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import kernel_reply
 
 TESTS = Path(__file__).parent
 
@@ -57,19 +58,11 @@ def _kernel():
 
 
 def _reply(kc, msg_id: str, timeout: float = 120) -> tuple[str, str]:
-    """The cell's stdout and how it ended ("ok" or the error's name)."""
-    out, ended = [], "ok"
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "stream" and content["name"] == "stdout":
-            out.append(content["text"])
-        elif kind == "error":
-            ended = content["ename"] if content["ename"] == "KeyboardInterrupt" else "\n".join(content["traceback"])
-        elif kind == "status" and content["execution_state"] == "idle":
-            return "".join(out), ended
+    """The cell's stdout and how it ended ("ok", "KeyboardInterrupt" or the error's traceback)."""
+    out, error = kernel_reply(kc, msg_id, timeout)
+    if error is None:
+        return out, "ok"
+    return out, error["ename"] if error["ename"] == "KeyboardInterrupt" else "\n".join(error["traceback"])
 
 
 @pytest.mark.slow

@@ -132,7 +132,7 @@ def test_the_tour_runs_as_a_script_and_each_verb_prints_what_a_notebook_shows(ip
 def test_the_tour_trains_in_a_notebook_one_line_per_cell(tmp_path):
     """The tour as a newcomer runs it in Jupyter: one line per cell, Run All (each cell starts when the one before
     returns), in a real kernel. The run must train before the cells below read it: the saved adapter is not zero
-    and the comparison finds tokens that differ."""
+    and the comparison runs with the adapter changing the model's outputs."""
     needs_reviews()
     import nbformat
     from nbclient import NotebookClient
@@ -140,7 +140,14 @@ def test_the_tour_trains_in_a_notebook_one_line_per_cell(tmp_path):
 
     lines = with_stand_in(python_block("%load_ext")).splitlines()
     setup = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom helpers import byte_tokenizer, tiny_llama"
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in [setup, *lines]])
+    # after the comparison, a probe: the adapter must move the model's outputs (greedy generations of a tiny random
+    # model may not change in 20 tokens even when it does)
+    probe = ("import torch\nids = torch.tensor([[5, 17, 33, 8, 60]])\nwith torch.no_grad():\n"
+             "    on = model(ids).logits; lora_nb.disable(model); off = model(ids).logits; lora_nb.enable(model)\n"
+             "print('LOGIT_SHIFT', float((on - off).abs().max()))")
+    at = next(i for i, line in enumerate(lines) if line.startswith("%lora compare")) + 1
+    cells = [setup, *lines[:at], probe, *lines[at:]]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
                    allow_errors=True).execute()
     from test_examples import _errors
@@ -151,8 +158,10 @@ def test_the_tour_trains_in_a_notebook_one_line_per_cell(tmp_path):
     assert trained and len(trained) == sum("lora_B" in name for name in weights), "B is still zero: nothing trained"
     [compared] = [c for c in nb.cells if c.source.startswith("%lora compare")]
     shown = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in compared.outputs)
-    differ = re.search(r"(\d+) of (\d+) generated tokens differ", shown)
-    assert differ and int(differ.group(1)) > 0, shown
+    assert re.search(r"(\d+) of (\d+) generated tokens differ", shown), shown
+    [probed] = [c for c in nb.cells if c.source.startswith("import torch\nids")]
+    shift = float(re.search(r"LOGIT_SHIFT (\S+)", "".join(o.get("text", "") for o in probed.outputs)).group(1))
+    assert shift > 1e-6, f"the trained adapter does not change the outputs ({shift})"
 
 
 def test_the_cell_body_example(ip):

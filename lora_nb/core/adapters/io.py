@@ -25,6 +25,7 @@ import torch
 from ...errors import AdapterError, AdapterFileError, FileWriteError, LoraNBWarning, first_line
 from .. import registry
 from ..files import MANIFEST, atomic_folder, recover, verify, write_manifest
+from ..interrupts import deferred_interrupts
 from ..paths import output_folder
 from . import switch
 from .atomic import guarded
@@ -167,7 +168,8 @@ def _read_tensors(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     weights, pickled = folder / WEIGHTS, folder / PICKLE
     if weights.exists():
         try:
-            return load_file(str(weights))
+            with deferred_interrupts():  # a Ctrl-C inside safetensors' reader can surface as another error
+                return load_file(str(weights))
         except Exception as exc:
             raise AdapterFileError(f"{weights} is not a readable safetensors file (truncated or corrupt?): "
                                    f"{first_line(exc)}") from None
