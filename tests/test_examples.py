@@ -140,7 +140,9 @@ def test_example_notebook_runs_offline_within_its_time_and_keeps_its_pictures(na
     limit = base_limit * factor
     print(f"{name}: {wall:.1f} s (limit {base_limit} s x {factor:.2f}, this machine against the idle reference)")
     if os.environ.get("LORA_NB_EXAMPLES_OUT"):  # keep the executed notebook (its printed figures) for reading
-        nbformat.write(nb, Path(os.environ["LORA_NB_EXAMPLES_OUT"]) / f"{name}.ipynb")
+        kept = Path(os.environ["LORA_NB_EXAMPLES_OUT"])
+        kept.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, str(kept / f"{name}.ipynb"))
     errors, missing = _errors(nb), _missing_pictures(nb)
     assert not errors, "\n".join(errors)
     assert _git_status() == before, f"{name} changed the checkout: {before} -> {_git_status()}"
