@@ -22,7 +22,7 @@ from .data.pieces import cpu_overhead, pieces, splittable
 from .data.position import DataPosition
 from .lifecycle import KEPT, Events, Lifecycle, is_oom
 from .longrun.checkpoint_files import optimizer_from_files, optimizer_to_files
-from .memory.budget import process_rss_mb
+from .memory.budget import MemoryGauge
 from .optimizer import group_scales, lr_factor, make_optimizer
 from .precision import Precision
 from .rng import rng_state, set_rng_state
@@ -59,7 +59,7 @@ class Loop:
         self.batches_seen, self.supervised = 0, 0  # batches drawn and loss-bearing tokens trained on so far
         self.position = DataPosition(batches.loader)  # epoch and batches drawn, for checkpoints
         self.loss_phase = "loss_fn" if run.custom_loss else "model forward"
-        self._rss_at, self._rss = -1.0, 0.0  # when the process RSS was last sampled, and its value
+        self.memory = MemoryGauge()
         self.step_positions: int | None = None
         self.piece_overhead: int | None = None  # set when the run's batches run in pieces of similar length
 
@@ -282,13 +282,7 @@ class Loop:
 
     def memory_mb(self) -> float:
         """CUDA memory allocated on the run's device, else the process RSS (sampled at most every 0.5 s)."""
-        device = self.run.device
-        if device.type == "cuda":
-            return torch.cuda.memory_allocated(device) / 2**20
-        now = time.perf_counter()
-        if now - self._rss_at >= 0.5:
-            self._rss_at, self._rss = now, process_rss_mb()
-        return self._rss
+        return self.memory(self.run.device)
 
     # -- what a resumed run needs ----------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

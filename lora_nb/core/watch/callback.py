@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,7 +25,7 @@ from transformers import TrainerCallback
 from ...errors import LoraNBWarning, OptionError
 from ..training.lifecycle import Lifecycle
 from ..training.longrun.spectra_history import SpectraRecorder
-from ..training.memory.budget import process_rss_mb
+from ..training.memory.budget import MemoryGauge
 from ..training.run import TrainRun
 from ..training.settings import TrainSettings
 from ..types import RunState
@@ -72,22 +71,6 @@ def watched_line(target: Target) -> str:
     return f"{line}; {target.note}" if target.note else line
 
 
-class Memory:
-    """CUDA memory allocated on the trainer's device, else the process RSS sampled at most every 0.5 s (as lora_nb's
-    own runs record it)."""
-
-    def __init__(self) -> None:
-        self.at, self.rss = -1.0, 0.0
-
-    def __call__(self, device: torch.device) -> float:
-        if device.type == "cuda":
-            return torch.cuda.memory_allocated(device) / 2**20
-        now = time.perf_counter()
-        if now - self.at >= 0.5:
-            self.at, self.rss = now, process_rss_mb()
-        return self.rss
-
-
 class WatchCallback(TrainerCallback):
     """Watches a trainer's runs with lora_nb callbacks (``views``); ``run`` is the latest run, ``history`` its
     records. ``background``: the trainer trains in a thread (``fit``), so Stop/Pause buttons can be pressed."""
@@ -101,7 +84,7 @@ class WatchCallback(TrainerCallback):
         self.counter: Any = None  # ``supervised.TokenCounter`` on the trainer's collator (``watch`` sets it)
         self._lifecycle: Lifecycle | None = None
         self._rates = Rates()
-        self._memory = Memory()
+        self._memory = MemoryGauge()
         self._sigint: Any = None
         self.result: Any = None  # what ``trainer.train`` returned in the background (``fit``)
         self.error: BaseException | None = None  # what it raised there

@@ -18,6 +18,7 @@ import ctypes.util
 import functools
 import os
 import threading
+import time
 from collections.abc import Iterable
 
 import torch
@@ -33,6 +34,22 @@ def process_rss_mb() -> float:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
+
+
+class MemoryGauge:
+    """What a run's records show as ``memory_mb``: CUDA memory allocated on the run's device, else the process RSS
+    sampled at most every 0.5 s (reading it costs more than a step of a tiny model)."""
+
+    def __init__(self) -> None:
+        self.at, self.rss = -1.0, 0.0  # when the process RSS was last sampled, and its value
+
+    def __call__(self, device: torch.device) -> float:
+        if device.type == "cuda":
+            return torch.cuda.memory_allocated(device) / 2**20
+        now = time.perf_counter()
+        if now - self.at >= 0.5:
+            self.at, self.rss = now, process_rss_mb()
+        return self.rss
 
 
 def adamw_state_bytes(param: torch.Tensor) -> int:
